@@ -1,0 +1,123 @@
+"""JWT verification and issuing. The ONLY module that imports the JWT library.
+
+The algorithm comes from an explicit allow-list, and the key is chosen by the algorithm's family:
+an HMAC token is checked only against the shared secret, an RSA/EC token only against public keys.
+That closes `alg: none` and the classic public-key-as-HMAC-secret confusion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jose import JWTError, jwt
+from jose.exceptions import ExpiredSignatureError, JWTClaimsError
+
+from app.core.settings import Settings
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+KNOWN_SCOPES = (
+    "consents:write", "consents:read", "catalog:write", "catalog:read",
+    "audit:read", "webhooks:admin", "evidence:forward", "self",
+)
+
+
+class TokenError(Exception):
+    """Why a token was refused; the message is safe to show to the caller."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    tenant: str
+    sub: str
+    scopes: frozenset[str]
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        unknown = set(settings.jwt_algorithms) - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+        if unknown:
+            raise ValueError(f"JWT_ALGORITHMS has unsupported entries: {sorted(unknown)}")
+        self.algorithms = frozenset(settings.jwt_algorithms)
+        self.secret = settings.jwt_secret
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.leeway = settings.jwt_leeway_seconds
+        self.public_keys: list[Any] = []
+        if settings.jwt_public_key_file:
+            self.public_keys.append(settings.jwt_public_key_file.read_text())
+        if settings.jwt_jwks_file:
+            self.public_keys.extend(json.loads(settings.jwt_jwks_file.read_text()).get("keys", []))
+        if self.algorithms & HMAC_ALGORITHMS and not self.secret:
+            raise ValueError("an HMAC algorithm is allowed but JWT_SECRET is not set")
+        if self.algorithms & ASYMMETRIC_ALGORITHMS and not self.public_keys:
+            raise ValueError("an RSA/EC algorithm is allowed but no JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE is set")
+
+    def _keys_for(self, header: dict[str, Any]) -> list[Any]:
+        alg = header.get("alg")
+        if alg in HMAC_ALGORITHMS:
+            return [self.secret]
+        kid = header.get("kid")
+        keys = [k for k in self.public_keys if not isinstance(k, dict) or kid is None or k.get("kid") == kid]
+        return [k for k in keys if not isinstance(k, dict) or k.get("alg") in (None, alg)]
+
+    def verify(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except JWTError as exc:
+            raise TokenError("the token is not a well-formed JWT") from exc
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise TokenError(f"algorithm {alg!r} is not accepted")
+        options = {"require_exp": True, "require_iss": True, "require_aud": True, "leeway": self.leeway}
+        payload: dict[str, Any] | None = None
+        last_error: Exception | None = None
+        for key in self._keys_for(header):
+            try:
+                payload = jwt.decode(
+                    token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer, options=options
+                )
+                break
+            except ExpiredSignatureError as exc:
+                raise TokenError("the token has expired") from exc
+            except JWTClaimsError as exc:
+                raise TokenError(f"the token's claims are not accepted: {exc}") from exc
+            except JWTError as exc:
+                last_error = exc
+        if payload is None:
+            raise TokenError("the token's signature does not verify") from last_error
+        return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    tenant, sub, scope = payload.get("tenant"), payload.get("sub"), payload.get("scope", "")
+    if not isinstance(tenant, str) or not tenant:
+        raise TokenError("the token has no 'tenant' claim")
+    if not isinstance(sub, str) or not sub:
+        raise TokenError("the token has no 'sub' claim")
+    if not isinstance(scope, str):
+        raise TokenError("the 'scope' claim must be a space-separated string")
+    return Claims(tenant=tenant, sub=sub, scopes=frozenset(scope.split()))
+
+
+def issue(
+    settings: Settings,
+    *,
+    tenant: str,
+    sub: str,
+    scopes: list[str] | tuple[str, ...],
+    ttl_seconds: int = 3600,
+    algorithm: str = "HS256",
+    key: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Development and test tokens; production tokens come from the tenant's identity provider."""
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now, "exp": now + ttl_seconds,
+        "tenant": tenant, "sub": sub, "scope": " ".join(scopes), **(extra or {}),
+    }
+    return jwt.encode(claims, key if key is not None else settings.jwt_secret, algorithm=algorithm)

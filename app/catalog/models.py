@@ -1,0 +1,158 @@
+"""Catalog tables: what a tenant asks consent for, where, on which wording, for whom."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import UUID
+from sqlmodel import Field, SQLModel
+
+from app.core.models import jsonb, optional_timestamp, timestamp, uuid_pk
+
+PURPOSE_KINDS = (
+    "required", "optional", "marketing", "third_party",
+    "sensitive", "unique_identifier", "overseas_transfer",
+)
+CHANNELS = ("sms", "email", "push", "kakao", "phone", "night")
+COLLECTION_POINT_KINDS = ("signup", "preference_center", "event", "phone", "paper", "other")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Tenant(SQLModel, table=True):
+    """One controller. Tokens name it; the row carries what notices and webhooks show about it."""
+
+    __tablename__ = "tenants"
+    id: str = Field(sa_column=Column(Text, primary_key=True))
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    name_en: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = timestamp()
+
+
+class Recipient(SQLModel, table=True):
+    """A third party (제3자) that receives personal data under its own responsibility."""
+
+    __tablename__ = "recipients"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    name_en: str | None = Field(default=None, sa_column=Column(Text))
+    country: str = Field(default="KR", sa_column=Column(Text, nullable=False, server_default="KR"))
+    contact: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class Processor(SQLModel, table=True):
+    """An outsourced processor (수탁사): disclosed, not consented (PIPA Art. 26)."""
+
+    __tablename__ = "processors"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    name_en: str | None = Field(default=None, sa_column=Column(Text))
+    task: str = Field(sa_column=Column(Text, nullable=False))
+    task_en: str | None = Field(default=None, sa_column=Column(Text))
+    country: str = Field(default="KR", sa_column=Column(Text, nullable=False, server_default="KR"))
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class Purpose(SQLModel, table=True):
+    """One consent item, with what must be disclosed when asking for it."""
+
+    __tablename__ = "purposes"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key"),
+        CheckConstraint(_in("kind", PURPOSE_KINDS), name="kind"),
+        CheckConstraint(f"channel IS NULL OR {_in('channel', CHANNELS)}", name="channel"),
+        CheckConstraint("channel IS NULL OR kind = 'marketing'", name="channel_only_marketing"),
+        CheckConstraint("(kind = 'third_party') = (recipient_id IS NOT NULL)", name="recipient_iff_third_party"),
+    )
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    kind: str = Field(sa_column=Column(Text, nullable=False))
+    channel: str | None = Field(default=None, sa_column=Column(Text))
+    recipient_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("recipients.id"), nullable=True)
+    )
+    disclosures: dict[str, Any] = jsonb(default={})
+    disclosure_hash: str = Field(sa_column=Column(Text, nullable=False))
+    active: bool = Field(default=True)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class PurposeDisclosure(SQLModel, table=True):
+    """Every wording a purpose ever had, by hash, so an event proves exactly what was shown."""
+
+    __tablename__ = "purpose_disclosures"
+    __table_args__ = (UniqueConstraint("purpose_id", "hash"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    purpose_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), nullable=False))
+    hash: str = Field(sa_column=Column(Text, nullable=False))
+    content: dict[str, Any] = jsonb(default={})
+    created_at: datetime = timestamp()
+
+
+class Notice(SQLModel, table=True):
+    """A privacy policy or consent text version; immutable once published."""
+
+    __tablename__ = "notices"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key", "version"),
+        Index("ix_notices_current", "tenant_id", "key", "effective_at"),
+    )
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    version: str = Field(sa_column=Column(Text, nullable=False))
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    language: str = Field(default="ko", sa_column=Column(Text, nullable=False, server_default="ko"))
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    sha256: str = Field(sa_column=Column(Text, nullable=False))
+    effective_at: datetime = timestamp()
+    published_at: datetime | None = optional_timestamp()
+    created_at: datetime = timestamp()
+
+
+class CollectionPoint(SQLModel, table=True):
+    """Where consent is asked; presents an ordered list of purposes under one notice."""
+
+    __tablename__ = "collection_points"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key"),
+        CheckConstraint(_in("kind", COLLECTION_POINT_KINDS), name="kind"),
+    )
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    name: str = Field(sa_column=Column(Text, nullable=False))
+    kind: str = Field(sa_column=Column(Text, nullable=False))
+    notice_key: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class CollectionPointPurpose(SQLModel, table=True):
+    __tablename__ = "collection_point_purposes"
+    collection_point_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), ForeignKey("collection_points.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    purpose_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), primary_key=True)
+    )
+    position: int = Field(default=0)

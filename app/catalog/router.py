@@ -1,0 +1,207 @@
+"""Catalog routes: purposes, notices, collection points (and their form), recipients, processors."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.auth.deps import CatalogRead, CatalogWrite, FormRead
+from app.catalog import schemas, service
+from app.catalog.models import CollectionPoint, Processor, Purpose, Recipient
+from app.core.db import Session
+from app.core.errors import problem_responses
+
+router = APIRouter(prefix="/v1", responses=problem_responses(401, 403, 422))
+NOT_FOUND = problem_responses(404)
+CONFLICT = problem_responses(409)
+
+
+# --- recipients -------------------------------------------------------------------------------
+
+
+@router.post("/recipients", tags=["recipients"], operation_id="recipients-create",
+             status_code=status.HTTP_201_CREATED, response_model=schemas.RecipientRead, responses=CONFLICT)
+async def create_recipient(body: schemas.RecipientCreate, principal: CatalogWrite, session: Session):
+    return await service.add(session, Recipient(id=uuid.uuid4(), tenant_id=principal.tenant, **body.model_dump()))
+
+
+@router.get("/recipients", tags=["recipients"], operation_id="recipients-list",
+            response_model=list[schemas.RecipientRead])
+async def list_recipients(principal: CatalogRead, session: Session):
+    return await service.list_all(session, principal, Recipient)
+
+
+@router.get("/recipients/{key}", tags=["recipients"], operation_id="recipients-get",
+            response_model=schemas.RecipientRead, responses=NOT_FOUND)
+async def get_recipient(key: str, principal: CatalogRead, session: Session):
+    return await service.get_by_key(session, principal, Recipient, key)
+
+
+@router.patch("/recipients/{key}", tags=["recipients"], operation_id="recipients-update",
+              response_model=schemas.RecipientRead, responses=NOT_FOUND)
+async def update_recipient(key: str, body: schemas.RecipientUpdate, principal: CatalogWrite, session: Session):
+    recipient = await service.get_by_key(session, principal, Recipient, key)
+    service.apply(recipient, body.model_dump(exclude_unset=True, exclude_none=True))
+    await session.flush()
+    return recipient
+
+
+@router.delete("/recipients/{key}", tags=["recipients"], operation_id="recipients-delete",
+               status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT})
+async def delete_recipient(key: str, principal: CatalogWrite, session: Session):
+    await service.remove(session, await service.get_by_key(session, principal, Recipient, key))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- processors -------------------------------------------------------------------------------
+
+
+@router.post("/processors", tags=["processors"], operation_id="processors-create",
+             status_code=status.HTTP_201_CREATED, response_model=schemas.ProcessorRead, responses=CONFLICT)
+async def create_processor(body: schemas.ProcessorCreate, principal: CatalogWrite, session: Session):
+    return await service.add(session, Processor(id=uuid.uuid4(), tenant_id=principal.tenant, **body.model_dump()))
+
+
+@router.get("/processors", tags=["processors"], operation_id="processors-list",
+            response_model=list[schemas.ProcessorRead])
+async def list_processors(principal: CatalogRead, session: Session):
+    return await service.list_all(session, principal, Processor)
+
+
+@router.get("/processors/{key}", tags=["processors"], operation_id="processors-get",
+            response_model=schemas.ProcessorRead, responses=NOT_FOUND)
+async def get_processor(key: str, principal: CatalogRead, session: Session):
+    return await service.get_by_key(session, principal, Processor, key)
+
+
+@router.patch("/processors/{key}", tags=["processors"], operation_id="processors-update",
+              response_model=schemas.ProcessorRead, responses=NOT_FOUND)
+async def update_processor(key: str, body: schemas.ProcessorUpdate, principal: CatalogWrite, session: Session):
+    processor = await service.get_by_key(session, principal, Processor, key)
+    service.apply(processor, body.model_dump(exclude_unset=True, exclude_none=True))
+    await session.flush()
+    return processor
+
+
+@router.delete("/processors/{key}", tags=["processors"], operation_id="processors-delete",
+               status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT})
+async def delete_processor(key: str, principal: CatalogWrite, session: Session):
+    await service.remove(session, await service.get_by_key(session, principal, Processor, key))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- purposes ---------------------------------------------------------------------------------
+
+
+@router.post("/purposes", tags=["purposes"], operation_id="purposes-create",
+             status_code=status.HTTP_201_CREATED, response_model=schemas.PurposeRead,
+             responses={**NOT_FOUND, **CONFLICT})
+async def create_purpose(body: schemas.PurposeCreate, principal: CatalogWrite, session: Session):
+    purpose = await service.create_purpose(session, principal, body)
+    return service.purpose_read(purpose, await service.recipient_keys(session, [purpose]))
+
+
+@router.get("/purposes", tags=["purposes"], operation_id="purposes-list", response_model=list[schemas.PurposeRead])
+async def list_purposes(principal: CatalogRead, session: Session):
+    purposes = await service.list_all(session, principal, Purpose)
+    recipients = await service.recipient_keys(session, purposes)
+    return [service.purpose_read(p, recipients) for p in purposes]
+
+
+@router.get("/purposes/{key}", tags=["purposes"], operation_id="purposes-get",
+            response_model=schemas.PurposeRead, responses=NOT_FOUND)
+async def get_purpose(key: str, principal: CatalogRead, session: Session):
+    purpose = await service.get_by_key(session, principal, Purpose, key)
+    return service.purpose_read(purpose, await service.recipient_keys(session, [purpose]))
+
+
+@router.patch("/purposes/{key}", tags=["purposes"], operation_id="purposes-update",
+              response_model=schemas.PurposeRead, responses=NOT_FOUND)
+async def update_purpose(key: str, body: schemas.PurposeUpdate, principal: CatalogWrite, session: Session):
+    purpose = await service.update_purpose(session, principal, key, body)
+    return service.purpose_read(purpose, await service.recipient_keys(session, [purpose]))
+
+
+# --- notices ----------------------------------------------------------------------------------
+
+
+@router.post("/notices", tags=["notices"], operation_id="notices-create", status_code=status.HTTP_201_CREATED,
+             response_model=schemas.NoticeDetail, responses=CONFLICT)
+async def create_notice(body: schemas.NoticeCreate, principal: CatalogWrite, session: Session):
+    return await service.create_notice(session, principal, body)
+
+
+@router.get("/notices", tags=["notices"], operation_id="notices-list", response_model=list[schemas.NoticeRead])
+async def list_notices(principal: CatalogRead, session: Session):
+    return await service.list_all(session, principal, service.Notice)
+
+
+@router.get("/notices/{notice_id}", tags=["notices"], operation_id="notices-get",
+            response_model=schemas.NoticeDetail, responses=NOT_FOUND)
+async def get_notice(notice_id: uuid.UUID, principal: CatalogRead, session: Session):
+    return await service.get_notice(session, principal, notice_id)
+
+
+@router.patch("/notices/{notice_id}", tags=["notices"], operation_id="notices-update",
+              response_model=schemas.NoticeDetail, responses={**NOT_FOUND, **CONFLICT})
+async def update_notice(notice_id: uuid.UUID, body: schemas.NoticeUpdate, principal: CatalogWrite, session: Session):
+    return await service.update_notice(session, principal, notice_id, body)
+
+
+@router.post("/notices/{notice_id}/publish", tags=["notices"], operation_id="notices-publish",
+             response_model=schemas.NoticeDetail, responses={**NOT_FOUND, **CONFLICT})
+async def publish_notice(notice_id: uuid.UUID, principal: CatalogWrite, session: Session):
+    return await service.publish_notice(session, principal, notice_id)
+
+
+@router.delete("/notices/{notice_id}", tags=["notices"], operation_id="notices-delete",
+               status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT})
+async def delete_notice(notice_id: uuid.UUID, principal: CatalogWrite, session: Session):
+    await service.delete_notice(session, principal, notice_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- collection points ------------------------------------------------------------------------
+
+
+@router.post("/collection-points", tags=["collection-points"], operation_id="collection-points-create",
+             status_code=status.HTTP_201_CREATED, response_model=schemas.CollectionPointRead, responses=CONFLICT)
+async def create_collection_point(body: schemas.CollectionPointCreate, principal: CatalogWrite, session: Session):
+    return service.collection_point_read(*await service.create_collection_point(session, principal, body))
+
+
+@router.get("/collection-points", tags=["collection-points"], operation_id="collection-points-list",
+            response_model=list[schemas.CollectionPointRead])
+async def list_collection_points(principal: CatalogRead, session: Session):
+    points = await service.list_all(session, principal, CollectionPoint)
+    return [service.collection_point_read(p, await service.presented_purposes(session, p)) for p in points]
+
+
+@router.get("/collection-points/{key}", tags=["collection-points"], operation_id="collection-points-get",
+            response_model=schemas.CollectionPointRead, responses=NOT_FOUND)
+async def get_collection_point(key: str, principal: CatalogRead, session: Session):
+    point = await service.get_by_key(session, principal, CollectionPoint, key)
+    return service.collection_point_read(point, await service.presented_purposes(session, point))
+
+
+@router.patch("/collection-points/{key}", tags=["collection-points"], operation_id="collection-points-update",
+              response_model=schemas.CollectionPointRead, responses=NOT_FOUND)
+async def update_collection_point(
+    key: str, body: schemas.CollectionPointUpdate, principal: CatalogWrite, session: Session
+):
+    return service.collection_point_read(*await service.update_collection_point(session, principal, key, body))
+
+
+@router.delete("/collection-points/{key}", tags=["collection-points"], operation_id="collection-points-delete",
+               status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **CONFLICT})
+async def delete_collection_point(key: str, principal: CatalogWrite, session: Session):
+    await service.remove(session, await service.get_by_key(session, principal, CollectionPoint, key))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/collection-points/{key}/form", tags=["collection-points"], operation_id="collection-points-form",
+            response_model=schemas.Form, responses={**NOT_FOUND, **CONFLICT})
+async def get_form(key: str, principal: FormRead, session: Session):
+    """What to show: every presented purpose with its disclosures, all unchecked, and the notice in force."""
+    return await service.form(session, principal, key)

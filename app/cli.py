@@ -1,0 +1,146 @@
+"""The `consent-ledger` command: serve, migrate, token, seed, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from app.core.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_SCOPES = ("consents:write", "consents:read", "catalog:write", "catalog:read", "audit:read", "webhooks:admin")
+
+
+def migrate(database_url: str | None = None) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    if database_url:
+        config.attributes["database_url"] = database_url
+    command.upgrade(config, "head")
+
+
+def seed(settings: Settings) -> list[str]:
+    from app.core.db import create_engine, session_factory
+    from app.demo.loader import load_demo
+
+    async def run() -> list[str]:
+        engine = create_engine(settings.database_url, settings)
+        try:
+            return await load_demo(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def serve(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                proxy_headers=True, log_level="info")
+
+
+def issue_token(settings: Settings, tenant: str, sub: str, scopes: list[str], ttl: int) -> str:
+    from app.auth.tokens import issue
+
+    return issue(settings, tenant=tenant, sub=sub, scopes=scopes, ttl_seconds=ttl)
+
+
+def _dev_secret(data_dir: Path) -> str:
+    path = data_dir / "dev-jwt-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def dev(host: str, port: int) -> None:
+    """Embedded PostgreSQL under ./.data, migrations, demo tenants, a token, and the server."""
+    from app.core.embedded_pg import EmbeddedPostgres
+
+    settings = get_settings()
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    pg = None
+    if not settings.database_url:
+        pg = EmbeddedPostgres(data_dir / "pg", settings.embedded_pg_port)
+        print(f"starting embedded PostgreSQL (data in {pg.pgdata}) ...", flush=True)
+        pg.start()
+        os.environ["DATABASE_URL"] = pg.url
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        migrate(settings.database_url)
+        created = seed(settings)
+        token = issue_token(settings, "smallticket", "dev-operator", list(DEV_SCOPES), 30 * 24 * 3600)
+        print("\n".join([
+            "",
+            f"consent-ledger is starting on http://{host}:{port}",
+            f"  interactive docs: http://{host}:{port}/docs",
+            f"  demo tenants: smallticket, ticketpartner{' (loaded now)' if created else ''}",
+            "  development token (tenant smallticket, 30 days):",
+            "",
+            f"export TOKEN={token}",
+            "",
+        ]), flush=True)
+        serve(host, port, 1)
+    finally:
+        if pg is not None:
+            print("stopping embedded PostgreSQL ...", flush=True)
+            pg.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="consent-ledger", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_serve = commands.add_parser("serve", help="serve the API (DATABASE_URL required)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve.add_argument("--workers", type=int, default=1)
+    p_serve.add_argument("--migrate", action="store_true", help="run migrations first")
+    commands.add_parser("migrate", help="upgrade the database schema to head")
+    commands.add_parser("seed", help="load the demo tenants if they are missing")
+    p_token = commands.add_parser("token", help="print a signed development token (HS256, JWT_SECRET)")
+    p_token.add_argument("--tenant", default="smallticket")
+    p_token.add_argument("--sub", default="dev-operator")
+    p_token.add_argument("--scope", action="append", help="repeatable; default: every operator scope")
+    p_token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    p_dev = commands.add_parser("dev", help="embedded PostgreSQL + migrate + demo data + serve")
+    p_dev.add_argument("--host", default="127.0.0.1")
+    p_dev.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    if args.command == "serve":
+        if args.migrate:
+            migrate()
+        serve(args.host, args.port, args.workers)
+    elif args.command == "migrate":
+        migrate()
+    elif args.command == "seed":
+        print("loaded:", ", ".join(seed(settings)) or "nothing (demo tenants exist)")
+    elif args.command == "token":
+        if not settings.jwt_secret:
+            local = settings.data_dir / "dev-jwt-secret"
+            if not local.exists():
+                print("JWT_SECRET is not set (and no .data/dev-jwt-secret from `make run`)", file=sys.stderr)
+                return 2
+            os.environ["JWT_SECRET"] = local.read_text().strip()
+            get_settings.cache_clear()
+            settings = get_settings()
+        print(issue_token(settings, args.tenant, args.sub, args.scope or list(DEV_SCOPES), args.ttl))
+    elif args.command == "dev":
+        dev(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

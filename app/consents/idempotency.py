@@ -1,0 +1,65 @@
+"""Idempotency-Key: the first result is stored in the request's own transaction (invariant 6).
+
+A concurrent duplicate blocks on the key row until the first transaction ends, then either sees
+the stored result (committed) or takes over (rolled back). Failed requests store nothing, so a
+retry re-runs them and meets the same error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.core.errors import IdempotencyKeyReused, InvalidRequest
+from app.core.hashing import canonical_json, sha256_hex
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass
+class Replay:
+    status_code: int
+    body: dict[str, Any]
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    return sha256_hex(canonical_json({"method": method, "path": path, "body": body}))
+
+
+async def claim(conn: asyncpg.Connection, tenant: str, key: str | None, request_hash: str) -> Replay | None:
+    """Reserve the key for this transaction, or return the stored first result."""
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest("the Idempotency-Key header is not valid", errors=[
+            {"field": "header.Idempotency-Key", "reason": f"must be 1-{MAX_KEY_LENGTH} characters"}])
+    inserted = await conn.fetchval(
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response) VALUES ($1, $2, $3, '{}')"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        tenant, key, request_hash,
+    )
+    if inserted:
+        return None
+    row = await conn.fetchrow(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+        tenant, key,
+    )
+    if row["request_hash"] != request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was first used with a different request; use a new key for a new request",
+            errors=[{"field": "header.Idempotency-Key", "reason": "already used with another body or path"}],
+        )
+    response = row["response"]
+    return Replay(status_code=row["status_code"], body=json.loads(response) if isinstance(response, str) else response)
+
+
+async def store(conn: asyncpg.Connection, tenant: str, key: str | None, status_code: int, body: dict[str, Any]) -> None:
+    if key is None:
+        return
+    await conn.execute(
+        "UPDATE idempotency_keys SET status_code = $3, response = $4::jsonb WHERE tenant_id = $1 AND key = $2",
+        tenant, key, status_code, json.dumps(body, ensure_ascii=False),
+    )

@@ -1,0 +1,109 @@
+"""Ledger tables: subjects (chain heads), append-only events, current state, idempotency."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlmodel import Field, SQLModel
+
+from app.core.models import jsonb, timestamp, uuid_pk
+
+ACTIONS = ("granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked")
+STATUSES = ("granted", "refused", "withdrawn", "expired", "revoked")
+METHODS = ("web", "app", "phone", "paper", "email", "api")
+ACTOR_TYPES = ("subject", "guardian", "operator")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Subject(SQLModel, table=True):
+    """The person, by the tenant's opaque id. The row is the lock and head of their hash chain."""
+
+    __tablename__ = "subjects"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    external_id: str = Field(sa_column=Column(Text, nullable=False))
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    last_hash: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = timestamp()
+
+
+class ConsentEvent(SQLModel, table=True):
+    """One decision, append-only; the database refuses UPDATE and DELETE (see the migration)."""
+
+    __tablename__ = "consent_events"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "seq"),
+        Index("ix_consent_events_subject_purpose_seq", "subject_id", "purpose_id", "seq"),
+        Index("ix_consent_events_tenant_recorded", "tenant_id", "recorded_at"),
+        CheckConstraint(_in("action", ACTIONS), name="action"),
+        CheckConstraint(_in("status", STATUSES), name="status"),
+        CheckConstraint(_in("method", METHODS), name="method"),
+        CheckConstraint(_in("actor_type", ACTOR_TYPES), name="actor_type"),
+        CheckConstraint("actor_type <> 'guardian' OR guardian IS NOT NULL", name="guardian_evidence"),
+    )
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    subject_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("subjects.id"), nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    purpose_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    action: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(sa_column=Column(Text, nullable=False))
+    previous_status: str | None = Field(default=None, sa_column=Column(Text))
+    collection_point_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("collection_points.id"))
+    )
+    notice_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("notices.id")))
+    disclosure_hash: str | None = Field(default=None, sa_column=Column(Text))
+    method: str = Field(sa_column=Column(Text, nullable=False))
+    actor_type: str = Field(sa_column=Column(Text, nullable=False))
+    actor_ref: str | None = Field(default=None, sa_column=Column(Text))
+    guardian: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    ip: str | None = Field(default=None, sa_column=Column(Text))
+    user_agent: str | None = Field(default=None, sa_column=Column(Text))
+    occurred_at: datetime = timestamp()
+    recorded_at: datetime = timestamp()
+    request_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    prev_hash: str | None = Field(default=None, sa_column=Column(Text))
+    hash: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class ConsentState(SQLModel, table=True):
+    """Current status per (subject, purpose), written in the same transaction as its event."""
+
+    __tablename__ = "consent_states"
+    __table_args__ = (CheckConstraint(_in("status", STATUSES), name="status"),)
+    subject_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("subjects.id"), primary_key=True)
+    )
+    purpose_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), primary_key=True)
+    )
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(sa_column=Column(Text, nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    since: datetime = timestamp()
+    last_event_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    notice_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    collection_point_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """First result of a keyed request, stored in the request's own transaction."""
+
+    __tablename__ = "idempotency_keys"
+    tenant_id: str = Field(sa_column=Column(Text, primary_key=True))
+    key: str = Field(sa_column=Column(Text, primary_key=True))
+    request_hash: str = Field(sa_column=Column(Text, nullable=False))
+    status_code: int | None = Field(default=None, sa_column=Column(Integer))
+    response: dict[str, Any] = jsonb(default={})
+    created_at: datetime = timestamp()

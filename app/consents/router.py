@@ -1,0 +1,105 @@
+"""Subject routes: record decisions, withdraw, read state / as_of / history, verify the chain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from app.auth.deps import AuditRead, ConsentsRead, ConsentsWrite
+from app.consents import ledger, queries, service
+from app.consents.schemas import (
+    BulkWithdrawalIn, ChainVerification, ConsentRecord, HistoryPage, RecordResult, StatePage, WithdrawalIn,
+    WithdrawalResult,
+)
+from app.core.db import Session
+from app.core.errors import InvalidRequest, problem_responses
+
+router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"],
+                   responses=problem_responses(401, 403, 404, 422))
+
+SubjectId = Annotated[str, Path(min_length=1, max_length=255, description="The tenant's own opaque member id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Retry with the same key returns the first result and writes nothing"),
+]
+
+
+def _client(request: Request) -> service.ClientInfo:
+    return service.ClientInfo(ip=request.client.host if request.client else None,
+                              user_agent=request.headers.get("user-agent"))
+
+
+def _respond(outcome: service.Outcome) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+@router.post("/consents", operation_id="consents-record", status_code=status.HTTP_201_CREATED,
+             response_model=RecordResult, responses=problem_responses(409))
+async def record_consents(
+    subject_id: SubjectId, body: ConsentRecord, request: Request, principal: ConsentsWrite, session: Session,
+    idempotency_key: IdempotencyKey = None,
+):
+    """Record one decision per presented purpose. Pre-checked, unpresented or missing decisions and
+    refused required purposes fail the whole request; nothing is written then."""
+    return _respond(await service.record(
+        session, principal, subject_id=subject_id, body=body, client=_client(request),
+        idempotency_key=idempotency_key, request_path=request.url.path,
+    ))
+
+
+@router.post("/consents/withdraw", operation_id="consents-withdraw-many", response_model=WithdrawalResult,
+             responses=problem_responses(409))
+async def withdraw_many(
+    subject_id: SubjectId, body: BulkWithdrawalIn, request: Request, principal: ConsentsWrite, session: Session,
+    idempotency_key: IdempotencyKey = None,
+):
+    """Withdraw several purposes at once, e.g. `{"kind": "marketing"}` for every marketing consent."""
+    return _respond(await service.withdraw(
+        session, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
+        idempotency_key=idempotency_key, request_path=request.url.path,
+    ))
+
+
+@router.post("/consents/{purpose}/withdraw", operation_id="consents-withdraw", response_model=WithdrawalResult,
+             responses=problem_responses(409))
+async def withdraw_one(
+    subject_id: SubjectId, purpose: str, request: Request, principal: ConsentsWrite, session: Session,
+    body: WithdrawalIn | None = None, idempotency_key: IdempotencyKey = None,
+):
+    """Withdraw one purpose. Withdrawing again writes nothing and says it was already withdrawn."""
+    return _respond(await service.withdraw(
+        session, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
+        client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
+    ))
+
+
+@router.get("/consents", operation_id="consents-state", response_model=StatePage)
+async def get_state(
+    subject_id: SubjectId, principal: ConsentsRead, session: Session,
+    as_of: Annotated[datetime | None, Query(description="ISO 8601 instant with offset: the state as it was then")] = None,
+):
+    if as_of is not None and as_of.tzinfo is None:
+        raise InvalidRequest("as_of needs a timezone offset",
+                             errors=[{"field": "query.as_of", "reason": "must include a timezone offset, e.g. Z"}])
+    return await queries.state(await ledger.driver(session), principal.tenant, subject_id, as_of)
+
+
+@router.get("/consents/history", operation_id="consents-history", response_model=HistoryPage)
+async def get_history(
+    subject_id: SubjectId, principal: ConsentsRead, session: Session,
+    purpose: Annotated[str | None, Query(description="Only this purpose's events")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+):
+    return await queries.history(await ledger.driver(session), principal.tenant, subject_id,
+                                 purpose=purpose, cursor=cursor, limit=limit)
+
+
+@router.get("/consents/verify", operation_id="consents-verify", response_model=ChainVerification)
+async def verify_chain(subject_id: SubjectId, principal: AuditRead, session: Session):
+    """Walk the subject's hash chain and report the first break, if any."""
+    return await queries.verify(await ledger.driver(session), principal.tenant, subject_id)

@@ -1,0 +1,202 @@
+"""Consent request and response bodies."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.core.schemas import Key, Text200
+
+Decision = Literal["granted", "refused"]
+Method = Literal["web", "app", "phone", "paper", "email", "api"]
+ActorType = Literal["subject", "guardian", "operator"]
+Status = Literal["granted", "refused", "withdrawn", "expired", "revoked"]
+Action = Literal["granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must include a timezone offset")
+    return value
+
+
+class GuardianEvidence(Strict):
+    """How the legal guardian of a child under 14 was verified (PIPA Art. 22-2, Decree Art. 17-2)."""
+
+    verification_method: Literal["mobile", "card", "ipin", "document", "email", "other"]
+    verified_at: datetime | None = None
+    reference: Text200 | None = Field(default=None, description="The verifier's transaction reference")
+
+    _aware = field_validator("verified_at")(classmethod(lambda cls, v: _aware(v)))
+
+
+class Actor(Strict):
+    type: ActorType = "subject"
+    guardian: GuardianEvidence | None = Field(default=None, description="Required when type is guardian")
+
+    @model_validator(mode="after")
+    def _guardian_needs_evidence(self) -> "Actor":
+        if self.type == "guardian" and self.guardian is None:
+            raise ValueError("a guardian's decision must say how the guardian was verified (actor.guardian)")
+        if self.type != "guardian" and self.guardian is not None:
+            raise ValueError("actor.guardian is only for type 'guardian'")
+        return self
+
+
+class ClientEvidence(Strict):
+    """The end user's network details, forwarded by a trusted backend (scope evidence:forward)."""
+
+    ip: str | None = None
+    user_agent: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.ip_address(value))
+
+
+class DecisionIn(Strict):
+    purpose: Key
+    decision: Decision
+    prechecked: bool = Field(
+        default=False, description="Whether the box was ticked before the person acted; true is refused"
+    )
+    disclosure_hash: str | None = Field(
+        default=None, description="The form's disclosure_hash for this purpose; required for third_party"
+    )
+
+
+class ConsentRecord(Strict):
+    collection_point: Key
+    notice_id: uuid.UUID = Field(description="The notice version the form showed (echo the form's notice.id)")
+    method: Method = "web"
+    actor: Actor = Field(default_factory=Actor)
+    occurred_at: datetime | None = Field(default=None, description="When the person acted (client clock)")
+    evidence: ClientEvidence | None = None
+    decisions: list[DecisionIn] = Field(min_length=1, max_length=200)
+
+    _aware = field_validator("occurred_at")(classmethod(lambda cls, v: _aware(v)))
+
+
+class WithdrawalIn(Strict):
+    method: Method = "web"
+    actor: Actor = Field(default_factory=Actor)
+    occurred_at: datetime | None = None
+    evidence: ClientEvidence | None = None
+    reason: str | None = Field(default=None, max_length=1000)
+
+    _aware = field_validator("occurred_at")(classmethod(lambda cls, v: _aware(v)))
+
+
+class BulkWithdrawalIn(WithdrawalIn):
+    purposes: list[Key] | None = Field(default=None, min_length=1, description="Withdraw these purposes")
+    kind: Literal["marketing", "third_party", "optional"] | None = Field(
+        default=None, description="Or withdraw every granted purpose of this kind (e.g. all marketing)"
+    )
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "BulkWithdrawalIn":
+        if (self.purposes is None) == (self.kind is None):
+            raise ValueError("give exactly one of 'purposes' or 'kind'")
+        return self
+
+
+class NoticeRef(BaseModel):
+    id: uuid.UUID
+    key: str
+    version: str
+
+
+class EventActor(BaseModel):
+    type: str
+    ref: str | None
+    guardian: dict | None
+
+
+class EventRead(BaseModel):
+    id: uuid.UUID
+    seq: int
+    purpose: str
+    action: Action
+    status: Status
+    previous_status: Status | None
+    version: int
+    collection_point: str | None
+    notice: NoticeRef | None
+    disclosure_hash: str | None
+    method: str
+    actor: EventActor
+    ip: str | None
+    user_agent: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+    request_id: uuid.UUID
+    reason: str | None
+    prev_hash: str | None
+    hash: str
+
+
+class StateRead(BaseModel):
+    purpose: str
+    kind: str
+    channel: str | None
+    status: Status
+    since: datetime
+    version: int
+    notice: NoticeRef | None
+    collection_point: str | None
+    last_event_id: uuid.UUID
+
+
+class StatePage(BaseModel):
+    subject_id: str
+    as_of: datetime | None = Field(description="null for the current state")
+    consents: list[StateRead]
+
+
+class RecordResult(BaseModel):
+    subject_id: str
+    request_id: uuid.UUID
+    recorded_at: datetime
+    events: list[EventRead]
+
+
+class WithdrawalItem(BaseModel):
+    purpose: str
+    changed: bool = Field(description="False when there was nothing granted to withdraw")
+    status: Status | None = Field(description="Status after the call; null when nothing was ever recorded")
+    detail: str
+    event: EventRead | None
+
+
+class WithdrawalResult(BaseModel):
+    subject_id: str
+    results: list[WithdrawalItem]
+
+
+class HistoryPage(BaseModel):
+    subject_id: str
+    items: list[EventRead]
+    next_cursor: str | None
+
+
+class ChainBreak(BaseModel):
+    seq: int
+    event_id: uuid.UUID | None
+    reason: str
+
+
+class ChainVerification(BaseModel):
+    subject_id: str
+    valid: bool
+    events_checked: int
+    head_hash: str | None
+    first_break: ChainBreak | None

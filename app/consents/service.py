@@ -1,0 +1,247 @@
+"""Recording decisions and withdrawals: the consent rules (invariants 1-4, 6, 7) live here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.deps import Principal
+from app.consents import idempotency, ledger, queries
+from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, WithdrawalIn
+from app.core.errors import (
+    Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
+)
+
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server itself saw of the caller."""
+
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def _evidence(principal: Principal, body: ConsentRecord | WithdrawalIn, client: ClientInfo) -> ledger.Evidence:
+    ip, user_agent = client.ip, client.user_agent
+    if body.evidence is not None:
+        if not principal.has("evidence:forward"):
+            raise Forbidden(
+                "only a trusted backend (scope evidence:forward) may supply the end user's IP and user agent",
+                errors=[{"field": "body.evidence", "reason": "needs scope evidence:forward"}],
+            )
+        ip = body.evidence.ip or ip
+        user_agent = body.evidence.user_agent or user_agent
+    return ledger.Evidence(
+        method=body.method, actor_type=body.actor.type,
+        actor_ref=principal.sub if body.actor.type == "operator" else None,
+        guardian=body.actor.guardian.model_dump(mode="json") if body.actor.guardian else None,
+        ip=ip, user_agent=user_agent, occurred_at=body.occurred_at,
+    )
+
+
+def _check_occurred_at(evidence: ledger.Evidence, head: ledger.Head) -> None:
+    if evidence.occurred_at is not None and evidence.occurred_at > head.now + CLOCK_SKEW:
+        raise InvalidRequest("occurred_at is in the future", errors=[
+            {"field": "body.occurred_at", "reason": "must not be later than the server's clock (5 min skew allowed)"}])
+
+
+CATALOG_FOR_RECORD = """
+SELECT cp.id AS collection_point_id,
+       (SELECT n.version FROM notices n
+         WHERE n.id = $3 AND n.tenant_id = $1 AND n.key = cp.notice_key
+           AND n.published_at IS NOT NULL AND n.effective_at <= now()) AS notice_version,
+       cp.notice_key, p.id, p.key, p.kind, p.channel, p.disclosure_hash
+FROM collection_points cp
+LEFT JOIN collection_point_purposes cpp ON cpp.collection_point_id = cp.id
+LEFT JOIN purposes p ON p.id = cpp.purpose_id
+WHERE cp.tenant_id = $1 AND cp.key = $2
+ORDER BY cpp.position
+"""
+
+
+def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) -> None:
+    errors: list[FieldError] = []
+    seen: set[str] = set()
+    for i, decision in enumerate(body.decisions):
+        where = f"body.decisions[{i}]"
+        if decision.purpose in seen:
+            errors.append(FieldError(field=f"{where}.purpose", reason="a second decision for the same purpose"))
+        seen.add(decision.purpose)
+        purpose = presented.get(decision.purpose)
+        if purpose is None:
+            errors.append(FieldError(field=f"{where}.purpose",
+                                     reason="this collection point does not present this purpose"))
+            continue
+        if decision.prechecked:
+            errors.append(FieldError(field=f"{where}.prechecked",
+                                     reason="a pre-checked box is not consent; the person must tick it themself"))
+        if purpose["kind"] == "third_party" and decision.disclosure_hash is None:
+            errors.append(FieldError(field=f"{where}.disclosure_hash",
+                                     reason="a third-party decision must echo the disclosures it showed"))
+        if decision.disclosure_hash is not None and decision.disclosure_hash != purpose["disclosure_hash"]:
+            errors.append(FieldError(field=f"{where}.disclosure_hash",
+                                     reason="the disclosures shown differ from the catalog's current ones"))
+    for key in presented:
+        if key not in seen:
+            errors.append(FieldError(field="body.decisions",
+                                     reason=f"no decision for presented purpose {key!r}; silence is not a refusal "
+                                            "to record by default"))
+    if errors:
+        raise ConsentRuleViolation(
+            "the decisions do not match what the collection point presented; nothing was recorded", errors=errors
+        )
+    refused_required = [
+        (i, d.purpose) for i, d in enumerate(body.decisions)
+        if d.decision == "refused" and presented[d.purpose]["kind"] == "required"
+    ]
+    if refused_required:
+        raise RequiredConsentRefused(
+            "required purposes were refused, so the request fails as a whole and nothing was recorded",
+            errors=[FieldError(field=f"body.decisions[{i}].decision", reason=f"{key!r} is required") for i, key
+                    in refused_required],
+        )
+
+
+async def record(
+    session: AsyncSession, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
+    idempotency_key: str | None, request_path: str,
+) -> Outcome:
+    conn = await ledger.driver(session)
+    replay = await idempotency.claim(
+        conn, principal.tenant, idempotency_key,
+        idempotency.fingerprint("POST", request_path, body.model_dump(mode="json")),
+    )
+    if replay:
+        return Outcome(replay.status_code, replay.body, replayed=True)
+    evidence = _evidence(principal, body, client)
+    rows = await conn.fetch(CATALOG_FOR_RECORD, principal.tenant, body.collection_point, body.notice_id)
+    if not rows:
+        raise NotFound(f"no collection point with key {body.collection_point!r}",
+                       errors=[{"field": "body.collection_point", "reason": "unknown"}])
+    if rows[0]["notice_version"] is None:
+        raise ConsentRuleViolation(
+            "notice_id is not a published version of this collection point's notice in force",
+            errors=[{"field": "body.notice_id",
+                     "reason": f"must be a published, effective version of notice {rows[0]['notice_key']!r}"}],
+        )
+    presented = {r["key"]: r for r in rows if r["id"] is not None}
+    _check_decisions(body, presented)
+
+    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=True)
+    _check_occurred_at(evidence, head)
+    evidence.collection_point_id = rows[0]["collection_point_id"]
+    evidence.notice_id = body.notice_id
+    states = await ledger.current_states(conn, head.id) if not head.created else {}
+    changes = []
+    for decision in body.decisions:
+        purpose = presented[decision.purpose]
+        previous_status, previous_version = states.get(purpose["id"], (None, 0))
+        if decision.decision == "granted":
+            action = status = "granted"
+        elif previous_status == "granted":
+            action = status = "withdrawn"  # unticking a granted box on a preference page
+        else:
+            action = status = "refused"
+        changes.append(ledger.Change(
+            purpose_id=purpose["id"], action=action, status=status, previous_status=previous_status,
+            previous_version=previous_version, disclosure_hash=purpose["disclosure_hash"],
+        ))
+    request_id = uuid.uuid4()
+    events = await ledger.append(conn, tenant=principal.tenant, head=head, changes=changes, evidence=evidence,
+                                 request_id=request_id)
+    names = queries.Names(
+        purposes={r["id"]: r["key"] for r in presented.values()},
+        collection_points={evidence.collection_point_id: body.collection_point},
+        notices={body.notice_id: (rows[0]["notice_key"], rows[0]["notice_version"])},
+    )
+    result = {
+        "subject_id": subject_id, "request_id": str(request_id), "recorded_at": head.now.isoformat(),
+        "events": [queries.event_read(e, names).model_dump(mode="json") for e in events],
+    }
+    await idempotency.store(conn, principal.tenant, idempotency_key, 201, result)
+    return Outcome(201, result)
+
+
+async def withdraw(
+    session: AsyncSession, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
+    purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str,
+) -> Outcome:
+    """Withdraw granted purposes; what is not granted is reported unchanged, never written twice."""
+    conn = await ledger.driver(session)
+    replay = await idempotency.claim(
+        conn, principal.tenant, idempotency_key,
+        idempotency.fingerprint("POST", request_path, body.model_dump(mode="json")),
+    )
+    if replay:
+        return Outcome(replay.status_code, replay.body, replayed=True)
+    evidence = _evidence(principal, body, client)
+    evidence.reason = body.reason
+    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=False)
+    if head is None:
+        raise NotFound(f"no subject {subject_id!r}")
+    _check_occurred_at(evidence, head)
+
+    rows = await conn.fetch(
+        """SELECT p.id, p.key, p.kind, s.status, s.version
+           FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
+           WHERE p.tenant_id = $1""",
+        principal.tenant, head.id,
+    )
+    by_key = {r["key"]: r for r in rows}
+    if purpose_key is not None:
+        keys = [purpose_key]
+    elif isinstance(body, BulkWithdrawalIn) and body.purposes is not None:
+        keys = list(dict.fromkeys(body.purposes))
+    else:
+        keys = sorted(r["key"] for r in rows if r["kind"] == body.kind and r["status"] is not None)
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise NotFound(f"no purpose with key {unknown[0]!r}",
+                       errors=[{"field": "purposes", "reason": f"unknown purpose {k!r}"} for k in unknown])
+    never = [k for k in keys if by_key[k]["status"] is None]
+    if purpose_key is not None and never:
+        raise Conflict(f"subject {subject_id!r} has no recorded decision for {purpose_key!r}; nothing to withdraw")
+
+    to_change = [by_key[k] for k in keys if by_key[k]["status"] == "granted"]
+    changes = [
+        ledger.Change(purpose_id=r["id"], action="withdrawn", status="withdrawn", previous_status="granted",
+                      previous_version=r["version"])
+        for r in to_change
+    ]
+    events = []
+    if changes:
+        events = await ledger.append(conn, tenant=principal.tenant, head=head, changes=changes, evidence=evidence,
+                                     request_id=uuid.uuid4())
+    names = queries.Names(purposes={r["id"]: r["key"] for r in rows})
+    by_purpose = {e["purpose_id"]: e for e in events}
+    results = []
+    for key in keys:
+        row = by_key[key]
+        event = by_purpose.get(row["id"])
+        if event is not None:
+            results.append({"purpose": key, "changed": True, "status": "withdrawn",
+                            "detail": "consent withdrawn; processing for this purpose must stop",
+                            "event": queries.event_read(event, names).model_dump(mode="json")})
+        elif row["status"] is None:
+            results.append({"purpose": key, "changed": False, "status": None,
+                            "detail": "no consent was ever recorded for this purpose", "event": None})
+        else:
+            results.append({"purpose": key, "changed": False, "status": row["status"],
+                            "detail": f"already {row['status']}; nothing new was written", "event": None})
+    result = {"subject_id": subject_id, "results": results}
+    await idempotency.store(conn, principal.tenant, idempotency_key, 200, result)
+    return Outcome(200, result)

@@ -1,0 +1,77 @@
+"""Application factory: settings, database engine, token verifier, routers, problem+json errors."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.auth.tokens import TokenVerifier
+from app.catalog.router import router as catalog_router
+from app.consents.router import router as consents_router
+from app.core import errors
+from app.core.db import create_engine, session_factory
+from app.core.settings import Settings, get_settings
+
+API_DESCRIPTION = """\
+Proof of consent for Korean online services: granular opt-in consents (never pre-checked),
+refusals and withdrawals, per-recipient third-party consents, with a tamper-evident history.
+
+Every route except the health checks needs `Authorization: Bearer <JWT>` with the claims
+`tenant`, `sub`, `scope`, `iss`, `aud`, `exp`. Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (use `consent-ledger dev` for an embedded PostgreSQL)")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, settings)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="consent-ledger", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan,
+        openapi_tags=[
+            {"name": "consents", "description": "Record, withdraw and read a subject's consents"},
+            {"name": "collection-points", "description": "Where consent is asked, and the form to show"},
+            {"name": "purposes", "description": "Consent items and their disclosures"},
+            {"name": "notices", "description": "Published policy / consent wording versions"},
+            {"name": "recipients", "description": "Third parties (제3자) that receive data"},
+            {"name": "processors", "description": "Outsourced processors (수탁사), disclosed"},
+            {"name": "health", "description": "Unauthenticated liveness and readiness"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.token_verifier = TokenVerifier(settings)
+    errors.install(app)
+    app.include_router(consents_router)
+    app.include_router(catalog_router)
+
+    @app.get("/healthz", tags=["health"], operation_id="health-live")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], operation_id="health-ready", responses=errors.problem_responses(503))
+    async def readyz(request: Request):
+        try:
+            async with request.app.state.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return errors.problem_response(
+                status=503, slug="not-ready", title="Not ready", detail="the database is not reachable",
+                request=request,
+            )
+        return JSONResponse({"status": "ready"})
+
+    return app
