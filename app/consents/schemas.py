@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,9 +23,12 @@ class Strict(BaseModel):
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """Times must carry an offset; they are kept and shown in UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise ValueError("must include a timezone offset")
-    return value
+    return value.astimezone(UTC)
 
 
 class GuardianEvidence(Strict):
