@@ -18,10 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.consents.chain import event_hash
 
 
-async def driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection inside the session's transaction."""
+async def driver(session: AsyncSession, *, write: bool = True) -> asyncpg.Connection:
+    """The asyncpg connection of the session, inside the session's transaction when `write`.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, on its first cursor; statements sent straight
+    to the driver before that would autocommit one by one. So a writer starts the adapter's
+    transaction here (commit/rollback at the request's edge then end it). Readers skip BEGIN and
+    COMMIT: each of their statements is a consistent snapshot on its own.
+    """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
+    adapted = raw.dbapi_connection
+    if write and getattr(adapted, "_transaction", None) is None:
+        await adapted._start_transaction()  # no public hook; tests/consents prove the rollback
     return raw.driver_connection
 
 

@@ -159,8 +159,10 @@ async def history(
 
 async def verify(conn: asyncpg.Connection, tenant: str, external_id: str) -> ChainVerification:
     subject = await subject_row(conn, tenant, external_id)
+    # Bounded by the head read first, so an append racing this walk is not mistaken for damage.
     events = [dict(r) for r in await conn.fetch(
-        "SELECT * FROM consent_events WHERE subject_id = $1 ORDER BY seq", subject["id"]
+        "SELECT * FROM consent_events WHERE subject_id = $1 AND seq <= $2 ORDER BY seq",
+        subject["id"], subject["last_seq"],
     )]
     broken = chain.find_break(events, subject["last_hash"], subject["last_seq"])
     return ChainVerification(

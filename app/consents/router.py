@@ -85,7 +85,7 @@ async def get_state(
     if as_of is not None and as_of.tzinfo is None:
         raise InvalidRequest("as_of needs a timezone offset",
                              errors=[{"field": "query.as_of", "reason": "must include a timezone offset, e.g. Z"}])
-    return await queries.state(await ledger.driver(session), principal.tenant, subject_id, as_of)
+    return await queries.state(await ledger.driver(session, write=False), principal.tenant, subject_id, as_of)
 
 
 @router.get("/consents/history", operation_id="consents-history", response_model=HistoryPage)
@@ -95,11 +95,11 @@ async def get_history(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
-    return await queries.history(await ledger.driver(session), principal.tenant, subject_id,
+    return await queries.history(await ledger.driver(session, write=False), principal.tenant, subject_id,
                                  purpose=purpose, cursor=cursor, limit=limit)
 
 
 @router.get("/consents/verify", operation_id="consents-verify", response_model=ChainVerification)
 async def verify_chain(subject_id: SubjectId, principal: AuditRead, session: Session):
     """Walk the subject's hash chain and report the first break, if any."""
-    return await queries.verify(await ledger.driver(session), principal.tenant, subject_id)
+    return await queries.verify(await ledger.driver(session, write=False), principal.tenant, subject_id)
