@@ -12,6 +12,11 @@ from pathlib import Path
 from app.core.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def alembic_root() -> Path:
+    """The checkout's alembic.ini, or the working directory's in an installed image."""
+    return ROOT if (ROOT / "alembic.ini").exists() else Path.cwd()
 DEV_SCOPES = ("consents:write", "consents:read", "catalog:write", "catalog:read", "audit:read", "webhooks:admin")
 
 
@@ -19,8 +24,9 @@ def migrate(database_url: str | None = None) -> None:
     from alembic import command
     from alembic.config import Config
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
+    root = alembic_root()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "alembic"))
     if database_url:
         config.attributes["database_url"] = database_url
     command.upgrade(config, "head")

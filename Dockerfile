@@ -1,0 +1,23 @@
+# Production image: the API against an external PostgreSQL 14+ (DATABASE_URL).
+# Build stage: resolve and install dependencies into a virtualenv.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN /opt/venv/bin/pip install .
+
+# Runtime stage: no build tools, a non-root user, migrations then the server.
+FROM python:3.11-slim AS runtime
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN groupadd --system ledger && useradd --system --gid ledger --home-dir /srv --shell /usr/sbin/nologin ledger
+WORKDIR /srv
+COPY --from=build /opt/venv /opt/venv
+COPY alembic.ini ./
+COPY alembic ./alembic
+USER ledger
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
+CMD ["consent-ledger", "serve", "--migrate", "--host", "0.0.0.0", "--port", "8000"]
