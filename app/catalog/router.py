@@ -41,10 +41,7 @@ async def get_recipient(key: str, principal: CatalogRead, session: Session):
 @router.patch("/recipients/{key}", tags=["recipients"], operation_id="recipients-update",
               response_model=schemas.RecipientRead, responses=NOT_FOUND)
 async def update_recipient(key: str, body: schemas.RecipientUpdate, principal: CatalogWrite, session: Session):
-    recipient = await service.get_by_key(session, principal, Recipient, key)
-    service.apply(recipient, body.model_dump(exclude_unset=True, exclude_none=True))
-    await session.flush()
-    return recipient
+    return await service.update_recipient(session, principal, key, body)
 
 
 @router.delete("/recipients/{key}", tags=["recipients"], operation_id="recipients-delete",
@@ -79,7 +76,7 @@ async def get_processor(key: str, principal: CatalogRead, session: Session):
               response_model=schemas.ProcessorRead, responses=NOT_FOUND)
 async def update_processor(key: str, body: schemas.ProcessorUpdate, principal: CatalogWrite, session: Session):
     processor = await service.get_by_key(session, principal, Processor, key)
-    service.apply(processor, body.model_dump(exclude_unset=True, exclude_none=True))
+    service.apply(processor, body.changes())
     await session.flush()
     return processor
 

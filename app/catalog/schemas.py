@@ -21,6 +21,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Patch(Strict):
+    """Partial update: an omitted field is kept, null clears an optional field, and null for a
+    field that must have a value is an error (see `refuse_null`) rather than silently ignored."""
+
+    def changes(self) -> dict:
+        return self.model_dump(exclude_unset=True)
+
+
+def _not_null(cls, value):
+    if value is None:
+        raise ValueError("cannot be null; omit the field to keep its value")
+    return value
+
+
+def refuse_null(*fields: str):
+    """Validator for PATCH fields that may be omitted but never set to null."""
+    return field_validator(*fields)(classmethod(_not_null))
+
+
 class DisclosureText(Strict):
     """What the person is told when asked (PIPA Art. 15(2), 17(2)) in one language."""
 
@@ -45,7 +64,8 @@ class RecipientCreate(Strict):
     contact: Text200 | None = None
 
 
-class RecipientUpdate(Strict):
+class RecipientUpdate(Patch):
+    _not_null = refuse_null("name", "country")
     name: Text200 | None = None
     name_en: Text200 | None = None
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
@@ -72,7 +92,8 @@ class ProcessorCreate(Strict):
     country: str = Field(default="KR", pattern=r"^[A-Z]{2}$")
 
 
-class ProcessorUpdate(Strict):
+class ProcessorUpdate(Patch):
+    _not_null = refuse_null("name", "task", "country")
     name: Text200 | None = None
     name_en: Text200 | None = None
     task: Text2000 | None = None
@@ -100,8 +121,10 @@ class PurposeCreate(Strict):
     disclosures: Disclosures
 
 
-class PurposeUpdate(Strict):
+class PurposeUpdate(Patch):
     """Kind, channel and recipient are fixed: changing them would change what was consented to."""
+
+    _not_null = refuse_null("disclosures", "active")
 
     disclosures: Disclosures | None = None
     active: bool | None = None
@@ -138,7 +161,8 @@ class NoticeCreate(Strict):
         return value
 
 
-class NoticeUpdate(Strict):
+class NoticeUpdate(Patch):
+    _not_null = refuse_null("title", "body", "effective_at")
     title: Text200 | None = None
     body: str | None = Field(default=None, min_length=1, max_length=1_000_000)
     effective_at: datetime | None = None
@@ -175,7 +199,8 @@ class CollectionPointCreate(Strict):
     purposes: list[Key] = Field(min_length=1, description="Purpose keys, in the order the form shows them")
 
 
-class CollectionPointUpdate(Strict):
+class CollectionPointUpdate(Patch):
+    _not_null = refuse_null("name", "notice_key", "purposes")
     name: Text200 | None = None
     notice_key: Key | None = None
     purposes: list[Key] | None = Field(default=None, min_length=1)

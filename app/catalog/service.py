@@ -175,6 +175,31 @@ def purpose_read(purpose: Purpose, recipients: dict[uuid.UUID, Recipient]) -> sc
     )
 
 
+async def update_recipient(
+    session: AsyncSession, principal: Principal, key: str, body: schemas.RecipientUpdate
+) -> Recipient:
+    """A renamed recipient is renamed in every purpose that discloses it, so forms never show one
+    name in the catalog and another in the consent wording (each purpose gets a new hash; past
+    events keep the hash of the wording they were given on)."""
+    recipient = await get_by_key(session, principal, Recipient, key)
+    apply(recipient, body.changes())
+    await session.flush()
+    purposes = await session.scalars(
+        select(Purpose).where(Purpose.tenant_id == principal.tenant, Purpose.recipient_id == recipient.id)
+    )
+    for purpose in purposes:
+        disclosures = schemas.Disclosures.model_validate(purpose.disclosures)
+        disclosures.ko.recipient = recipient.name
+        if disclosures.en is not None:
+            disclosures.en.recipient = recipient.name_en or recipient.name
+        if disclosures.model_dump(mode="json") != purpose.disclosures:
+            apply(purpose, {"disclosures": disclosures.model_dump(mode="json"),
+                            "disclosure_hash": disclosure_hash(disclosures)})
+            await session.flush()
+            await _snapshot(session, purpose)
+    return recipient
+
+
 # --- notices ----------------------------------------------------------------------------------
 
 
@@ -214,7 +239,7 @@ async def update_notice(
 ) -> Notice:
     notice = await get_notice(session, principal, notice_id)
     _ensure_draft(notice)
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    changes = body.changes()
     if "body" in changes:
         changes["sha256"] = sha256_hex(changes["body"])
     apply(notice, changes)
@@ -286,7 +311,7 @@ async def presented_purposes(session: AsyncSession, point: CollectionPoint) -> l
     return list(await session.scalars(
         select(Purpose)
         .join(CollectionPointPurpose, CollectionPointPurpose.purpose_id == Purpose.id)
-        .where(CollectionPointPurpose.collection_point_id == point.id)
+        .where(CollectionPointPurpose.collection_point_id == point.id, Purpose.active)
         .order_by(CollectionPointPurpose.position)
     ))
 
@@ -309,7 +334,7 @@ async def update_collection_point(
     point = await get_by_key(session, principal, CollectionPoint, key)
     if body.purposes is not None:
         await _set_purposes(session, point, await _resolve_purposes(session, principal, body.purposes))
-    apply(point, body.model_dump(exclude_unset=True, exclude_none=True, exclude={"purposes"}))
+    apply(point, {k: v for k, v in body.changes().items() if k != "purposes"})
     await session.flush()
     return point, await presented_purposes(session, point)
 

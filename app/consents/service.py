@@ -67,7 +67,7 @@ SELECT cp.id AS collection_point_id,
        cp.notice_key, p.id, p.key, p.kind, p.channel, p.disclosure_hash
 FROM collection_points cp
 LEFT JOIN collection_point_purposes cpp ON cpp.collection_point_id = cp.id
-LEFT JOIN purposes p ON p.id = cpp.purpose_id
+LEFT JOIN purposes p ON p.id = cpp.purpose_id AND p.active
 WHERE cp.tenant_id = $1 AND cp.key = $2
 ORDER BY cpp.position
 """
