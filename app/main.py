@@ -13,7 +13,7 @@ from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
 from app.consents.router import router as consents_router
 from app.core import errors
-from app.core.db import create_engine, session_factory
+from app.core.db import create_engine, create_pool, session_factory
 from app.core.settings import Settings, get_settings
 
 API_DESCRIPTION = """\
@@ -35,9 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.database_url, settings)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.pool = await create_pool(settings.database_url, settings)
         try:
             yield
         finally:
+            await app.state.pool.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -7,7 +7,6 @@ retry re-runs them and meets the same error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ async def claim(conn: asyncpg.Connection, tenant: str, key: str | None, request_
         raise InvalidRequest("the Idempotency-Key header is not valid", errors=[
             {"field": "header.Idempotency-Key", "reason": f"must be 1-{MAX_KEY_LENGTH} characters"}])
     inserted = await conn.fetchval(
-        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response) VALUES ($1, $2, $3, '{}')"
+        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, response) VALUES ($1, $2, $3, '{}'::jsonb)"
         " ON CONFLICT DO NOTHING RETURNING true",
         tenant, key, request_hash,
     )
@@ -52,14 +51,13 @@ async def claim(conn: asyncpg.Connection, tenant: str, key: str | None, request_
             "this Idempotency-Key was first used with a different request; use a new key for a new request",
             errors=[{"field": "header.Idempotency-Key", "reason": "already used with another body or path"}],
         )
-    response = row["response"]
-    return Replay(status_code=row["status_code"], body=json.loads(response) if isinstance(response, str) else response)
+    return Replay(status_code=row["status_code"], body=row["response"])
 
 
 async def store(conn: asyncpg.Connection, tenant: str, key: str | None, status_code: int, body: dict[str, Any]) -> None:
     if key is None:
         return
     await conn.execute(
-        "UPDATE idempotency_keys SET status_code = $3, response = $4::jsonb WHERE tenant_id = $1 AND key = $2",
-        tenant, key, status_code, json.dumps(body, ensure_ascii=False),
+        "UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE tenant_id = $1 AND key = $2",
+        tenant, key, status_code, body,
     )

@@ -1,37 +1,18 @@
 """Appending to the ledger: lock the subject, chain the events, write events + state at once.
 
-Hot path: this module talks to asyncpg directly (the session's own connection and transaction),
-because recording is the call every sign-up makes and the ORM's per-row cost showed up there.
+Hot path: plain asyncpg (see app/core/db.py, LedgerWriter); the caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.consents.chain import event_hash
-
-
-async def driver(session: AsyncSession, *, write: bool = True) -> asyncpg.Connection:
-    """The asyncpg connection of the session, inside the session's transaction when `write`.
-
-    SQLAlchemy's asyncpg adapter sends BEGIN lazily, on its first cursor; statements sent straight
-    to the driver before that would autocommit one by one. So a writer starts the adapter's
-    transaction here (commit/rollback at the request's edge then end it). Readers skip BEGIN and
-    COMMIT: each of their statements is a consistent snapshot on its own.
-    """
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    adapted = raw.dbapi_connection
-    if write and getattr(adapted, "_transaction", None) is None:
-        await adapted._start_transaction()  # no public hook; tests/consents prove the rollback
-    return raw.driver_connection
 
 
 @dataclass
@@ -131,7 +112,6 @@ async def append(
     (PostgreSQL runs every data-modifying CTE to completion even when the outer query ignores it.)
     """
     occurred_at = evidence.occurred_at or head.now
-    guardian_json = json.dumps(evidence.guardian, ensure_ascii=False) if evidence.guardian else None
     events: list[dict[str, Any]] = []
     prev_hash, seq = head.last_hash, head.last_seq
     for change in changes:
@@ -153,7 +133,7 @@ async def append(
     arrays = [[e[c] for e in events] for c in columns]
     await conn.execute(
         APPEND, *arrays, tenant, head.id, evidence.collection_point_id, evidence.notice_id, evidence.method,
-        evidence.actor_type, evidence.actor_ref, guardian_json, evidence.ip, evidence.user_agent, occurred_at,
+        evidence.actor_type, evidence.actor_ref, evidence.guardian, evidence.ip, evidence.user_agent, occurred_at,
         head.now, request_id, evidence.reason, seq, prev_hash,
     )
     head.last_seq, head.last_hash = seq, prev_hash

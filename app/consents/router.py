@@ -6,15 +6,15 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, status
-from fastapi.responses import JSONResponse
 
 from app.auth.deps import AuditRead, ConsentsRead, ConsentsWrite
-from app.consents import ledger, queries, service
+from app.consents import queries, service
 from app.consents.schemas import (
     BulkWithdrawalIn, ChainVerification, ConsentRecord, HistoryPage, RecordResult, StatePage, WithdrawalIn,
     WithdrawalResult,
 )
-from app.core.db import Session
+from app.core.db import LedgerReader, LedgerWriter
+from app.core.responses import json_response
 from app.core.errors import InvalidRequest, problem_responses
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"],
@@ -32,21 +32,21 @@ def _client(request: Request) -> service.ClientInfo:
                               user_agent=request.headers.get("user-agent"))
 
 
-def _respond(outcome: service.Outcome) -> JSONResponse:
+def _respond(outcome: service.Outcome):
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+    return json_response(outcome.body, status_code=outcome.status_code, headers=headers)
 
 
 @router.post("/consents", operation_id="consents-record", status_code=status.HTTP_201_CREATED,
              response_model=RecordResult, responses=problem_responses(409))
 async def record_consents(
-    subject_id: SubjectId, body: ConsentRecord, request: Request, principal: ConsentsWrite, session: Session,
+    subject_id: SubjectId, body: ConsentRecord, request: Request, principal: ConsentsWrite, conn: LedgerWriter,
     idempotency_key: IdempotencyKey = None,
 ):
     """Record one decision per presented purpose. Pre-checked, unpresented or missing decisions and
     refused required purposes fail the whole request; nothing is written then."""
     return _respond(await service.record(
-        session, principal, subject_id=subject_id, body=body, client=_client(request),
+        conn, principal, subject_id=subject_id, body=body, client=_client(request),
         idempotency_key=idempotency_key, request_path=request.url.path,
     ))
 
@@ -54,12 +54,12 @@ async def record_consents(
 @router.post("/consents/withdraw", operation_id="consents-withdraw-many", response_model=WithdrawalResult,
              responses=problem_responses(409))
 async def withdraw_many(
-    subject_id: SubjectId, body: BulkWithdrawalIn, request: Request, principal: ConsentsWrite, session: Session,
+    subject_id: SubjectId, body: BulkWithdrawalIn, request: Request, principal: ConsentsWrite, conn: LedgerWriter,
     idempotency_key: IdempotencyKey = None,
 ):
     """Withdraw several purposes at once, e.g. `{"kind": "marketing"}` for every marketing consent."""
     return _respond(await service.withdraw(
-        session, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
+        conn, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
         idempotency_key=idempotency_key, request_path=request.url.path,
     ))
 
@@ -67,39 +67,39 @@ async def withdraw_many(
 @router.post("/consents/{purpose}/withdraw", operation_id="consents-withdraw", response_model=WithdrawalResult,
              responses=problem_responses(409))
 async def withdraw_one(
-    subject_id: SubjectId, purpose: str, request: Request, principal: ConsentsWrite, session: Session,
+    subject_id: SubjectId, purpose: str, request: Request, principal: ConsentsWrite, conn: LedgerWriter,
     body: WithdrawalIn | None = None, idempotency_key: IdempotencyKey = None,
 ):
     """Withdraw one purpose. Withdrawing again writes nothing and says it was already withdrawn."""
     return _respond(await service.withdraw(
-        session, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
+        conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
         client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
     ))
 
 
 @router.get("/consents", operation_id="consents-state", response_model=StatePage)
 async def get_state(
-    subject_id: SubjectId, principal: ConsentsRead, session: Session,
+    subject_id: SubjectId, principal: ConsentsRead, conn: LedgerReader,
     as_of: Annotated[datetime | None, Query(description="ISO 8601 instant with offset: the state as it was then")] = None,
 ):
     if as_of is not None and as_of.tzinfo is None:
         raise InvalidRequest("as_of needs a timezone offset",
                              errors=[{"field": "query.as_of", "reason": "must include a timezone offset, e.g. Z"}])
-    return await queries.state(await ledger.driver(session, write=False), principal.tenant, subject_id, as_of)
+    return json_response(await queries.state(conn, principal.tenant, subject_id, as_of))
 
 
 @router.get("/consents/history", operation_id="consents-history", response_model=HistoryPage)
 async def get_history(
-    subject_id: SubjectId, principal: ConsentsRead, session: Session,
+    subject_id: SubjectId, principal: ConsentsRead, conn: LedgerReader,
     purpose: Annotated[str | None, Query(description="Only this purpose's events")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
-    return await queries.history(await ledger.driver(session, write=False), principal.tenant, subject_id,
-                                 purpose=purpose, cursor=cursor, limit=limit)
+    return json_response(await queries.history(conn, principal.tenant, subject_id,
+                                               purpose=purpose, cursor=cursor, limit=limit))
 
 
 @router.get("/consents/verify", operation_id="consents-verify", response_model=ChainVerification)
-async def verify_chain(subject_id: SubjectId, principal: AuditRead, session: Session):
+async def verify_chain(subject_id: SubjectId, principal: AuditRead, conn: LedgerReader):
     """Walk the subject's hash chain and report the first break, if any."""
-    return await queries.verify(await ledger.driver(session, write=False), principal.tenant, subject_id)
+    return json_response(await queries.verify(conn, principal.tenant, subject_id))

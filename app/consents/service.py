@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.deps import Principal
 from app.consents import idempotency, ledger, queries
@@ -117,10 +116,9 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
 
 
 async def record(
-    session: AsyncSession, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
+    conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
     idempotency_key: str | None, request_path: str,
 ) -> Outcome:
-    conn = await ledger.driver(session)
     replay = await idempotency.claim(
         conn, principal.tenant, idempotency_key,
         idempotency.fingerprint("POST", request_path, body.model_dump(mode="json")),
@@ -169,19 +167,18 @@ async def record(
         notices={body.notice_id: (rows[0]["notice_key"], rows[0]["notice_version"])},
     )
     result = {
-        "subject_id": subject_id, "request_id": str(request_id), "recorded_at": head.now.isoformat(),
-        "events": [queries.event_read(e, names).model_dump(mode="json") for e in events],
+        "subject_id": subject_id, "request_id": request_id, "recorded_at": head.now,
+        "events": [queries.event_json(e, names) for e in events],
     }
     await idempotency.store(conn, principal.tenant, idempotency_key, 201, result)
     return Outcome(201, result)
 
 
 async def withdraw(
-    session: AsyncSession, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
+    conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
     purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str,
 ) -> Outcome:
     """Withdraw granted purposes; what is not granted is reported unchanged, never written twice."""
-    conn = await ledger.driver(session)
     replay = await idempotency.claim(
         conn, principal.tenant, idempotency_key,
         idempotency.fingerprint("POST", request_path, body.model_dump(mode="json")),
@@ -235,7 +232,7 @@ async def withdraw(
         if event is not None:
             results.append({"purpose": key, "changed": True, "status": "withdrawn",
                             "detail": "consent withdrawn; processing for this purpose must stop",
-                            "event": queries.event_read(event, names).model_dump(mode="json")})
+                            "event": queries.event_json(event, names)})
         elif row["status"] is None:
             results.append({"purpose": key, "changed": False, "status": None,
                             "detail": "no consent was ever recorded for this purpose", "event": None})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.core.responses import dumps
 from app.core.settings import Settings
 
 # Stable constraint names keep Alembic diffs and error messages predictable.
@@ -31,7 +34,7 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "consent-ledger", "timezone": "UTC"}},
     )
 
@@ -54,3 +57,42 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit happens before the response is built, so a failed commit
 # becomes an error response instead of a success the client already received.
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+# --- the ledger's own asyncpg pool -------------------------------------------------------------
+# Recording and the subject reads are the calls every sign-up and preference page makes; they run
+# on a plain asyncpg pool (measured in bench/: the SQLAlchemy session, its pool and response-model
+# validation cost more than the SQL itself). Same database, same one-transaction-per-request rule.
+
+
+def asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=dumps, decoder=json.loads,
+                                  schema="pg_catalog")
+
+
+async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        asyncpg_dsn(url), min_size=1, max_size=settings.db_pool_size + settings.db_max_overflow,
+        init=_init_connection, server_settings={"application_name": "consent-ledger", "timezone": "UTC"},
+    )
+
+
+async def _ledger_writer(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """A connection inside one transaction: committed when the route returns, rolled back on error."""
+    async with request.app.state.pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+async def _ledger_reader(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """A connection without BEGIN/COMMIT: each read is one statement, a consistent snapshot alone."""
+    async with request.app.state.pool.acquire() as conn:
+        yield conn
+
+
+LedgerWriter = Annotated[asyncpg.Connection, Depends(_ledger_writer, scope="function")]
+LedgerReader = Annotated[asyncpg.Connection, Depends(_ledger_reader, scope="function")]
