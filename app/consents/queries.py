@@ -95,7 +95,7 @@ ORDER BY p.key
 """
 
 
-async def state(conn: asyncpg.Connection, tenant: str, external_id: str, as_of: datetime | None) -> dict[str, Any]:
+async def state(conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str, as_of: datetime | None) -> dict[str, Any]:
     if as_of is None:
         rows = await conn.fetch(CURRENT_STATE, tenant, external_id)
     else:
@@ -146,7 +146,7 @@ def decode_cursor(cursor: str | None) -> int:
 
 
 async def history(
-    conn: asyncpg.Connection, tenant: str, external_id: str, *, purpose: str | None, cursor: str | None, limit: int,
+    conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str, *, purpose: str | None, cursor: str | None, limit: int,
 ) -> dict[str, Any]:
     after = decode_cursor(cursor)
     rows = await conn.fetch(HISTORY, tenant, external_id, after, purpose, limit + 1)
@@ -160,7 +160,7 @@ async def history(
             "next_cursor": encode_cursor(items[-1]["seq"]) if len(events) > limit else None}
 
 
-async def verify(conn: asyncpg.Connection, tenant: str, external_id: str) -> dict[str, Any]:
+async def verify(conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str) -> dict[str, Any]:
     subject = await conn.fetchrow(
         "SELECT id, last_seq, last_hash FROM subjects WHERE tenant_id = $1 AND external_id = $2", tenant, external_id
     )

@@ -88,11 +88,11 @@ async def _ledger_writer(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-async def _ledger_reader(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """A connection without BEGIN/COMMIT: each read is one statement, a consistent snapshot alone."""
-    async with request.app.state.pool.acquire() as conn:
-        yield conn
+def _ledger_reader(request: Request) -> asyncpg.Pool:
+    """The pool itself: each read is one statement (a consistent snapshot alone), and the pool's
+    fetch takes and returns a connection around it, without BEGIN/COMMIT or a yield dependency."""
+    return request.app.state.pool
 
 
 LedgerWriter = Annotated[asyncpg.Connection, Depends(_ledger_writer, scope="function")]
-LedgerReader = Annotated[asyncpg.Connection, Depends(_ledger_reader, scope="function")]
+LedgerReader = Annotated[asyncpg.Pool, Depends(_ledger_reader)]
