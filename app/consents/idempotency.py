@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel
 
 from app.core.errors import IdempotencyKeyReused, InvalidRequest
 from app.core.hashing import canonical_json, sha256_hex
@@ -28,10 +29,11 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return sha256_hex(canonical_json({"method": method, "path": path, "body": body}))
 
 
-async def claim(conn: asyncpg.Connection, tenant: str, key: str | None, request_hash: str) -> Replay | None:
+async def claim(conn: asyncpg.Connection, tenant: str, key: str | None, path: str, body: BaseModel) -> Replay | None:
     """Reserve the key for this transaction, or return the stored first result."""
     if key is None:
         return None
+    request_hash = fingerprint("POST", path, body.model_dump(mode="json"))
     if not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidRequest("the Idempotency-Key header is not valid", errors=[
             {"field": "header.Idempotency-Key", "reason": f"must be 1-{MAX_KEY_LENGTH} characters"}])

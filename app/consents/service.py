@@ -119,10 +119,7 @@ async def record(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
     idempotency_key: str | None, request_path: str,
 ) -> Outcome:
-    replay = await idempotency.claim(
-        conn, principal.tenant, idempotency_key,
-        idempotency.fingerprint("POST", request_path, body.model_dump(mode="json")),
-    )
+    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body)
     if replay:
         return Outcome(replay.status_code, replay.body, replayed=True)
     evidence = _evidence(principal, body, client)
@@ -179,10 +176,7 @@ async def withdraw(
     purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str,
 ) -> Outcome:
     """Withdraw granted purposes; what is not granted is reported unchanged, never written twice."""
-    replay = await idempotency.claim(
-        conn, principal.tenant, idempotency_key,
-        idempotency.fingerprint("POST", request_path, body.model_dump(mode="json")),
-    )
+    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body)
     if replay:
         return Outcome(replay.status_code, replay.body, replayed=True)
     evidence = _evidence(principal, body, client)

@@ -88,7 +88,7 @@ async def _ledger_writer(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-def _ledger_reader(request: Request) -> asyncpg.Pool:
+async def _ledger_reader(request: Request) -> asyncpg.Pool:
     """The pool itself: each read is one statement (a consistent snapshot alone), and the pool's
     fetch takes and returns a connection around it, without BEGIN/COMMIT or a yield dependency."""
     return request.app.state.pool
