@@ -1,0 +1,272 @@
+"""`make bench`: the project's hot calls against a raw FastAPI + asyncpg baseline, then read latency
+with millions of events. Not part of the test suite: it prints figures (and keeps them as JSON under
+bench/results/, which git ignores).
+
+Everything runs on loopback and cleans up after itself: an embedded PostgreSQL in a temporary
+directory, the project service and the baseline (one uvicorn worker each), and the load generator
+(wrk if installed, else Python processes).
+
+    python -m bench.run          both parts (the second is skipped with BENCH_SKIP_BIG=1)
+    python -m bench.run --big    only the second part
+
+Environment: BENCH_SECONDS (seconds per measured run, 10), BENCH_WARMUP (2), BENCH_ROUNDS (measured runs
+per service and scenario, alternating, best reported, 2), BENCH_CONNECTIONS (32),
+BENCH_EVENTS (events seeded for the second part, 5000000), BENCH_SAMPLES (subjects timed, 2000),
+BENCH_LOADGEN=python (use the Python generator even when wrk is installed), BENCH_DURABLE=1 (run
+PostgreSQL with fsync and synchronous commit on; by default they are off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from app.auth.tokens import issue
+from app.core.embedded_pg import EmbeddedPostgres, free_port
+from app.core.settings import Settings
+from bench import big, database, servers
+from bench.load import Result, Scenario, generator_name, run_load
+from bench.seed import Catalog, seed_range
+
+PROJECT_TENANT = "bench-project"
+BASELINE_TENANT = "bench-raw"
+# Pool of the baseline = the project's default SQLAlchemy pool (DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 10).
+BASELINE_POOL = 20
+SEEDED_SUBJECTS = 2_000
+SEEDED_EVENTS = 60  # more than one page of 50, so every history read returns a full page
+THROUGHPUT_TARGET = 0.7  # project req/s >= 0.7 x baseline
+WRITE_P99_TARGET = 1.5  # project write p99 <= 1.5 x baseline
+TIME_LIMIT = 60 * 60  # hard stop for the whole run, whatever hangs
+RESULTS = Path(__file__).with_name("results")
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: int
+    warmup: int
+    rounds: int
+    connections: int
+    events: int
+    samples: int
+    compare: bool
+    big: bool
+    durable: bool
+    generator: str
+
+    @classmethod
+    def load(cls, only_big: bool) -> "Config":
+        env = os.environ
+        return cls(
+            seconds=int(env.get("BENCH_SECONDS", "10")), warmup=int(env.get("BENCH_WARMUP", "2")),
+            rounds=int(env.get("BENCH_ROUNDS", "2")),
+            connections=int(env.get("BENCH_CONNECTIONS", "32")), events=int(env.get("BENCH_EVENTS", "5000000")),
+            samples=int(env.get("BENCH_SAMPLES", "2000")), compare=not only_big,
+            big=only_big or env.get("BENCH_SKIP_BIG") != "1", durable=env.get("BENCH_DURABLE") == "1",
+            generator="python" if env.get("BENCH_LOADGEN") == "python" else generator_name(),
+        )
+
+
+def _abort(signum: int, _frame: Any) -> None:
+    """SIGTERM and the overall time limit unwind through the finally blocks, which stop everything."""
+    reason = "time limit reached" if signum == signal.SIGALRM else f"signal {signal.Signals(signum).name}"
+    raise SystemExit(f"bench: stopped ({reason})")
+
+
+def _scenarios(catalog: Catalog) -> list[Scenario]:
+    body = {
+        "collection_point": database.POINT, "notice_id": str(catalog.notice_id),
+        "decisions": [{"purpose": "membership", "decision": "granted"},
+                      {"purpose": "marketing-sms", "decision": "granted"},
+                      {"purpose": "marketing-email", "decision": "refused"}],
+    }
+    return [
+        Scenario("record 3 decisions", "POST", "/v1/subjects/", "/consents", fresh=True,
+                 body=json.dumps(body, separators=(",", ":")).encode()),
+        Scenario("read current state", "GET", "/v1/subjects/", "/consents", fresh=False),
+        Scenario("read history page", "GET", "/v1/subjects/", "/consents/history?limit=50", fresh=False),
+    ]
+
+
+def _check(server: servers.Server, scenario: Scenario, headers: dict[str, str]) -> int:
+    """One request before the load, so a broken setup fails loudly instead of timing errors."""
+    subject = "check-0" if scenario.fresh else "seed-0"
+    response = httpx.request(scenario.method, f"http://127.0.0.1:{server.port}{scenario.path(subject)}",
+                             headers=headers, content=scenario.body or None, timeout=10)
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"{scenario.name} on {server.name} -> {response.status_code}: {response.text[:500]}\n"
+                           f"{server.name} log:\n{server.log_tail()}")
+    return len(response.content)
+
+
+async def _seed_readers(dsn: str, catalogs: list[Catalog]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for catalog in catalogs:
+            await seed_range(conn, catalog, "seed-", 0, SEEDED_SUBJECTS, SEEDED_EVENTS)
+        await conn.execute("VACUUM (ANALYZE) subjects, consent_events, consent_states")
+    finally:
+        await conn.close()
+
+
+def compare(config: Config, targets: dict[str, tuple[servers.Server, Catalog]], headers: dict[str, str],
+            ) -> list[dict]:
+    """Per scenario: a warm-up run on each service, then `rounds` measured runs alternating between
+    them. The best round (most req/s) of each side is reported: on a shared 2-core machine noise
+    only ever slows a run down, and alternating keeps a slow spell from hitting one side only."""
+    scenarios = {target: _scenarios(catalog) for target, (_, catalog) in targets.items()}
+    runs = itertools.count(1)
+
+    def load(server: servers.Server, scenario: Scenario, seconds: int) -> Result:
+        return run_load(config.generator, server.port, scenario, headers, seconds, config.connections,
+                        tag=f"r{next(runs)}", seeded=SEEDED_SUBJECTS)  # tags keep fresh subjects unique
+
+    rows = []
+    for same in zip(*scenarios.values()):  # one scenario, as built for each target
+        row: dict[str, Any] = {"scenario": same[0].name, "write": same[0].fresh}
+        sides = [(target, server, scenario) for (target, (server, _)), scenario in zip(targets.items(), same)]
+        for target, server, scenario in sides:
+            row[f"{target}_reply_bytes"] = _check(server, scenario, headers)
+            load(server, scenario, config.warmup)
+        rounds: dict[str, list[Result]] = {target: [] for target in targets}
+        for _ in range(config.rounds):
+            for target, server, scenario in sides:
+                result = load(server, scenario, config.seconds)
+                rounds[target].append(result)
+                print(f"  {scenario.name:<20} {target:<8} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                      f"p99 {result.p99_ms:7.2f} ms  failures {result.failures}", flush=True)
+        for target, results in rounds.items():
+            best = max(results, key=lambda r: r.rps)
+            row[target] = {**asdict(best), "rps": best.rps, "rounds": [{**asdict(r), "rps": r.rps} for r in results]}
+        row["throughput_ratio"] = row["project"]["rps"] / row["baseline"]["rps"]
+        row["p99_ratio"] = row["project"]["p99_ms"] / row["baseline"]["p99_ms"]
+        rows.append(row)
+    _print_table(rows)
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    print("\nbest round of each side")
+    print(f"{'scenario':<20} | {'project':^27} | {'baseline':^27} | {'throughput':^16} | {'p99':^16}")
+    print(f"{'':<20} | {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | "
+          f"{'ratio (>=' + format(THROUGHPUT_TARGET, '.1f') + ')':>16} | "
+          f"{'ratio (<=' + format(WRITE_P99_TARGET, '.1f') + ')':>16}")
+    for row in rows:
+        p, b = row["project"], row["baseline"]
+        verdict = "PASS" if row["throughput_ratio"] >= THROUGHPUT_TARGET else "FAIL"
+        throughput = f"{row['throughput_ratio']:.2f} {verdict}"
+        p99 = f"{row['p99_ratio']:.2f}"
+        if row["write"]:  # the p99 target is for writes only
+            p99 += " PASS" if row["p99_ratio"] <= WRITE_P99_TARGET else " FAIL"
+        print(f"{row['scenario']:<20} | {p['rps']:>9.1f} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} | "
+              f"{b['rps']:>9.1f} {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f} | {throughput:>16} | {p99:>16}")
+        if p["failures"] or b["failures"]:
+            print(f"{'':<20}   WARNING: failed requests: project {p['failures']}, baseline {b['failures']}")
+    print("reply sizes (bytes, project / baseline): " + ", ".join(
+        f"{r['scenario']} {r['project_reply_bytes']} / {r['baseline_reply_bytes']}" for r in rows), flush=True)
+
+
+def _revision() -> str:
+    """The code measured: commit, and whether the work tree had uncommitted changes."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=servers.ROOT, capture_output=True,
+                              text=True, timeout=10)
+    except OSError:
+        return "unknown (no git)"
+    return done.stdout.strip() or "unknown"
+
+
+def _header(config: Config) -> None:
+    print(f"consent-ledger bench at {_revision()}, {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} "
+          f"on {platform.node()}: "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} "
+          "(anything else running shares the CPUs with the services)")
+    durability = ("durable (fsync and synchronous_commit on)" if config.durable
+                  else "fast_unsafe=True (fsync, synchronous_commit and full_page_writes off)")
+    print(f"PostgreSQL: embedded, {durability}")
+    if config.compare:
+        print(f"load: {config.generator}, {config.connections} keep-alive connections, closed loop, "
+              f"{config.warmup} s warm-up, then {config.rounds} x {config.seconds} s measured per service, "
+              "alternating, best round reported; both services one uvicorn worker")
+        print(f"project: app.main:create_app, a JWT (HS256) on every request, pool settings at their defaults;\n"
+              f"baseline: bench/baseline_app.py, plain FastAPI + asyncpg pool of {BASELINE_POOL}, no JWT check, "
+              f"no catalog lookup per request;\n"
+              f"POSTs carry no Idempotency-Key (neither side stores a replay); "
+              f"reads hit {SEEDED_SUBJECTS} seeded subjects of {SEEDED_EVENTS} events each", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--big", action="store_true", help="only the second part (read latency at BENCH_EVENTS)")
+    config = Config.load(parser.parse_args(argv).big)
+    signal.signal(signal.SIGTERM, _abort)
+    signal.signal(signal.SIGALRM, _abort)
+    signal.alarm(TIME_LIMIT)
+    _header(config)
+
+    results: dict[str, Any] = {"started": datetime.now().astimezone().isoformat(), "config": asdict(config)}
+    with ExitStack() as cleanup:  # undone in reverse: services, then PostgreSQL, then the directory
+        workdir = Path(tempfile.mkdtemp(prefix="cl-bench-"))
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        pg = EmbeddedPostgres(workdir / "pg", free_port(), fast_unsafe=not config.durable)
+        cleanup.callback(pg.stop, "immediate")
+        pg.start()
+        url = database.create(pg.url)
+        dsn = database.dsn(url)
+        catalogs = {"project": asyncio.run(database.load_catalog(url, PROJECT_TENANT))}
+        if config.compare:
+            catalogs["baseline"] = asyncio.run(database.load_catalog(url, BASELINE_TENANT))
+            asyncio.run(_seed_readers(dsn, list(catalogs.values())))
+
+        settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), jwt_issuer="consent-ledger-bench",
+                            jwt_audience="consent-ledger")
+        token = issue(settings, tenant=PROJECT_TENANT, sub="bench", scopes=["consents:write", "consents:read"],
+                      ttl_seconds=TIME_LIMIT + 600)
+        # the same headers go to both services, so both parse requests of the same size
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        project = servers.start("project", "app.main:create_app", free_port(), {
+            "DATABASE_URL": url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
+            "JWT_AUDIENCE": settings.jwt_audience,
+        }, workdir)
+        cleanup.callback(project.stop)
+
+        if config.compare:
+            baseline = servers.start("baseline", "bench.baseline_app:create_app", free_port(), {
+                "DATABASE_URL": dsn, "BASELINE_TENANT": BASELINE_TENANT, "BASELINE_COLLECTION_POINT": database.POINT,
+                "BASELINE_POOL_SIZE": str(BASELINE_POOL),
+            }, workdir)
+            cleanup.callback(baseline.stop)
+            print("\nproject vs baseline, every measured round:", flush=True)
+            results["compare"] = compare(config, {"project": (project, catalogs["project"]),
+                                                  "baseline": (baseline, catalogs["baseline"])}, headers)
+            baseline.stop()  # idle from here on; its pool connections need not linger during seeding
+        if config.big:
+            results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples)
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nfigures saved to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
