@@ -35,3 +35,10 @@ async def sign_up(client: httpx.AsyncClient, headers: dict[str, str], subject: s
     body = decisions_for(await form(client, headers), granted)
     body.update(extra)
     return await client.post(f"/v1/subjects/{subject}/consents", json=body, headers=headers)
+
+
+async def event_count(db, tenant: str, subject: str) -> int:
+    """Events stored for a subject, read straight from the database."""
+    return await db.fetchval(
+        "SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
+        "WHERE s.tenant_id = $1 AND s.external_id = $2", tenant, subject)

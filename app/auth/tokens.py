@@ -19,10 +19,6 @@ from app.core.settings import Settings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
-KNOWN_SCOPES = (
-    "consents:write", "consents:read", "catalog:write", "catalog:read",
-    "audit:read", "webhooks:admin", "evidence:forward", "self",
-)
 
 
 class TokenError(Exception):

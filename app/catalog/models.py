@@ -10,7 +10,7 @@ from sqlalchemy import CheckConstraint, Column, ForeignKey, Index, Text, UniqueC
 from sqlalchemy.dialects.postgresql import UUID
 from sqlmodel import Field, SQLModel
 
-from app.core.models import jsonb, optional_timestamp, timestamp, uuid_pk
+from app.core.models import jsonb_object, sql_in, optional_timestamp, timestamp, uuid_pk
 
 PURPOSE_KINDS = (
     "required", "optional", "marketing", "third_party",
@@ -18,10 +18,6 @@ PURPOSE_KINDS = (
 )
 CHANNELS = ("sms", "email", "push", "kakao", "phone", "night")
 COLLECTION_POINT_KINDS = ("signup", "preference_center", "event", "phone", "paper", "other")
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 class Tenant(SQLModel, table=True):
@@ -73,8 +69,8 @@ class Purpose(SQLModel, table=True):
     __tablename__ = "purposes"
     __table_args__ = (
         UniqueConstraint("tenant_id", "key"),
-        CheckConstraint(_in("kind", PURPOSE_KINDS), name="kind"),
-        CheckConstraint(f"channel IS NULL OR {_in('channel', CHANNELS)}", name="channel"),
+        CheckConstraint(sql_in("kind", PURPOSE_KINDS), name="kind"),
+        CheckConstraint(f"channel IS NULL OR {sql_in('channel', CHANNELS)}", name="channel"),
         CheckConstraint("channel IS NULL OR kind = 'marketing'", name="channel_only_marketing"),
         CheckConstraint("(kind = 'third_party') = (recipient_id IS NOT NULL)", name="recipient_iff_third_party"),
     )
@@ -86,7 +82,7 @@ class Purpose(SQLModel, table=True):
     recipient_id: uuid.UUID | None = Field(
         default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("recipients.id"), nullable=True)
     )
-    disclosures: dict[str, Any] = jsonb(default={})
+    disclosures: dict[str, Any] = jsonb_object()
     disclosure_hash: str = Field(sa_column=Column(Text, nullable=False))
     active: bool = Field(default=True)
     created_at: datetime = timestamp()
@@ -102,7 +98,7 @@ class PurposeDisclosure(SQLModel, table=True):
     tenant_id: str = Field(sa_column=Column(Text, nullable=False))
     purpose_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), nullable=False))
     hash: str = Field(sa_column=Column(Text, nullable=False))
-    content: dict[str, Any] = jsonb(default={})
+    content: dict[str, Any] = jsonb_object()
     created_at: datetime = timestamp()
 
 
@@ -133,7 +129,7 @@ class CollectionPoint(SQLModel, table=True):
     __tablename__ = "collection_points"
     __table_args__ = (
         UniqueConstraint("tenant_id", "key"),
-        CheckConstraint(_in("kind", COLLECTION_POINT_KINDS), name="kind"),
+        CheckConstraint(sql_in("kind", COLLECTION_POINT_KINDS), name="kind"),
     )
     id: uuid.UUID = uuid_pk()
     tenant_id: str = Field(sa_column=Column(Text, nullable=False))

@@ -171,8 +171,7 @@ async def create_collection_point(body: schemas.CollectionPointCreate, principal
 @router.get("/collection-points", tags=["collection-points"], operation_id="collection-points-list",
             response_model=list[schemas.CollectionPointRead])
 async def list_collection_points(principal: CatalogRead, session: Session):
-    points = await service.list_all(session, principal, CollectionPoint)
-    return [service.collection_point_read(p, await service.presented_purposes(session, p)) for p in points]
+    return await service.list_collection_points(session, principal)
 
 
 @router.get("/collection-points/{key}", tags=["collection-points"], operation_id="collection-points-get",

@@ -20,7 +20,6 @@ class Head:
     """The locked subject: where its chain ends and the server time taken under the lock."""
 
     id: uuid.UUID
-    external_id: str
     last_seq: int
     last_hash: str | None
     now: datetime
@@ -43,7 +42,7 @@ async def lock_subject(conn: asyncpg.Connection, tenant: str, external_id: str, 
     row = await conn.fetchrow(LOCK_OR_CREATE if create else LOCK_EXISTING, tenant, external_id)
     if row is None:
         return None
-    return Head(id=row["id"], external_id=external_id, last_seq=row["last_seq"], last_hash=row["last_hash"],
+    return Head(id=row["id"], last_seq=row["last_seq"], last_hash=row["last_hash"],
                 now=row["now"], created=row["created"])
 
 

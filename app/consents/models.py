@@ -10,16 +10,12 @@ from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, I
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
-from app.core.models import jsonb, timestamp, uuid_pk
+from app.core.models import jsonb_object, sql_in, timestamp, uuid_pk
 
 ACTIONS = ("granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked")
 STATUSES = ("granted", "refused", "withdrawn", "expired", "revoked")
 METHODS = ("web", "app", "phone", "paper", "email", "api")
 ACTOR_TYPES = ("subject", "guardian", "operator")
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 class Subject(SQLModel, table=True):
@@ -43,10 +39,10 @@ class ConsentEvent(SQLModel, table=True):
         UniqueConstraint("subject_id", "seq"),
         Index("ix_consent_events_subject_purpose_seq", "subject_id", "purpose_id", "seq"),
         Index("ix_consent_events_tenant_recorded", "tenant_id", "recorded_at"),
-        CheckConstraint(_in("action", ACTIONS), name="action"),
-        CheckConstraint(_in("status", STATUSES), name="status"),
-        CheckConstraint(_in("method", METHODS), name="method"),
-        CheckConstraint(_in("actor_type", ACTOR_TYPES), name="actor_type"),
+        CheckConstraint(sql_in("action", ACTIONS), name="action"),
+        CheckConstraint(sql_in("status", STATUSES), name="status"),
+        CheckConstraint(sql_in("method", METHODS), name="method"),
+        CheckConstraint(sql_in("actor_type", ACTOR_TYPES), name="actor_type"),
         CheckConstraint("actor_type <> 'guardian' OR guardian IS NOT NULL", name="guardian_evidence"),
     )
     id: uuid.UUID = uuid_pk()
@@ -81,7 +77,7 @@ class ConsentState(SQLModel, table=True):
     """Current status per (subject, purpose), written in the same transaction as its event."""
 
     __tablename__ = "consent_states"
-    __table_args__ = (CheckConstraint(_in("status", STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(sql_in("status", STATUSES), name="status"),)
     subject_id: uuid.UUID = Field(
         sa_column=Column(UUID(as_uuid=True), ForeignKey("subjects.id"), primary_key=True)
     )
@@ -105,5 +101,5 @@ class IdempotencyKey(SQLModel, table=True):
     key: str = Field(sa_column=Column(Text, primary_key=True))
     request_hash: str = Field(sa_column=Column(Text, nullable=False))
     status_code: int | None = Field(default=None, sa_column=Column(Integer))
-    response: dict[str, Any] = jsonb(default={})
+    response: dict[str, Any] = jsonb_object()
     created_at: datetime = timestamp()

@@ -186,19 +186,16 @@ async def withdraw(
         raise NotFound(f"no subject {subject_id!r}")
     _check_occurred_at(evidence, head)
 
+    named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
+    kind = getattr(body, "kind", None) if purpose_key is None else None
     rows = await conn.fetch(
         """SELECT p.id, p.key, p.kind, s.status, s.version
            FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
-           WHERE p.tenant_id = $1""",
-        principal.tenant, head.id,
+           WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)""",
+        principal.tenant, head.id, named, kind,
     )
     by_key = {r["key"]: r for r in rows}
-    if purpose_key is not None:
-        keys = [purpose_key]
-    elif isinstance(body, BulkWithdrawalIn) and body.purposes is not None:
-        keys = list(dict.fromkeys(body.purposes))
-    else:
-        keys = sorted(r["key"] for r in rows if r["kind"] == body.kind and r["status"] is not None)
+    keys = named or sorted(r["key"] for r in rows if r["status"] is not None)
     unknown = [k for k in keys if k not in by_key]
     if unknown:
         raise NotFound(f"no purpose with key {unknown[0]!r}",

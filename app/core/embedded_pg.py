@@ -129,7 +129,3 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         if self.is_running():
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=60)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()

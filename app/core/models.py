@@ -38,6 +38,11 @@ def optional_timestamp() -> Any:
     return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
 
 
-def jsonb(*, nullable: bool = False, default: Any = None) -> Any:
-    factory = (lambda: dict(default)) if isinstance(default, dict) else (lambda: list(default or []))
-    return Field(default_factory=factory, sa_column=Column(JSONB, nullable=nullable))
+def jsonb_object() -> Any:
+    """A required JSONB column holding an object, `{}` by default."""
+    return Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+
+
+def sql_in(column: str, values: tuple[str, ...]) -> str:
+    """SQL text for a CHECK constraint limiting a text column to `values`."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"

@@ -28,7 +28,6 @@ class Settings:
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
-    history_page_max: int = 500
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -48,7 +47,6 @@ class Settings:
             jwt_leeway_seconds=int(env.get("JWT_LEEWAY_SECONDS", "30")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
             db_max_overflow=int(env.get("DB_MAX_OVERFLOW", "10")),
-            history_page_max=int(env.get("HISTORY_PAGE_MAX", "500")),
         )
 
 

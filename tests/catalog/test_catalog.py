@@ -578,3 +578,12 @@ async def test_deactivated_purpose_is_no_longer_presented(client, auth, demo):
         assert "analytics" not in [p["key"] for p in (await form(client, headers))["purposes"]]
     else:
         assert_problem(response, 409, "conflict")
+
+
+async def test_listing_collection_points_shows_each_points_purposes_in_order(client, auth, demo):
+    headers = auth(demo)
+    listed = {p["key"]: p["purposes"] for p in (await client.get("/v1/collection-points", headers=headers)).json()}
+    for key in ("signup", "preferences"):
+        form = (await client.get(f"/v1/collection-points/{key}/form", headers=headers)).json()
+        assert listed[key] == [p["key"] for p in form["purposes"]]
+    assert listed["preferences"][0] == "marketing" and "membership" not in listed["preferences"]

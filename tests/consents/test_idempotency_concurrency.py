@@ -2,13 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.helpers import decisions_for, form
-
-
-async def _events(db, tenant, subject) -> int:
-    return await db.fetchval(
-        "SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
-        "WHERE s.tenant_id = $1 AND s.external_id = $2", tenant, subject)
+from tests.helpers import decisions_for, event_count, form
 
 
 async def test_retry_with_same_key_returns_first_result_and_writes_nothing(client, auth, demo, db):
@@ -17,12 +11,12 @@ async def test_retry_with_same_key_returns_first_result_and_writes_nothing(clien
     keyed = {**headers, "Idempotency-Key": "signup-i-1"}
     first = await client.post("/v1/subjects/i-1/consents", json=body, headers=keyed)
     assert first.status_code == 201
-    written = await _events(db, demo, "i-1")
+    written = await event_count(db, demo, "i-1")
     second = await client.post("/v1/subjects/i-1/consents", json=body, headers=keyed)
     assert second.status_code == 201
     assert second.headers["Idempotent-Replayed"] == "true"
     assert second.json() == first.json()
-    assert await _events(db, demo, "i-1") == written == 11
+    assert await event_count(db, demo, "i-1") == written == 11
 
 
 async def test_same_key_different_body_is_refused(client, auth, demo, db):
@@ -35,7 +29,7 @@ async def test_same_key_different_body_is_refused(client, auth, demo, db):
     assert response.json()["type"].endswith("idempotency-key-reused")
     other_path = await client.post("/v1/subjects/i-2b/consents", json=body, headers=headers)
     assert other_path.status_code == 422
-    assert await _events(db, demo, "i-2") == 11
+    assert await event_count(db, demo, "i-2") == 11
 
 
 async def test_failed_request_stores_no_key_so_retry_reruns(client, auth, demo):
@@ -54,7 +48,7 @@ async def test_concurrent_duplicates_with_one_key_write_once(client, auth, demo,
     ])
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["request_id"] for r in responses}) == 1
-    assert await _events(db, demo, "i-4") == 11
+    assert await event_count(db, demo, "i-4") == 11
 
 
 async def test_idempotent_withdrawal(client, auth, demo, db):
@@ -66,7 +60,7 @@ async def test_idempotent_withdrawal(client, auth, demo, db):
     second = await client.post("/v1/subjects/i-5/consents/marketing-sms/withdraw", headers=keyed)
     assert first.json() == second.json()
     assert second.json()["results"][0]["changed"] is True  # the first result, replayed
-    assert await _events(db, demo, "i-5") == 12
+    assert await event_count(db, demo, "i-5") == 12
 
 
 async def test_concurrent_writes_on_one_subject_are_totally_ordered(client, auth, demo, db):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.helpers import decisions_for, form, sign_up
+from tests.helpers import decisions_for, event_count, form, sign_up
 
 
 async def test_form_presents_every_purpose_unchecked_with_notice(client, auth, demo):
@@ -36,12 +36,6 @@ async def test_sign_up_records_events_and_state(client, auth, demo, db):
     assert len(rows) == 11
 
 
-async def _subject_event_count(db, tenant, subject) -> int:
-    return await db.fetchval(
-        "SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
-        "WHERE s.tenant_id = $1 AND s.external_id = $2", tenant, subject)
-
-
 async def test_prechecked_grant_is_refused_and_nothing_written(client, auth, demo, db):
     headers = auth(demo)
     body = decisions_for(await form(client, headers), {"marketing-sms"})
@@ -54,7 +48,7 @@ async def test_prechecked_grant_is_refused_and_nothing_written(client, auth, dem
     problem = response.json()
     assert problem["type"].endswith("consent-rule-violation")
     assert any(e["field"].endswith(".prechecked") for e in problem["errors"])
-    assert await _subject_event_count(db, demo, "m-2") == 0
+    assert await event_count(db, demo, "m-2") == 0
 
 
 async def test_grant_for_unpresented_purpose_is_refused(client, auth, demo, db):
@@ -64,7 +58,7 @@ async def test_grant_for_unpresented_purpose_is_refused(client, auth, demo, db):
     response = await client.post("/v1/subjects/m-3/consents", json=body, headers=headers)
     assert response.status_code == 422
     assert "does not present" in response.text
-    assert await _subject_event_count(db, demo, "m-3") == 0
+    assert await event_count(db, demo, "m-3") == 0
 
 
 async def test_missing_decision_is_an_error_not_a_default(client, auth, demo, db):
@@ -74,7 +68,7 @@ async def test_missing_decision_is_an_error_not_a_default(client, auth, demo, db
     response = await client.post("/v1/subjects/m-4/consents", json=body, headers=headers)
     assert response.status_code == 422
     assert any("'analytics'" in e["reason"] for e in response.json()["errors"])
-    assert await _subject_event_count(db, demo, "m-4") == 0
+    assert await event_count(db, demo, "m-4") == 0
 
 
 async def test_refused_required_purpose_fails_whole_sign_up(client, auth, demo, db):
@@ -86,7 +80,7 @@ async def test_refused_required_purpose_fails_whole_sign_up(client, auth, demo, 
     response = await client.post("/v1/subjects/m-5/consents", json=body, headers=headers)
     assert response.status_code == 422
     assert response.json()["type"].endswith("required-consent-refused")
-    assert await _subject_event_count(db, demo, "m-5") == 0
+    assert await event_count(db, demo, "m-5") == 0
     assert await db.fetchval("SELECT count(*) FROM subjects WHERE tenant_id = $1 AND external_id = 'm-5'", demo) == 0
 
 
