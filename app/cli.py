@@ -1,4 +1,4 @@
-"""The `consent-ledger` command: serve, migrate, token, seed, dev."""
+"""The `consent-ledger` command: serve, worker, migrate, token, seed, dev."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +54,27 @@ def serve(host: str, port: int, workers: int) -> None:
                 proxy_headers=True, log_level="info")
 
 
+def worker(concurrency: int | None) -> None:
+    import logging
+
+    from app.webhooks.dispatcher import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set")
+    if concurrency:
+        from dataclasses import replace
+
+        settings = replace(settings, webhook_concurrency=concurrency)
+    asyncio.run(run_worker(settings))
+
+
+def _start_worker() -> subprocess.Popen:
+    """The dev webhook worker, a separate process as in production, sharing this environment."""
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=os.environ.copy())
+
+
 def issue_token(settings: Settings, tenant: str, sub: str, scopes: list[str], ttl: int) -> str:
     from app.auth.tokens import issue
 
@@ -75,7 +97,10 @@ def dev(host: str, port: int) -> None:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    # The demo's processors run their receivers on this machine; a real deployment lists none.
+    os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,::1,localhost")
     pg = None
+    worker_process = None
     if not settings.database_url:
         pg = EmbeddedPostgres(data_dir / "pg", settings.embedded_pg_port)
         print(f"starting embedded PostgreSQL (data in {pg.pgdata}) ...", flush=True)
@@ -92,13 +117,22 @@ def dev(host: str, port: int) -> None:
             f"consent-ledger is starting on http://{host}:{port}",
             f"  interactive docs: http://{host}:{port}/docs",
             f"  demo tenants: smallticket, ticketpartner{' (loaded now)' if created else ''}",
+            "  webhook worker: running (receivers allowed on "
+            f"{os.environ['WEBHOOK_ALLOWED_HOSTS']} via WEBHOOK_ALLOWED_HOSTS)",
             "  development token (tenant smallticket, 30 days):",
             "",
             f"export TOKEN={token}",
             "",
         ]), flush=True)
+        worker_process = _start_worker()
         serve(host, port, 1)
     finally:
+        if worker_process is not None:
+            worker_process.terminate()
+            try:
+                worker_process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker_process.kill()
         if pg is not None:
             print("stopping embedded PostgreSQL ...", flush=True)
             pg.stop()
@@ -112,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--workers", type=int, default=1)
     p_serve.add_argument("--migrate", action="store_true", help="run migrations first")
+    p_worker = commands.add_parser("worker", help="deliver webhooks until SIGTERM (DATABASE_URL required)")
+    p_worker.add_argument("--concurrency", type=int, help="sends in flight at once (WEBHOOK_CONCURRENCY)")
     commands.add_parser("migrate", help="upgrade the database schema to head")
     commands.add_parser("seed", help="load the demo tenants if they are missing")
     p_token = commands.add_parser("token", help="print a signed development token (HS256, JWT_SECRET)")
@@ -129,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.migrate:
             migrate()
         serve(args.host, args.port, args.workers)
+    elif args.command == "worker":
+        worker(args.concurrency)
     elif args.command == "migrate":
         migrate()
     elif args.command == "seed":

@@ -15,6 +15,7 @@ from app.consents.router import router as consents_router
 from app.core import errors
 from app.core.db import create_engine, create_pool, session_factory
 from app.core.settings import Settings, get_settings
+from app.webhooks.router import router as webhooks_router
 
 API_DESCRIPTION = """\
 Proof of consent for Korean online services: granular opt-in consents (never pre-checked),
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "notices", "description": "Published policy / consent wording versions"},
             {"name": "recipients", "description": "Third parties (제3자) that receive data"},
             {"name": "processors", "description": "Outsourced processors (수탁사), disclosed"},
+            {"name": "webhooks", "description": "Signed notifications to processors when consent changes"},
             {"name": "health", "description": "Unauthenticated liveness and readiness"},
         ],
     )
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(consents_router)
     app.include_router(catalog_router)
+    app.include_router(webhooks_router)
 
     @app.get("/healthz", tags=["health"], operation_id="health-live")
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, WithdrawalIn
 from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
 )
+from app.webhooks import outbox
 
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -158,6 +159,8 @@ async def record(
     request_id = uuid.uuid4()
     events = await ledger.append(conn, tenant=principal.tenant, head=head, changes=changes, evidence=evidence,
                                  request_id=request_id)
+    await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id, events=events,
+                         purposes={r["id"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
     names = queries.Names(
         purposes={r["id"]: r["key"] for r in presented.values()},
         collection_points={evidence.collection_point_id: body.collection_point},
@@ -189,7 +192,7 @@ async def withdraw(
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
     rows = await conn.fetch(
-        """SELECT p.id, p.key, p.kind, s.status, s.version
+        """SELECT p.id, p.key, p.kind, p.channel, s.status, s.version
            FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
            WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)""",
         principal.tenant, head.id, named, kind,
@@ -214,6 +217,8 @@ async def withdraw(
     if changes:
         events = await ledger.append(conn, tenant=principal.tenant, head=head, changes=changes, evidence=evidence,
                                      request_id=uuid.uuid4())
+        await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id,
+                             events=events, purposes={r["id"]: (r["key"], r["kind"], r["channel"]) for r in rows})
     names = queries.Names(purposes={r["id"]: r["key"] for r in rows})
     by_purpose = {e["purpose_id"]: e for e in events}
     results = []

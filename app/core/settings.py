@@ -29,6 +29,20 @@ class Settings:
     db_pool_size: int = 10
     db_max_overflow: int = 10
 
+    # Webhooks. Delays (seconds) before attempt 1, 2, ...; one attempt per entry, then a dead letter.
+    webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_retry_jitter: float = 0.1
+    webhook_max_retry_after_seconds: float = 86400
+    webhook_connect_timeout_seconds: float = 5
+    webhook_timeout_seconds: float = 15
+    webhook_lease_seconds: float = 60
+    webhook_poll_seconds: float = 5
+    webhook_concurrency: int = 64
+    webhook_disable_after_seconds: float = 5 * 86400
+    webhook_secret_grace_seconds: int = 86400
+    # Hosts or networks exempt from the SSRF guard and allowed plain http (e.g. "127.0.0.1,::1").
+    webhook_allowed_hosts: tuple[str, ...] = ()
+
     @classmethod
     def from_env(cls) -> "Settings":
         env = os.environ
@@ -47,7 +61,29 @@ class Settings:
             jwt_leeway_seconds=int(env.get("JWT_LEEWAY_SECONDS", "30")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
             db_max_overflow=int(env.get("DB_MAX_OVERFLOW", "10")),
+            **_webhook_settings(env),
         )
+
+
+def _webhook_settings(env) -> dict:
+    """WEBHOOK_* variables that are set; the rest keep the defaults above."""
+    values: dict = {}
+    if "WEBHOOK_RETRY_SCHEDULE" in env:
+        values["webhook_retry_schedule"] = tuple(float(v) for v in _csv(env["WEBHOOK_RETRY_SCHEDULE"]))
+        if not values["webhook_retry_schedule"]:
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE needs at least one delay")
+    if "WEBHOOK_ALLOWED_HOSTS" in env:
+        values["webhook_allowed_hosts"] = _csv(env["WEBHOOK_ALLOWED_HOSTS"])
+    for name in ("retry_jitter", "max_retry_after_seconds", "connect_timeout_seconds", "timeout_seconds",
+                 "lease_seconds", "poll_seconds", "disable_after_seconds"):
+        key = f"WEBHOOK_{name.upper()}"
+        if key in env:
+            values[f"webhook_{name}"] = float(env[key])
+    for name in ("concurrency", "secret_grace_seconds"):
+        key = f"WEBHOOK_{name.upper()}"
+        if key in env:
+            values[f"webhook_{name}"] = int(env[key])
+    return values
 
 
 @lru_cache

@@ -1,0 +1,341 @@
+"""The webhook worker: claim due deliveries, send them signed, record what happened, retry later.
+
+- Claim: `FOR UPDATE SKIP LOCKED`, and the claim moves `next_attempt_at` past a lease before it
+  commits, so no lock is held during HTTP and a worker that dies leaves its deliveries due again
+  when the lease ends. Several workers share the table without double work beyond at-least-once.
+- Order: a delivery is claimable only when no earlier delivery of the same (endpoint, subject) is
+  still pending, so one subject's changes arrive in order while other subjects go in parallel.
+- Wake-up: LISTEN on the outbox channel (NOTIFY at commit), a timer for the next retry, and a
+  polling fallback; a lost database connection is retried with backoff, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+
+from app.core.db import asyncpg_dsn
+from app.core.settings import Settings
+from app.webhooks import signing, ssrf
+from app.webhooks.outbox import CHANNEL
+
+log = logging.getLogger("consent_ledger.webhooks")
+
+RESPONSE_BODY_LIMIT = 1024
+USER_AGENT = "consent-ledger-webhooks/0.1"
+
+CLAIM = """
+WITH due AS (
+    SELECT d.id FROM webhook_deliveries d
+    JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled AND e.deleted_at IS NULL
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM webhook_deliveries p
+          WHERE p.endpoint_id = d.endpoint_id AND p.subject_id = d.subject_id AND p.status = 'pending'
+            AND p.seq < d.seq)
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3
+FROM due, webhook_endpoints e, webhook_messages m
+WHERE d.id = due.id AND e.id = d.endpoint_id AND m.id = d.message_id
+RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempts, d.message_id, m.body, e.url, e.secret,
+          CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
+          e.failing_since IS NOT NULL AS endpoint_failing
+"""
+
+NEXT_DUE = "SELECT min(next_attempt_at) - now() FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()"
+
+LOG_ATTEMPT = """
+INSERT INTO webhook_attempts (tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, error, worker)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+"""
+
+SUCCEEDED = """
+WITH attempt AS (""" + LOG_ATTEMPT + """ RETURNING 1)
+UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = now(),
+    last_attempt_at = $3, last_status_code = $4, last_error = NULL, lease_token = NULL
+WHERE id = $2 AND lease_token = $9
+"""
+
+FAILED = """
+WITH attempt AS (""" + LOG_ATTEMPT + """ RETURNING 1)
+UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = $3, last_status_code = $4,
+    last_error = COALESCE($7, 'HTTP ' || $4), lease_token = NULL,
+    status = CASE WHEN $10::float8 IS NULL THEN 'failed' ELSE 'pending' END,
+    failed_at = CASE WHEN $10::float8 IS NULL THEN now() END,
+    next_attempt_at = CASE WHEN $10::float8 IS NULL THEN next_attempt_at
+                           ELSE now() + make_interval(secs => $10::float8) END
+WHERE id = $2 AND lease_token = $9
+"""
+
+ENDPOINT_HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL"
+
+ENDPOINT_FAILING = """
+UPDATE webhook_endpoints SET
+    failing_since = COALESCE(failing_since, $2),
+    enabled = CASE WHEN $3 OR COALESCE(failing_since, $2) < now() - make_interval(secs => $4) THEN false
+                   ELSE enabled END,
+    disabled_at = CASE WHEN enabled AND ($3 OR COALESCE(failing_since, $2) < now() - make_interval(secs => $4))
+                       THEN now() ELSE disabled_at END,
+    disabled_reason = CASE
+        WHEN NOT enabled THEN disabled_reason
+        WHEN $3 THEN 'the receiver answered 410 Gone'
+        WHEN COALESCE(failing_since, $2) < now() - make_interval(secs => $4)
+            THEN 'every delivery failed since ' || to_char(COALESCE(failing_since, $2) AT TIME ZONE 'UTC',
+                                                           'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        ELSE disabled_reason END,
+    updated_at = CASE WHEN enabled AND ($3 OR COALESCE(failing_since, $2) < now() - make_interval(secs => $4))
+                      THEN now() ELSE updated_at END
+WHERE id = $1
+"""
+
+RELEASE = "UPDATE webhook_deliveries SET next_attempt_at = now(), lease_token = NULL WHERE id = $1 AND lease_token = $2"
+
+
+@dataclass
+class Result:
+    attempted_at: datetime
+    status_code: int | None = None
+    latency_ms: float | None = None
+    response_body: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def next_delay(settings: Settings, attempts_done: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after `attempts_done` attempts, or None when the last one failed."""
+    schedule = settings.webhook_retry_schedule
+    if attempts_done >= len(schedule):
+        return None
+    delay = schedule[attempts_done] * (1 + random.uniform(-1, 1) * settings.webhook_retry_jitter)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.webhook_max_retry_after_seconds))
+    return max(0.0, delay)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, name: str | None = None) -> None:
+        if settings.webhook_lease_seconds <= settings.webhook_timeout_seconds:
+            raise ValueError("WEBHOOK_LEASE_SECONDS must exceed WEBHOOK_TIMEOUT_SECONDS, or a slow send "
+                             "could be claimed twice while it is still running")
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.pool: asyncpg.Pool | None = None
+        self.listener: asyncpg.Connection | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.inflight: dict[asyncio.Task, tuple[uuid.UUID, uuid.UUID]] = {}
+        self.wake = asyncio.Event()
+        self.delivered = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then finish in-flight sends (or release them) and return."""
+        s = self.settings
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.webhook_timeout_seconds, connect=s.webhook_connect_timeout_seconds),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=s.webhook_concurrency,
+                                max_keepalive_connections=s.webhook_concurrency),
+            headers={"user-agent": USER_AGENT, "content-type": "application/json"},
+        )
+        stop_waiter = asyncio.ensure_future(stop.wait())
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    await self._connect()
+                    timeout = await self._step()
+                    failures = 0
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    failures += 1
+                    timeout = min(0.2 * 2 ** failures, 5.0)
+                    log.warning("webhook worker: database unavailable (%s); retrying in %.1fs", exc, timeout)
+                    await self._drop_listener()
+                if timeout > 0:
+                    wake = asyncio.ensure_future(self.wake.wait())
+                    await asyncio.wait([wake, stop_waiter], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    wake.cancel()
+        finally:
+            stop_waiter.cancel()
+            await self._drain()
+            await self._close()
+
+    async def _connect(self) -> None:
+        dsn = asyncpg_dsn(self.settings.database_url)
+        if self.pool is None:
+            self.pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max(2, self.settings.webhook_concurrency // 8),
+                server_settings={"application_name": "consent-ledger-worker", "timezone": "UTC"},
+            )
+        if self.listener is None or self.listener.is_closed():
+            listener = await asyncpg.connect(dsn, server_settings={"application_name": "consent-ledger-worker"})
+            await listener.add_listener(CHANNEL, lambda *_: self.wake.set())
+            listener.add_termination_listener(lambda *_: self.wake.set())
+            self.listener = listener
+
+    async def _drop_listener(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.listener.close(), 1)
+            self.listener = None
+
+    async def _close(self) -> None:
+        await self._drop_listener()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), 5)
+
+    async def _drain(self) -> None:
+        """On shutdown: let sends finish within the send timeout; release the leases of the rest."""
+        if not self.inflight:
+            return
+        done, pending = await asyncio.wait(list(self.inflight), timeout=self.settings.webhook_timeout_seconds + 1)
+        for task in pending:
+            task.cancel()
+        released = [self.inflight[t] for t in pending]
+        await asyncio.gather(*pending, return_exceptions=True)
+        if released and self.pool is not None:
+            with contextlib.suppress(Exception):
+                async with self.pool.acquire() as conn:
+                    await conn.executemany(RELEASE, released)
+            log.info("webhook worker: released %d unfinished deliveries", len(released))
+
+    # --- one round: claim what is due, start sending it --------------------------------------------
+
+    async def _step(self) -> float:
+        """Claim and start sends; return how long to wait before the next round."""
+        self.wake.clear()
+        free = self.settings.webhook_concurrency - len(self.inflight)
+        if free <= 0:
+            return self.settings.webhook_poll_seconds  # a finishing send sets `wake`
+        token = uuid.uuid4()
+        async with self.pool.acquire() as conn:
+            claimed = await conn.fetch(CLAIM, free, self.settings.webhook_lease_seconds, token)
+            next_due = await conn.fetchval(NEXT_DUE) if not claimed else None
+        for delivery in claimed:
+            task = asyncio.create_task(self._deliver(delivery, token))
+            self.inflight[task] = (delivery["id"], token)
+            task.add_done_callback(self._finished)
+        if claimed:
+            return 0 if len(claimed) == free else self.settings.webhook_poll_seconds
+        if next_due is not None:
+            return min(self.settings.webhook_poll_seconds, max(0.0, next_due.total_seconds()))
+        return self.settings.webhook_poll_seconds
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.inflight.pop(task, None)
+        self.wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook worker: delivery task failed", exc_info=task.exception())
+
+    # --- one delivery --------------------------------------------------------------------------------
+
+    async def _deliver(self, delivery: asyncpg.Record, token: uuid.UUID) -> None:
+        result = await self._send(delivery)
+        await self._record(delivery, token, result)
+
+    async def _send(self, delivery: asyncpg.Record) -> Result:
+        body = delivery["body"].encode()
+        secrets_in_use = [delivery["secret"]] + ([delivery["previous_secret"]] if delivery["previous_secret"] else [])
+        started_wall = time.time()
+        result = Result(attempted_at=datetime.fromtimestamp(started_wall, UTC))
+        started = time.perf_counter()
+        try:
+            target = await ssrf.resolve(delivery["url"], self.settings.webhook_allowed_hosts)
+            headers = signing.headers(secrets_in_use, str(delivery["message_id"]), int(started_wall), body)
+            headers["host"] = target.host_header
+            extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                async with self.http.stream("POST", target.url, content=body, headers=headers,
+                                            extensions=extensions) as response:
+                    result.status_code = response.status_code
+                    result.retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+                    result.response_body = await _read_limited(response)
+        except ssrf.UnsafeURL as exc:
+            result.error = f"refused by the SSRF guard: {exc.reason}"
+        except (TimeoutError, httpx.TimeoutException):
+            result.error = f"timed out after {self.settings.webhook_timeout_seconds:g}s"
+        except httpx.HTTPError as exc:
+            result.error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    async def _record(self, delivery: asyncpg.Record, token: uuid.UUID, result: Result) -> None:
+        attempt = (delivery["tenant_id"], delivery["id"], result.attempted_at, result.status_code,
+                   result.latency_ms, result.response_body, result.error, self.name)
+        async with self.pool.acquire() as conn:
+            if result.ok:
+                await conn.execute(SUCCEEDED, *attempt, token)
+                self.delivered += 1
+                if delivery["endpoint_failing"]:
+                    await conn.execute(ENDPOINT_HEALTHY, delivery["endpoint_id"])
+                return
+            gone = result.status_code == 410
+            delay = None if gone else next_delay(self.settings, delivery["attempts"] + 1, result.retry_after)
+            async with conn.transaction():
+                await conn.execute(FAILED, *attempt, token, delay)
+                await conn.execute(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
+                                   self.settings.webhook_disable_after_seconds)
+
+
+async def _read_limited(response: httpx.Response) -> str:
+    """At most RESPONSE_BODY_LIMIT bytes of the response, for the attempt log."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= RESPONSE_BODY_LIMIT:
+            break
+    return b"".join(chunks)[:RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Entry point for `consent-ledger worker`: runs until SIGTERM/SIGINT."""
+    import signal
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(settings)
+    log.info("webhook worker %s started", worker.name)
+    await worker.run(stop)
+    log.info("webhook worker %s stopped after %d deliveries", worker.name, worker.delivered)

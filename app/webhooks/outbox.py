@@ -1,0 +1,98 @@
+"""The transactional outbox: webhook messages written by the consent's own transaction (invariant 8).
+
+Called with the connection that appended the events, so a committed consent always has its
+messages and a rolled-back one never does. Workers wake on the NOTIFY the deliveries' insert
+trigger sends at commit (see the 0002 migration).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from app.core.responses import dumps
+
+EVENT_TYPES = (
+    "consent.granted", "consent.refused", "consent.withdrawn", "consent.reconfirmed", "consent.expired",
+    "consent.revoked",
+)
+TEST_TYPE = "webhook.test"
+CHANNEL = "webhook_deliveries"  # LISTEN/NOTIFY channel
+
+
+def body(type_: str, timestamp: datetime, data: dict[str, Any]) -> str:
+    return dumps({"type": type_, "timestamp": timestamp, "data": data})
+
+
+def is_change(event: dict[str, Any]) -> bool:
+    """A status change, or an action receivers must hear of even when the status stays the same."""
+    return event["status"] != event["previous_status"] or event["action"] in ("reconfirmed", "expired", "revoked")
+
+
+# Hot path (every consent write): one statement that matches the changed events against the
+# tenant's endpoints and writes a message per event that has a subscriber, and a delivery per
+# (message, endpoint). Empty endpoint filters mean "all".
+ENQUEUE = """
+WITH ev AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+        AS u(event_id, seq, type, purpose, kind, channel, body)
+), matched AS (
+    SELECT ev.event_id, ev.seq, e.id AS endpoint_id
+    FROM ev JOIN webhook_endpoints e
+      ON e.tenant_id = $8 AND e.enabled AND e.deleted_at IS NULL
+     AND (cardinality(e.kinds) = 0 OR ev.kind = ANY(e.kinds))
+     AND (cardinality(e.purposes) = 0 OR ev.purpose = ANY(e.purposes))
+     AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels))
+     AND (cardinality(e.event_types) = 0 OR ev.type = ANY(e.event_types))
+), messages AS (
+    INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, event_id, body, created_at)
+    SELECT gen_random_uuid(), $8, ev.type, $9, ev.event_id, ev.body, clock_timestamp()
+    FROM ev WHERE ev.event_id IN (SELECT event_id FROM matched)
+    RETURNING id, event_id
+)
+INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq)
+SELECT $8, m.id, matched.endpoint_id, $10, matched.seq FROM matched JOIN messages m USING (event_id)
+"""
+
+
+async def enqueue(
+    conn: asyncpg.Connection, *, tenant: str, subject_ref: str, subject_id: uuid.UUID, events: list[dict[str, Any]],
+    purposes: dict[uuid.UUID, tuple[str, str, str | None]],
+) -> None:
+    """`purposes` maps purpose id -> (key, kind, channel) for every purpose in `events`."""
+    changed = [e for e in events if is_change(e)]
+    if not changed:
+        return
+    columns: list[list[Any]] = [[], [], [], [], [], [], []]
+    for event in changed:
+        key, kind, channel = purposes[event["purpose_id"]]
+        type_ = f"consent.{event['action']}"
+        data = {
+            "tenant": tenant, "subject_id": subject_ref, "purpose": key, "channel": channel,
+            "status": event["status"], "previous_status": event["previous_status"], "version": event["version"],
+            "event_id": event["id"], "occurred_at": event["occurred_at"],
+        }
+        for column, value in zip(columns, (event["id"], event["seq"], type_, key, kind, channel,
+                                           body(type_, event["recorded_at"], data))):
+            column.append(value)
+    await conn.execute(ENQUEUE, *columns, tenant, subject_ref, subject_id)
+
+
+async def enqueue_test(conn: asyncpg.Connection, *, tenant: str, endpoint_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
+    """A `webhook.test` message to one endpoint; returns (message id, delivery id)."""
+    now = await conn.fetchval("SELECT clock_timestamp()")
+    message_id = await conn.fetchval(
+        "INSERT INTO webhook_messages (tenant_id, type, body, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        tenant, TEST_TYPE,
+        body(TEST_TYPE, now, {"tenant": tenant, "endpoint_id": endpoint_id,
+                              "note": "test event sent on request; it reflects no consent change"}),
+        now,
+    )
+    delivery_id = await conn.fetchval(
+        "INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id) VALUES ($1, $2, $3) RETURNING id",
+        tenant, message_id, endpoint_id,
+    )
+    return message_id, delivery_id
