@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.catalog.schemas import Channel, Patch, PurposeKind, refuse_null
 from app.core.schemas import Key
@@ -16,13 +16,6 @@ EventType = Literal[
     "consent.revoked",
 ]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
-
-
-def _url(value: Any) -> str:
-    text = str(value)
-    if len(text) > 2048:
-        raise ValueError("at most 2048 characters")
-    return text
 
 
 class Filters(BaseModel):
@@ -37,16 +30,15 @@ class Filters(BaseModel):
 
 
 class EndpointCreate(Filters):
-    url: AnyUrl = Field(description="https URL of the receiver (plain http only for allow-listed hosts)")
+    url: str = Field(min_length=1, max_length=2048,
+                     description="https URL of the receiver (plain http only for allow-listed hosts)")
     description: str | None = Field(default=None, max_length=500)
     processor: Key | None = Field(default=None, description="Key of the processor (수탁사) owning this endpoint")
     enabled: bool = True
 
-    _url = field_validator("url", mode="after")(classmethod(lambda cls, v: _url(v)))
-
 
 class EndpointUpdate(Patch):
-    url: AnyUrl | None = None
+    url: str | None = Field(default=None, min_length=1, max_length=2048)
     description: str | None = Field(default=None, max_length=500)
     processor: Key | None = None
     enabled: bool | None = Field(default=None, description="true re-enables an endpoint the service disabled")
@@ -56,7 +48,6 @@ class EndpointUpdate(Patch):
     channels: list[Channel] | None = None
 
     _not_null = refuse_null("url", "enabled", "event_types", "kinds", "purposes", "channels")
-    _url = field_validator("url", mode="after")(classmethod(lambda cls, v: None if v is None else _url(v)))
 
 
 class EndpointRead(BaseModel):

@@ -67,7 +67,7 @@ async def list_endpoints(pool: asyncpg.Pool, principal: Principal) -> list[dict[
 
 async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: EndpointCreate,
                           settings: Settings) -> dict[str, Any]:
-    url = str(body.url)
+    url = body.url.strip()
     await _check_url(url, settings, "body.url")
     processor_id = await _processor_id(conn, principal.tenant, body.processor, "body.processor")
     secret = signing.new_secret()
@@ -86,7 +86,7 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
     current = await get_endpoint(conn, principal, endpoint_id)
     changes = body.changes()
     if "url" in changes:
-        changes["url"] = str(body.url)
+        changes["url"] = body.url.strip()
         await _check_url(changes["url"], settings, "body.url")
     if "processor" in changes:
         changes["processor_id"] = await _processor_id(conn, principal.tenant, changes.pop("processor"),
