@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,10 @@ def worker(concurrency: int | None) -> None:
     asyncio.run(run_worker(settings))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _start_worker() -> subprocess.Popen:
     """The dev webhook worker, a separate process as in production, sharing this environment."""
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=os.environ.copy())
@@ -125,6 +130,9 @@ def dev(host: str, port: int) -> None:
             "",
         ]), flush=True)
         worker_process = _start_worker()
+        # uvicorn re-raises SIGTERM once it has shut down; make that unwind through `finally`
+        # (stopping the worker and PostgreSQL) as Ctrl-C does, instead of killing this process.
+        signal.signal(signal.SIGTERM, _interrupt)
         serve(host, port, 1)
     finally:
         if worker_process is not None:
