@@ -58,10 +58,13 @@ RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempts, d.message_id, m.body, e.
           e.failing_since IS NOT NULL AS endpoint_failing
 """
 
-NEXT_DUE = "SELECT min(next_attempt_at) - now() FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()"
+NEXT_DUE = """
+SELECT min(next_attempt_at) - now() FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()
+"""
 
 LOG_ATTEMPT = """
-INSERT INTO webhook_attempts (tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, error, worker)
+INSERT INTO webhook_attempts
+    (tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, error, worker)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import form, sign_up
+from tests.helpers import sign_up
 
 pytestmark = pytest.mark.usefixtures("demo")
 

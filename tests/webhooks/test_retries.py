@@ -95,7 +95,8 @@ async def test_410_disables_the_endpoint_visibly(client, auth, tenant, register,
         queued = await _test_event(client, auth, tenant, endpoint)
         delivery = await _until(lambda: _done(client, auth, tenant, queued["delivery_id"]))
         assert delivery["status"] == "failed" and delivery["attempts"] == 1
-        got = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}", headers=auth(tenant, "webhooks:admin"))).json()
+        got = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}",
+                                headers=auth(tenant, "webhooks:admin"))).json()
         assert got["enabled"] is False and "410" in got["disabled_reason"] and got["disabled_at"]
         # nothing more is sent to it; re-enabling clears the reason
         await _test_event(client, auth, tenant, endpoint)
@@ -133,7 +134,8 @@ async def test_success_clears_the_failure_streak(client, auth, tenant, register,
         endpoint = await register(rcv)
         queued = await _test_event(client, auth, tenant, endpoint)
         await _until(lambda: _done(client, auth, tenant, queued["delivery_id"]))
-        got = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}", headers=auth(tenant, "webhooks:admin"))).json()
+        got = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}",
+                                headers=auth(tenant, "webhooks:admin"))).json()
         assert got["failing_since"] is None and got["enabled"] is True
     finally:
         await rcv.stop()
