@@ -186,8 +186,9 @@ class Worker:
                     timeout = await self._step()
                     failures = 0
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    failures += 1
+                    failures = min(failures + 1, 5)
                     timeout = min(0.2 * 2 ** failures, 5.0)
+                    self.wake.clear()  # a lost listener's wake-up must not cut the backoff short
                     log.warning("webhook worker: database unavailable (%s); retrying in %.1fs", exc, timeout)
                     await self._drop_listener()
                 if timeout > 0:
