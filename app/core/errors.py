@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -166,6 +168,18 @@ def install(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if _sqlstate(exc) in _BAD_TEXT:  # e.g. a NUL character, which PostgreSQL text cannot hold
+            return problem_response(
+                status=422, slug="invalid-text", title="The request is not valid",
+                detail="a text value contains a character PostgreSQL cannot store (such as NUL, \\u0000); "
+                       "nothing was written", request=request,
+            )
+        return await _unexpected(request, exc)
+
+    for database_error in (asyncpg.PostgresError, DBAPIError):
+        app.add_exception_handler(database_error, _database)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -173,6 +187,18 @@ def install(app: FastAPI) -> None:
             status=500, slug="internal-error", title="Internal server error",
             detail="The server failed to handle the request; nothing was written.", request=request,
         )
+
+
+_BAD_TEXT = {"22021", "22P05"}  # character_not_in_repertoire, untranslatable_character
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of an asyncpg error, raised directly or wrapped by SQLAlchemy."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -38,6 +38,7 @@ class Settings:
     webhook_lease_seconds: float = 60
     webhook_poll_seconds: float = 5
     webhook_concurrency: int = 64
+    webhook_max_in_flight_per_endpoint: int = 16
     webhook_disable_after_seconds: float = 5 * 86400
     webhook_secret_grace_seconds: int = 86400
     # Hosts or networks exempt from the SSRF guard and allowed plain http (e.g. "127.0.0.1,::1").
@@ -79,7 +80,7 @@ def _webhook_settings(env) -> dict:
         key = f"WEBHOOK_{name.upper()}"
         if key in env:
             values[f"webhook_{name}"] = float(env[key])
-    for name in ("concurrency", "secret_grace_seconds"):
+    for name in ("concurrency", "max_in_flight_per_endpoint", "secret_grace_seconds"):
         key = f"WEBHOOK_{name.upper()}"
         if key in env:
             values[f"webhook_{name}"] = int(env[key])

@@ -20,6 +20,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,23 +30,37 @@ import httpx
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
 from app.webhooks import signing, ssrf
-from app.webhooks.outbox import CHANNEL
+from app.webhooks.outbox import CHANNEL, PAUSE
 
 log = logging.getLogger("consent_ledger.webhooks")
 
 RESPONSE_BODY_LIMIT = 1024
 USER_AGENT = "consent-ledger-webhooks/0.1"
 
+# Candidates are ranked per endpoint so one endpoint (say, a hanging receiver with a long backlog)
+# never takes more than WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT of this worker's send slots. The
+# status/time conditions stay on the locking level so PostgreSQL rechecks them on rows another
+# worker claimed meanwhile.
 CLAIM = """
-WITH due AS (
-    SELECT d.id FROM webhook_deliveries d
-    JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled AND e.deleted_at IS NULL
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM webhook_deliveries p
-          WHERE p.endpoint_id = d.endpoint_id AND p.subject_id = d.subject_id AND p.status = 'pending'
-            AND p.seq < d.seq)
-    ORDER BY d.next_attempt_at
+WITH candidates AS (
+    SELECT c.id, c.next_attempt_at,
+           row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at) + COALESCE(busy.n, 0) AS rank
+    FROM (
+        SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+        JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled AND e.deleted_at IS NULL
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries p
+              WHERE p.endpoint_id = d.endpoint_id AND p.subject_id = d.subject_id AND p.status = 'pending'
+                AND p.seq < d.seq)
+        ORDER BY d.next_attempt_at
+        LIMIT $1 * 4
+    ) c
+    LEFT JOIN unnest($4::uuid[], $5::int[]) AS busy(endpoint_id, n) ON busy.endpoint_id = c.endpoint_id
+), due AS (
+    SELECT d.id FROM webhook_deliveries d JOIN candidates c ON c.id = d.id
+    WHERE c.rank <= $6 AND d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY c.next_attempt_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
 )
@@ -54,12 +69,12 @@ SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3
 FROM due, webhook_endpoints e, webhook_messages m
 WHERE d.id = due.id AND e.id = d.endpoint_id AND m.id = d.message_id
 RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempts, d.message_id, m.body, e.url, e.secret,
-          CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
-          e.failing_since IS NOT NULL AS endpoint_failing
+          CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret
 """
 
 NEXT_DUE = """
-SELECT min(next_attempt_at) - now() FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()
+SELECT min(next_attempt_at) - now() FROM webhook_deliveries
+WHERE status = 'pending' AND next_attempt_at > now() AND next_attempt_at < 'infinity'
 """
 
 LOG_ATTEMPT = """
@@ -69,10 +84,17 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 
 SUCCEEDED = """
-WITH attempt AS (""" + LOG_ATTEMPT + """ RETURNING 1)
-UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = now(),
-    last_attempt_at = $3, last_status_code = $4, last_error = NULL, lease_token = NULL
-WHERE id = $2 AND lease_token = $9
+WITH attempt AS (""" + LOG_ATTEMPT + """ RETURNING 1), delivery AS (
+    UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = now(),
+        last_attempt_at = $3, last_status_code = $4, last_error = NULL, lease_token = NULL
+    WHERE id = $2 AND lease_token = $9
+    RETURNING endpoint_id
+), healthy AS (
+    UPDATE webhook_endpoints SET failing_since = NULL
+    WHERE id = (SELECT endpoint_id FROM delivery) AND failing_since IS NOT NULL AND failing_since <= $3
+    RETURNING 1
+)
+SELECT count(*) FROM delivery
 """
 
 FAILED = """
@@ -84,9 +106,8 @@ UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = $3, las
     next_attempt_at = CASE WHEN $10::float8 IS NULL THEN next_attempt_at
                            ELSE now() + make_interval(secs => $10::float8) END
 WHERE id = $2 AND lease_token = $9
+RETURNING 1
 """
-
-ENDPOINT_HEALTHY = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL"
 
 ENDPOINT_FAILING = """
 UPDATE webhook_endpoints SET
@@ -105,7 +126,10 @@ UPDATE webhook_endpoints SET
     updated_at = CASE WHEN enabled AND ($3 OR COALESCE(failing_since, $2) < now() - make_interval(secs => $4))
                       THEN now() ELSE updated_at END
 WHERE id = $1
+RETURNING enabled
 """
+
+
 
 RELEASE = "UPDATE webhook_deliveries SET next_attempt_at = now(), lease_token = NULL WHERE id = $1 AND lease_token = $2"
 
@@ -129,7 +153,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -161,7 +185,7 @@ class Worker:
         self.pool: asyncpg.Pool | None = None
         self.listener: asyncpg.Connection | None = None
         self.http: httpx.AsyncClient | None = None
-        self.inflight: dict[asyncio.Task, tuple[uuid.UUID, uuid.UUID]] = {}
+        self.inflight: dict[asyncio.Task, tuple[uuid.UUID, uuid.UUID, uuid.UUID]] = {}  # delivery, lease, endpoint
         self.wake = asyncio.Event()
         self.delivered = 0
 
@@ -234,7 +258,7 @@ class Worker:
         done, pending = await asyncio.wait(list(self.inflight), timeout=self.settings.webhook_timeout_seconds + 1)
         for task in pending:
             task.cancel()
-        released = [self.inflight[t] for t in pending]
+        released = [self.inflight[t][:2] for t in pending]
         await asyncio.gather(*pending, return_exceptions=True)
         if released and self.pool is not None:
             with contextlib.suppress(Exception):
@@ -251,12 +275,14 @@ class Worker:
         if free <= 0:
             return self.settings.webhook_poll_seconds  # a finishing send sets `wake`
         token = uuid.uuid4()
+        busy = Counter(endpoint for _, _, endpoint in self.inflight.values())
         async with self.pool.acquire() as conn:
-            claimed = await conn.fetch(CLAIM, free, self.settings.webhook_lease_seconds, token)
+            claimed = await conn.fetch(CLAIM, free, self.settings.webhook_lease_seconds, token, list(busy),
+                                       list(busy.values()), self.settings.webhook_max_in_flight_per_endpoint)
             next_due = await conn.fetchval(NEXT_DUE) if not claimed else None
         for delivery in claimed:
             task = asyncio.create_task(self._deliver(delivery, token))
-            self.inflight[task] = (delivery["id"], token)
+            self.inflight[task] = (delivery["id"], token, delivery["endpoint_id"])
             task.add_done_callback(self._finished)
         if claimed:
             return 0 if len(claimed) == free else self.settings.webhook_poll_seconds
@@ -298,7 +324,14 @@ class Worker:
         except (TimeoutError, httpx.TimeoutException):
             result.error = f"timed out after {self.settings.webhook_timeout_seconds:g}s"
         except httpx.HTTPError as exc:
-            result.error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+            result.error = f"{type(exc).__name__}: {exc}"[:500]
+        except Exception as exc:  # noqa: BLE001 - whatever the receiver sends back is a failed attempt, never a crash
+            log.warning("webhook worker: unexpected error sending %s", delivery["id"], exc_info=True)
+            result.error = f"{type(exc).__name__}: {exc}"[:500]
+        if result.response_body:
+            result.response_body = result.response_body.replace("\x00", "")  # PostgreSQL text refuses NUL
+        if result.error:
+            result.error = result.error.replace("\x00", "")
         result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
         return result
 
@@ -307,17 +340,17 @@ class Worker:
                    result.latency_ms, result.response_body, result.error, self.name)
         async with self.pool.acquire() as conn:
             if result.ok:
-                await conn.execute(SUCCEEDED, *attempt, token)
-                self.delivered += 1
-                if delivery["endpoint_failing"]:
-                    await conn.execute(ENDPOINT_HEALTHY, delivery["endpoint_id"])
+                self.delivered += await conn.fetchval(SUCCEEDED, *attempt, token)
                 return
             gone = result.status_code == 410
             delay = None if gone else next_delay(self.settings, delivery["attempts"] + 1, result.retry_after)
             async with conn.transaction():
-                await conn.execute(FAILED, *attempt, token, delay)
-                await conn.execute(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
-                                   self.settings.webhook_disable_after_seconds)
+                if await conn.fetchval(FAILED, *attempt, token, delay) is None:
+                    return  # the lease was lost (e.g. a manual retry); the newer claim owns the outcome
+                enabled = await conn.fetchval(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
+                                              self.settings.webhook_disable_after_seconds)
+                if not enabled:
+                    await conn.execute(PAUSE, delivery["endpoint_id"])
 
 
 async def _read_limited(response: httpx.Response) -> str:

@@ -22,6 +22,12 @@ EVENT_TYPES = (
 TEST_TYPE = "webhook.test"
 CHANNEL = "webhook_deliveries"  # LISTEN/NOTIFY channel
 
+# A disabled endpoint's deliveries wait, out of the claim's way, until it is enabled again.
+PAUSE = """
+UPDATE webhook_deliveries SET next_attempt_at = 'infinity'
+WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL AND next_attempt_at < 'infinity'
+"""
+
 
 def body(type_: str, timestamp: datetime, data: dict[str, Any]) -> str:
     return dumps({"type": type_, "timestamp": timestamp, "data": data})
@@ -34,18 +40,22 @@ def is_change(event: dict[str, Any]) -> bool:
 
 # Hot path (every consent write): one statement that matches the changed events against the
 # tenant's endpoints and writes a message per event that has a subscriber, and a delivery per
-# (message, endpoint). Empty endpoint filters mean "all".
+# (message, endpoint). Empty endpoint filters mean "all". A channel filter also matches the
+# marketing purposes that bind every channel: the channel-less umbrella consent and night-time
+# sending (Network Act Art. 50(3)), so the SMS sender hears when either is withdrawn. A disabled
+# endpoint's deliveries are written paused (due at 'infinity') and resume when it is enabled.
 ENQUEUE = """
 WITH ev AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
         AS u(event_id, seq, type, purpose, kind, channel, body)
 ), matched AS (
-    SELECT ev.event_id, ev.seq, e.id AS endpoint_id
+    SELECT ev.event_id, ev.seq, e.id AS endpoint_id, e.enabled
     FROM ev JOIN webhook_endpoints e
-      ON e.tenant_id = $8 AND e.enabled AND e.deleted_at IS NULL
+      ON e.tenant_id = $8 AND e.deleted_at IS NULL
      AND (cardinality(e.kinds) = 0 OR ev.kind = ANY(e.kinds))
      AND (cardinality(e.purposes) = 0 OR ev.purpose = ANY(e.purposes))
-     AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels))
+     AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels)
+          OR (ev.kind = 'marketing' AND (ev.channel IS NULL OR ev.channel = 'night')))
      AND (cardinality(e.event_types) = 0 OR ev.type = ANY(e.event_types))
 ), messages AS (
     INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, event_id, body, created_at)
@@ -53,8 +63,10 @@ WITH ev AS (
     FROM ev WHERE ev.event_id IN (SELECT event_id FROM matched)
     RETURNING id, event_id
 )
-INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq)
-SELECT $8, m.id, matched.endpoint_id, $10, matched.seq FROM matched JOIN messages m USING (event_id)
+INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq, next_attempt_at)
+SELECT $8, m.id, matched.endpoint_id, $10, matched.seq,
+       CASE WHEN matched.enabled THEN now() ELSE 'infinity' END
+FROM matched JOIN messages m USING (event_id)
 """
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from app.auth.deps import WebhooksAdmin
 from app.core.db import LedgerReader, LedgerWriter
-from app.core.errors import problem_responses
+from app.core.errors import InvalidRequest, problem_responses
 from app.webhooks import schemas, service
 
 router = APIRouter(prefix="/v1", tags=["webhooks"], responses=problem_responses(401, 403, 404, 422))
@@ -90,6 +90,10 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
     """Newest first."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidRequest(f"{name} needs a timezone", errors=[
+                {"field": f"query.{name}", "reason": "needs a timezone (e.g. 2026-11-22T09:00:00Z)"}])
     return await service.list_deliveries(pool, principal, endpoint_id=endpoint_id, status=status, type_=type,
                                          subject_id=subject_id, since=since, until=until, cursor=cursor,
                                          limit=limit)
@@ -103,9 +107,12 @@ async def get_delivery(delivery_id: uuid.UUID, principal: WebhooksAdmin, pool: L
 
 
 @router.post("/webhook-deliveries/{delivery_id}/retry", operation_id="webhooks-retry-delivery",
-             status_code=status.HTTP_202_ACCEPTED, response_model=schemas.DeliveryDetail)
+             status_code=status.HTTP_202_ACCEPTED, response_model=schemas.DeliveryDetail,
+             responses=problem_responses(409))
 async def retry_delivery(delivery_id: uuid.UUID, principal: WebhooksAdmin, conn: LedgerWriter):
-    """Send this delivery again now, with the same webhook-id."""
+    """Send this delivery again now, with the same webhook-id, on a fresh round of the retry
+    schedule (a dead letter, a delivered message to replay, or one waiting for its next retry).
+    409 while a worker is sending it."""
     return await service.retry_delivery(conn, principal, delivery_id)
 
 

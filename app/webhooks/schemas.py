@@ -97,8 +97,10 @@ class DeliveryRead(BaseModel):
     type: str
     subject_id: str | None
     status: DeliveryStatus
-    attempts: int
-    next_attempt_at: datetime | None = Field(description="null once delivered or failed")
+    attempts: int = Field(description="Attempts in the current round of the retry schedule (a manual retry or "
+                                      "recover starts a new round); attempts_log has every try")
+    next_attempt_at: datetime | None = Field(
+        description="null once delivered or failed, and while the endpoint is disabled")
     last_attempt_at: datetime | None
     last_status_code: int | None
     last_error: str | None

@@ -11,9 +11,10 @@ from typing import Any
 import asyncpg
 
 from app.auth.deps import Principal
-from app.core.errors import InvalidRequest, NotFound
+from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.core.settings import Settings
 from app.webhooks import outbox, signing, ssrf
+from app.webhooks.outbox import PAUSE
 from app.webhooks.schemas import EndpointCreate, EndpointUpdate, RecoverIn
 
 ENDPOINT_COLUMNS = """
@@ -102,20 +103,29 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
             f"UPDATE webhook_endpoints SET {assignments}, updated_at = now() WHERE id = $1 AND tenant_id = $2",
             endpoint_id, principal.tenant, *changes.values(),
         )
-        if enabling:
+        if enabling:  # what waited while it was disabled goes out now, in order
+            await conn.execute("""UPDATE webhook_deliveries SET next_attempt_at = now()
+                                  WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity'""",
+                               endpoint_id)
             await conn.execute(f"SELECT pg_notify('{outbox.CHANNEL}', '')")
+        elif changes.get("enabled") is False:
+            await conn.execute(PAUSE, endpoint_id)
     return await get_endpoint(conn, principal, endpoint_id)
 
 
 async def delete_endpoint(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID) -> None:
     """Soft delete: the delivery log stays for the auditors; nothing more is sent."""
     deleted = await conn.fetchval(
-        """UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, updated_at = now()
+        """UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, updated_at = now(),
+                  secret = '', previous_secret = NULL, previous_secret_expires_at = NULL
            WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id""",
         endpoint_id, principal.tenant,
     )
     if deleted is None:
         raise _not_found(endpoint_id)
+    await conn.execute(
+        """UPDATE webhook_deliveries SET status = 'failed', failed_at = now(), last_error = 'endpoint deleted'
+           WHERE endpoint_id = $1 AND status = 'pending'""", endpoint_id)
 
 
 async def rotate_secret(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
@@ -143,7 +153,8 @@ async def send_test(conn: asyncpg.Connection, principal: Principal, endpoint_id:
 
 DELIVERY_COLUMNS = """
 d.id, d.message_id, d.endpoint_id, m.type, m.subject_ref AS subject_id, d.status, d.attempts,
-CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at, d.last_attempt_at,
+CASE WHEN d.status = 'pending' AND d.next_attempt_at < 'infinity' THEN d.next_attempt_at END
+    AS next_attempt_at, d.last_attempt_at,
 d.last_status_code, d.last_error, d.delivered_at, d.failed_at, d.created_at
 """
 
@@ -214,17 +225,24 @@ async def get_message(pool: asyncpg.Pool, principal: Principal, message_id: uuid
     return {**result, "deliveries": [dict(d) for d in deliveries]}
 
 
+# A replay starts a fresh round of the retry schedule; the attempt log keeps every earlier try.
 REQUEUE = """
-UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(), lease_token = NULL, failed_at = NULL
+UPDATE webhook_deliveries SET status = 'pending', attempts = 0, lease_token = NULL, failed_at = NULL,
+    next_attempt_at = CASE WHEN (SELECT enabled FROM webhook_endpoints WHERE id = endpoint_id) THEN now()
+                           ELSE 'infinity' END
 """
 
 
 async def retry_delivery(conn: asyncpg.Connection, principal: Principal, delivery_id: uuid.UUID) -> dict[str, Any]:
     """Send again now, whatever the state: a dead letter, a delivered message to replay, or a waiting retry."""
-    updated = await conn.fetchval(REQUEUE + " WHERE id = $1 AND tenant_id = $2 RETURNING id",
-                                  delivery_id, principal.tenant)
-    if updated is None:
+    state = await conn.fetchrow(
+        """SELECT lease_token IS NOT NULL AND next_attempt_at > now() AS in_flight FROM webhook_deliveries
+           WHERE id = $1 AND tenant_id = $2 FOR UPDATE""", delivery_id, principal.tenant)
+    if state is None:
         raise NotFound(f"no webhook delivery {delivery_id}")
+    if state["in_flight"]:
+        raise Conflict("a worker is sending this delivery right now; retry after it finishes")
+    await conn.execute(REQUEUE + " WHERE id = $1", delivery_id)
     await conn.execute(f"SELECT pg_notify('{outbox.CHANNEL}', '')")
     return await get_delivery(conn, principal, delivery_id)
 

@@ -16,7 +16,11 @@ async def test_withdrawal_reaches_the_sms_sender_signed_and_thin(client, auth, t
     response = await client.post("/v1/subjects/member-1/consents/marketing-sms/withdraw", json={}, headers=headers)
     assert response.status_code == 200, response.text
 
-    granted, withdrawn = await receiver.wait_for(2)
+    received = await receiver.wait_for(4)  # sign-up: marketing, marketing-sms, marketing-night; then the withdrawal
+    assert sorted(r.json["data"]["purpose"] for r in received[:3]) == ["marketing", "marketing-night",
+                                                                        "marketing-sms"]
+    granted = next(r for r in received[:3] if r.json["data"]["purpose"] == "marketing-sms")
+    withdrawn = received[3]
     assert granted.json["type"] == "consent.granted"
     assert withdrawn.json["type"] == "consent.withdrawn"
     data = withdrawn.json["data"]

@@ -122,3 +122,16 @@ async def test_webhooks_admin_scope_is_required(client, auth, tenant):
     headers = auth(tenant, "consents:write", "catalog:write", "audit:read")
     assert (await _create(client, headers)).status_code == 403
     assert (await client.get(PATH, headers=headers)).status_code == 403
+
+
+async def test_nul_characters_are_a_clear_422_not_a_500(client, auth, tenant):
+    headers = auth(tenant, "webhooks:admin")
+    response = await _create(client, headers, description="bad\u0000text")
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith("invalid-text")
+    created = (await _create(client, headers)).json()
+    listed = await client.get(f"{PATH}/{created['id']}/deliveries", params={"subject_id": "a\x00b"}, headers=headers)
+    assert listed.status_code == 422
+    naive = await client.get(f"{PATH}/{created['id']}/deliveries", params={"since": "2026-11-22T00:00:00"},
+                             headers=headers)
+    assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "query.since"

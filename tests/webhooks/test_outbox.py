@@ -71,12 +71,16 @@ async def test_one_message_per_change_and_one_delivery_per_subscribed_endpoint(
         headers = auth(tenant)
         await sign_up(client, headers, "m-1", {"marketing-sms", "marketing-email"})
         signup_purposes = len((await form(client, headers))["purposes"])
-        await email.wait_for(1)
-        # the SMS endpoint: 1; the catch-all: one per purpose on the form
-        await receiver.wait_for(1 + signup_purposes)
-        assert [r.json["data"]["purpose"] for r in email.received] == ["marketing-email"]
-        sms = [r for r in receiver.received if r.json["data"]["channel"] == "sms"]
-        assert len(sms) == 2 and sms[0].id == sms[1].id  # same message, two endpoints, one webhook-id
+        # A channel filter also hears the consents binding every channel: the umbrella marketing
+        # consent and night-time sending. The catch-all hears every purpose on the form.
+        await email.wait_for(3)
+        await receiver.wait_for(3 + signup_purposes)
+        await asyncio.sleep(0.5)
+        assert sorted(r.json["data"]["purpose"] for r in email.received) == [
+            "marketing", "marketing-email", "marketing-night"]
+        sms_endpoint = [r for r in receiver.received if r.json["data"]["channel"] == "sms"]
+        assert len(sms_endpoint) == 2 and sms_endpoint[0].id == sms_endpoint[1].id  # one message, two endpoints
+        assert len(receiver.received) == 3 + signup_purposes
         assert await _messages(db, tenant) == signup_purposes
         per_endpoint = await db.fetchval(
             "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid", everything["id"])
@@ -87,7 +91,7 @@ async def test_one_message_per_change_and_one_delivery_per_subscribed_endpoint(
 
 async def test_refusal_at_first_ask_and_withdrawal_notify_but_a_repeated_grant_does_not(
         client, auth, tenant, receiver, register, worker, db):
-    await register(receiver, channels=["kakao"])
+    await register(receiver, channels=["kakao"], purposes=["marketing-kakao"])
     headers = auth(tenant)
     await sign_up(client, headers, "m-2", set())  # kakao refused at first ask
     (refused,) = await receiver.wait_for(1)
@@ -128,12 +132,20 @@ async def test_third_party_subscription_hears_per_recipient_withdrawal(client, a
     assert granted.json["data"]["channel"] is None
 
 
-async def test_disabled_endpoint_gets_no_new_messages(client, auth, tenant, receiver, register, worker, db):
-    endpoint = await register(receiver, channels=["sms"])
-    headers = auth(tenant)
-    await client.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json={"enabled": False},
-                       headers=auth(tenant, "webhooks:admin"))
-    await sign_up(client, headers, f"m-{uuid.uuid4().hex[:6]}", {"marketing-sms"})
+async def test_a_disabled_endpoint_keeps_its_messages_until_enabled(client, auth, tenant, receiver, register,
+                                                                     worker, db):
+    endpoint = await register(receiver, channels=["sms"], purposes=["marketing-sms"])
+    headers, admin = auth(tenant), auth(tenant, "webhooks:admin")
+    url = f"/v1/webhook-endpoints/{endpoint['id']}"
+    await client.patch(url, json={"enabled": False}, headers=admin)
+    subject = f"m-{uuid.uuid4().hex[:6]}"
+    await sign_up(client, headers, subject, {"marketing-sms"})
+    await client.post(f"/v1/subjects/{subject}/consents/marketing-sms/withdraw", json={}, headers=headers)
     await asyncio.sleep(0.8)
     assert receiver.received == []
-    assert await _messages(db, tenant) == 0
+    waiting = (await client.get(f"{url}/deliveries", headers=admin)).json()["items"]
+    assert [(d["status"], d["next_attempt_at"]) for d in waiting] == [("pending", None)] * 2
+
+    await client.patch(url, json={"enabled": True}, headers=admin)
+    granted, withdrawn = await receiver.wait_for(2)
+    assert (granted.json["type"], withdrawn.json["type"]) == ("consent.granted", "consent.withdrawn")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 from tests.webhooks.receiver import Answer, Receiver
 
@@ -149,3 +150,59 @@ async def test_the_ssrf_guard_runs_again_at_send_time(client, auth, tenant, regi
     assert delivery["status"] == "failed"
     assert all("SSRF guard" in a["error"] for a in delivery["attempts_log"])
     assert receiver.received == [] and receiver.unverified == []
+
+
+async def test_odd_answers_are_logged_as_attempts_not_crashes(client, auth, tenant, register, worker):
+    """A Retry-After that is not a number and a body with a NUL byte must not wedge the delivery."""
+    rcv = await Receiver(_answers(Answer(503, {"retry-after": "soon"}), Answer(200, body=b"ok\x00!"))).start()
+    try:
+        queued = await _test_event(client, auth, tenant, await register(rcv))
+        delivery = await _until(lambda: _done(client, auth, tenant, queued["delivery_id"]))
+        assert delivery["status"] == "delivered"
+        log = [(a["status_code"], a["response_body"]) for a in delivery["attempts_log"]]
+        assert log == [(503, "ok"), (200, "ok!")]
+    finally:
+        await rcv.stop()
+
+
+async def test_a_hanging_endpoint_cannot_take_every_send_slot(client, auth, tenant, register, start_worker, db):
+    start_worker(webhook_concurrency=4, webhook_max_in_flight_per_endpoint=2, webhook_timeout_seconds=2.0)
+    hanging = await Receiver(lambda _: Answer(200, delay=5)).start()
+    healthy = await Receiver().start()
+    try:
+        slow = await register(hanging)
+        for _ in range(6):  # six independent messages, each could take a slot
+            await _test_event(client, auth, tenant, slow)
+        await asyncio.sleep(0.3)
+        fine = await register(healthy)
+        started = time.monotonic()
+        await _test_event(client, auth, tenant, fine)
+        await healthy.wait_for(1, timeout=1.5)
+        assert time.monotonic() - started < 1.5
+        in_flight = await db.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1::uuid AND lease_token IS NOT NULL",
+            slow["id"])
+        assert in_flight <= 2
+    finally:
+        await hanging.stop()
+        await healthy.stop()
+
+
+async def test_retrying_a_delivery_that_is_being_sent_is_a_conflict(client, auth, tenant, register, worker):
+    rcv = await Receiver(lambda _: Answer(200, delay=1.0)).start()
+    try:
+        queued = await _test_event(client, auth, tenant, await register(rcv))
+        await _until(lambda: _in_flight(client, auth, tenant, queued["delivery_id"]), timeout=3)
+        response = await client.post(f"/v1/webhook-deliveries/{queued['delivery_id']}/retry",
+                                     headers=auth(tenant, "webhooks:admin"))
+        assert response.status_code == 409 and response.json()["type"].endswith("conflict")
+        await rcv.wait_for(1)
+    finally:
+        await rcv.stop()
+
+
+async def _in_flight(client, auth, tenant, delivery_id):
+    """Claimed: still pending, with its lease (next_attempt_at) in the future."""
+    d = await _delivery(client, auth, tenant, delivery_id)
+    return d["status"] == "pending" and d["next_attempt_at"] is not None and \
+        datetime.fromisoformat(d["next_attempt_at"]) > datetime.now(UTC)

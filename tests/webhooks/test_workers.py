@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("demo")
 
 async def test_two_workers_share_the_work_once_each_and_keep_per_subject_order(
         client, auth, tenant, receiver, register, start_worker, db):
-    await register(receiver, channels=["sms", "email"])
+    await register(receiver, channels=["sms", "email"], purposes=["marketing-sms", "marketing-email"])
     headers = auth(tenant)
     prefs = await form(client, headers, "preferences")
     subjects = [f"w-{i}" for i in range(12)]
