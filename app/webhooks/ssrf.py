@@ -29,6 +29,9 @@ SHARED = _net("100.64.0.0/10")
 PRIVATE = tuple(map(_net, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")))
 IPV4_COMPATIBLE = _net("::/96")  # deprecated ::a.b.c.d form
 NAT64 = _net("64:ff9b::/96")
+# IANA special-purpose blocks that some Python versions' tables call global (192.0.0.192 is a
+# cloud metadata address in one provider).
+SPECIAL = tuple(map(_net, ("192.0.0.0/24", "198.18.0.0/15", "2001::/23")))
 
 
 class UnsafeURL(ValueError):
@@ -83,7 +86,8 @@ def _unsafe_kind(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> str | None:
               ("unspecified", real.is_unspecified or real in THIS_NETWORK), ("loopback", real.is_loopback),
               ("link-local", real.is_link_local), ("multicast", real.is_multicast),
               ("shared (carrier-grade NAT)", real in SHARED), ("private", any(real in n for n in PRIVATE)),
-              ("reserved", real.is_reserved or real in IPV4_COMPATIBLE), ("non-public", not real.is_global))
+              ("reserved", real.is_reserved or real in IPV4_COMPATIBLE or any(real in n for n in SPECIAL)),
+              ("non-public", not real.is_global))
     return next((kind for kind, hit in checks if hit), None)
 
 
@@ -154,8 +158,10 @@ async def resolve(url: str, allowed: tuple[str, ...]) -> Target:
         networks, _ = _parse_allowed(allowed)
         for ip in addresses:
             if kind := _unsafe_kind(ip, networks):
-                verb = "host is" if literal is not None else "resolves to"
-                raise UnsafeURL(f"{verb} a {kind} address ({_show(ip)})")
+                if literal is not None:
+                    raise UnsafeURL(f"host is a {kind} address ({_show(ip)})")
+                # the resolved address stays unsaid: API callers must not map internal DNS through errors
+                raise UnsafeURL(f"resolves to a {kind} address")
     address = addresses[0]
     suffix = f":{port}" if port is not None else ""
     ip_part = f"[{_show(address)}]" if address.version == 6 else str(address)

@@ -122,7 +122,7 @@ def test_check_syntax_accepts_good_urls_without_resolving(fake_dns: list[str]) -
     ("0.0.0.0", "unspecified"), ("0.1.2.3", "unspecified"), ("::", "unspecified"),
     ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"), ("ff02::1", "multicast"),
     ("240.0.0.1", "reserved"), ("255.255.255.255", "reserved"), ("::7f00:1", "reserved"),
-    ("192.0.2.1", "non-public"), ("198.18.0.1", "non-public"), ("2001:db8::1", "non-public"),
+    ("192.0.2.1", "non-public"), ("198.18.0.1", "reserved"), ("192.0.0.192", "reserved"), ("2001:db8::1", "non-public"),
     # IPv6 forms that really reach an IPv4 address
     ("::ffff:127.0.0.1", "loopback"), ("::ffff:10.0.0.1", "private"), ("::ffff:0.0.0.0", "unspecified"),
     ("2002:7f00:1::", "loopback"), ("2002:a00:1::1", "private"),  # 6to4
@@ -138,14 +138,14 @@ async def test_non_public_ip_literals_refused(ip: str, kind: str) -> None:
 
 
 async def test_names_resolving_to_non_public_addresses_refused() -> None:
-    assert await refused("https://private.example.com/") == "resolves to a private address (10.0.0.5)"
-    assert await refused("https://metadata.example.com/") == "resolves to a cloud metadata address (169.254.169.254)"
+    assert await refused("https://private.example.com/") == "resolves to a private address"
+    assert await refused("https://metadata.example.com/") == "resolves to a cloud metadata address"
 
 
 async def test_every_resolved_address_must_be_safe() -> None:
     """DNS rebinding: one public and one private answer is refused, whatever the order."""
-    assert await refused("https://mixed.example.com/") == "resolves to a private address (10.0.0.5)"
-    assert await refused("https://mixed6.example.com/", ()) == "resolves to a loopback address (::ffff:127.0.0.1)"
+    assert await refused("https://mixed.example.com/") == "resolves to a private address"
+    assert await refused("https://mixed6.example.com/", ()) == "resolves to a loopback address"
 
 
 async def test_unresolvable_host_refused() -> None:
