@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench openapi clean
+.PHONY: run test bench bench-webhooks openapi clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+bench-webhooks: $(STAMP)
+	$(BIN)/python -m bench.webhooks
 
 openapi: $(STAMP)
 	$(BIN)/python -m app.openapi > openapi.json

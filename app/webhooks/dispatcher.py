@@ -36,6 +36,7 @@ log = logging.getLogger("consent_ledger.webhooks")
 
 RESPONSE_BODY_LIMIT = 1024
 SUCCESS_BATCH_WINDOW = 0.003  # seconds a finished send waits for others to share its write
+CLAIM_INTERVAL = 0.005  # while sends are in flight, claim at most this often (unless NOTIFY says new work)
 USER_AGENT = "consent-ledger-webhooks/0.1"
 
 # Candidates are ranked per endpoint so one endpoint (say, a hanging receiver with a long backlog)
@@ -203,6 +204,8 @@ class Worker:
         self.delivered = 0
         self._successes: list[tuple[asyncpg.Record, uuid.UUID, Result, asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
+        self._notified = False
+        self._last_claim = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -248,7 +251,7 @@ class Worker:
             )
         if self.listener is None or self.listener.is_closed():
             listener = await asyncpg.connect(dsn, server_settings={"application_name": "consent-ledger-worker"})
-            await listener.add_listener(CHANNEL, lambda *_: self.wake.set())
+            await listener.add_listener(CHANNEL, lambda *_: self._notify())
             listener.add_termination_listener(lambda *_: self.wake.set())
             self.listener = listener
 
@@ -287,9 +290,12 @@ class Worker:
         """Claim and start sends; return how long to wait before the next round."""
         self.wake.clear()
         free = self.settings.webhook_concurrency - len(self.inflight)
-        if free <= 0 or (self.inflight and free < self.settings.webhook_concurrency // 4):
-            # claim in batches, not one query per finished send; a finishing send sets `wake`
-            return self.settings.webhook_poll_seconds
+        waited = time.monotonic() - self._last_claim
+        if free <= 0 or (self.inflight and not self._notified and waited < CLAIM_INTERVAL):
+            # sends finishing within a few milliseconds share one claim instead of one each;
+            # new work (NOTIFY) is claimed at once
+            return self.settings.webhook_poll_seconds if free <= 0 else CLAIM_INTERVAL - waited
+        self._notified, self._last_claim = False, time.monotonic()
         token = uuid.uuid4()
         busy = Counter(endpoint for _, _, endpoint in self.inflight.values())
         async with self.pool.acquire() as conn:
@@ -305,6 +311,10 @@ class Worker:
         if next_due is not None:
             return min(self.settings.webhook_poll_seconds, max(0.0, next_due.total_seconds()))
         return self.settings.webhook_poll_seconds
+
+    def _notify(self) -> None:
+        self._notified = True
+        self.wake.set()
 
     def _finished(self, task: asyncio.Task) -> None:
         self.inflight.pop(task, None)
