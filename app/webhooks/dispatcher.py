@@ -335,11 +335,11 @@ class Worker:
         result = Result(attempted_at=datetime.fromtimestamp(started_wall, UTC))
         started = time.perf_counter()
         try:
-            target = await ssrf.resolve(delivery["url"], self.settings.webhook_allowed_hosts)
-            headers = signing.headers(secrets_in_use, str(delivery["message_id"]), int(started_wall), body)
-            headers["host"] = target.host_header
-            extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
-            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):  # DNS, connect, send, answer
+                target = await ssrf.resolve(delivery["url"], self.settings.webhook_allowed_hosts)
+                headers = signing.headers(secrets_in_use, str(delivery["message_id"]), int(started_wall), body)
+                headers["host"] = target.host_header
+                extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
                 async with self.http.stream("POST", target.url, content=body, headers=headers,
                                             extensions=extensions) as response:
                     result.status_code = response.status_code

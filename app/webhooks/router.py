@@ -19,10 +19,12 @@ router = APIRouter(prefix="/v1", tags=["webhooks"], responses=problem_responses(
 @router.post("/webhook-endpoints", operation_id="webhooks-create-endpoint", status_code=status.HTTP_201_CREATED,
              response_model=schemas.EndpointWithSecret)
 async def create_endpoint(body: schemas.EndpointCreate, request: Request, principal: WebhooksAdmin,
-                          conn: LedgerWriter):
+                          pool: LedgerReader):
     """Register a receiver. The URL must be https and resolve to a public address (unless the
     operator allow-listed it). The response carries the signing secret: the only time it is shown."""
-    return await service.create_endpoint(conn, principal, body, request.app.state.settings)
+    await service.check_url(body.url, request.app.state.settings)
+    async with pool.acquire() as conn, conn.transaction():
+        return await service.create_endpoint(conn, principal, body)
 
 
 @router.get("/webhook-endpoints", operation_id="webhooks-list-endpoints",
@@ -40,10 +42,12 @@ async def get_endpoint(endpoint_id: uuid.UUID, principal: WebhooksAdmin, pool: L
 @router.patch("/webhook-endpoints/{endpoint_id}", operation_id="webhooks-update-endpoint",
               response_model=schemas.EndpointRead)
 async def update_endpoint(endpoint_id: uuid.UUID, body: schemas.EndpointUpdate, request: Request,
-                          principal: WebhooksAdmin, conn: LedgerWriter):
+                          principal: WebhooksAdmin, pool: LedgerReader):
     """Change the URL, filters or description; `enabled: true` re-enables an endpoint the service
-    disabled (its failure history starts afresh; use recover to resend what failed meanwhile)."""
-    return await service.update_endpoint(conn, principal, endpoint_id, body, request.app.state.settings)
+    disabled, and what waited meanwhile is sent in order (its failure streak starts afresh)."""
+    await service.check_url(body.url, request.app.state.settings)
+    async with pool.acquire() as conn, conn.transaction():
+        return await service.update_endpoint(conn, principal, endpoint_id, body)
 
 
 @router.delete("/webhook-endpoints/{endpoint_id}", operation_id="webhooks-delete-endpoint",

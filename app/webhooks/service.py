@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -30,9 +31,17 @@ def _not_found(endpoint_id: uuid.UUID) -> NotFound:
     return NotFound(f"no webhook endpoint {endpoint_id}")
 
 
-async def _check_url(url: str, settings: Settings, field: str) -> None:
+async def check_url(url: str | None, settings: Settings, field: str = "body.url") -> None:
+    """The SSRF guard at registration. Callers run it before taking a database connection: a slow
+    DNS answer must not hold one of the pool's connections inside a transaction."""
+    if url is None:
+        return
     try:
-        await ssrf.resolve(url, settings.webhook_allowed_hosts)
+        async with asyncio.timeout(settings.webhook_connect_timeout_seconds):
+            await ssrf.resolve(url.strip(), settings.webhook_allowed_hosts)
+    except TimeoutError as exc:
+        raise InvalidRequest("the endpoint URL's host did not resolve in time",
+                             errors=[{"field": field, "reason": "DNS lookup timed out"}]) from exc
     except ssrf.UnsafeURL as exc:
         raise InvalidRequest(f"the endpoint URL is refused: {exc.reason}",
                              errors=[{"field": field, "reason": exc.reason}]) from exc
@@ -66,10 +75,9 @@ async def list_endpoints(pool: asyncpg.Pool, principal: Principal) -> list[dict[
     return [dict(r) for r in rows]
 
 
-async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: EndpointCreate,
-                          settings: Settings) -> dict[str, Any]:
+async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: EndpointCreate) -> dict[str, Any]:
+    """`body.url` must have passed `check_url`."""
     url = body.url.strip()
-    await _check_url(url, settings, "body.url")
     processor_id = await _processor_id(conn, principal.tenant, body.processor, "body.processor")
     secret = signing.new_secret()
     endpoint_id = await conn.fetchval(
@@ -83,12 +91,12 @@ async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: 
 
 
 async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
-                          body: EndpointUpdate, settings: Settings) -> dict[str, Any]:
+                          body: EndpointUpdate) -> dict[str, Any]:
+    """`body.url`, if given, must have passed `check_url`."""
     current = await get_endpoint(conn, principal, endpoint_id)
     changes = body.changes()
     if "url" in changes:
         changes["url"] = body.url.strip()
-        await _check_url(changes["url"], settings, "body.url")
     if "processor" in changes:
         changes["processor_id"] = await _processor_id(conn, principal.tenant, changes.pop("processor"),
                                                       "body.processor")
