@@ -20,7 +20,7 @@ import random
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +36,7 @@ log = logging.getLogger("consent_ledger.webhooks")
 
 RESPONSE_BODY_LIMIT = 1024
 SUCCESS_BATCH_WINDOW = 0.003  # seconds a finished send waits for others to share its write
+MAX_CLIENTS = 256  # receiver origins with an open connection pool per worker
 CLAIM_INTERVAL = 0.005  # while sends are in flight, claim at most this often (unless NOTIFY says new work)
 USER_AGENT = "consent-ledger-webhooks/0.1"
 
@@ -198,7 +199,10 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.pool: asyncpg.Pool | None = None
         self.listener: asyncpg.Connection | None = None
-        self.http: httpx.AsyncClient | None = None
+        # One HTTP client (connection pool) per receiver origin. The URL sent is rewritten to the IP
+        # the SSRF guard checked, and httpx pools connections by that IP: a shared pool would reuse a
+        # TLS connection verified for one hostname to talk to another hostname on the same IP.
+        self.clients: OrderedDict[tuple[str, str], httpx.AsyncClient] = OrderedDict()
         self.inflight: dict[asyncio.Task, tuple[uuid.UUID, uuid.UUID, uuid.UUID]] = {}  # delivery, lease, endpoint
         self.wake = asyncio.Event()
         self.delivered = 0
@@ -211,14 +215,6 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set, then finish in-flight sends (or release them) and return."""
-        s = self.settings
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.webhook_timeout_seconds, connect=s.webhook_connect_timeout_seconds),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=s.webhook_concurrency,
-                                max_keepalive_connections=s.webhook_concurrency),
-            headers={"user-agent": USER_AGENT, "content-type": "application/json"},
-        )
         stop_waiter = asyncio.ensure_future(stop.wait())
         failures = 0
         try:
@@ -263,8 +259,8 @@ class Worker:
 
     async def _close(self) -> None:
         await self._drop_listener()
-        if self.http is not None:
-            await self.http.aclose()
+        for client in self.clients.values():
+            await client.aclose()
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 5)
@@ -312,6 +308,26 @@ class Worker:
             return min(self.settings.webhook_poll_seconds, max(0.0, next_due.total_seconds()))
         return self.settings.webhook_poll_seconds
 
+    def _client(self, scheme: str, origin: str) -> httpx.AsyncClient:
+        key = (scheme, origin)
+        client = self.clients.get(key)
+        if client is None:
+            s = self.settings
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(s.webhook_timeout_seconds, connect=s.webhook_connect_timeout_seconds),
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=s.webhook_max_in_flight_per_endpoint,
+                                    max_keepalive_connections=s.webhook_max_in_flight_per_endpoint),
+                headers={"user-agent": USER_AGENT, "content-type": "application/json"},
+            )
+            self.clients[key] = client
+            if len(self.clients) > MAX_CLIENTS:  # close the least recently used once its sends are over
+                _, oldest = self.clients.popitem(last=False)
+                asyncio.get_running_loop().call_later(
+                    s.webhook_timeout_seconds + 1, lambda c=oldest: asyncio.ensure_future(c.aclose()))
+        self.clients.move_to_end(key)
+        return client
+
     def _notify(self) -> None:
         self._notified = True
         self.wake.set()
@@ -340,8 +356,9 @@ class Worker:
                 headers = signing.headers(secrets_in_use, str(delivery["message_id"]), int(started_wall), body)
                 headers["host"] = target.host_header
                 extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
-                async with self.http.stream("POST", target.url, content=body, headers=headers,
-                                            extensions=extensions) as response:
+                http = self._client(target.url.split(":", 1)[0], target.host_header)
+                async with http.stream("POST", target.url, content=body, headers=headers,
+                                       extensions=extensions) as response:
                     result.status_code = response.status_code
                     result.retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
                     result.response_body = await _read_limited(response)

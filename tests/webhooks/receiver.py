@@ -23,6 +23,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     verified_with: list[str]  # which of the receiver's secrets verified it
+    peer: int = 0  # client port: which connection carried the request
 
     @property
     def json(self) -> Any:
@@ -95,7 +96,7 @@ class Receiver:
                         name, value = line.split(":", 1)
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                item = Received(time.time(), headers, body, [])
+                item = Received(time.time(), headers, body, [], writer.get_extra_info("peername")[1])
                 if self.verify:
                     for secret in self.secrets:
                         try:

@@ -33,3 +33,24 @@ async def test_withdrawal_reaches_the_sms_sender_signed_and_thin(client, auth, t
     assert set(withdrawn.json) == {"type", "timestamp", "data"}
     assert withdrawn.headers["webhook-signature"].startswith("v1,")
     assert granted.id != withdrawn.id
+
+
+async def test_two_hostnames_on_one_address_never_share_a_connection(client, auth, tenant, receiver, register,
+                                                                     start_worker, db):
+    """The worker connects to the checked IP; keep-alive connections must still belong to one hostname."""
+    start_worker(webhook_allowed_hosts=("127.0.0.1", "localhost"))
+    by_ip = await register(receiver)
+    # The API's allow-list (127.0.0.1 only) would refuse the name, so the second endpoint goes in by SQL.
+    by_name = await db.fetchval(
+        "INSERT INTO webhook_endpoints (tenant_id, url, secret) VALUES ($1, $2, $3) RETURNING id::text",
+        tenant, f"http://localhost:{receiver.port}/hooks", by_ip["secret"])
+    admin = auth(tenant, "webhooks:admin")
+    for _ in range(3):
+        for endpoint_id in (by_ip["id"], by_name):
+            assert (await client.post(f"/v1/webhook-endpoints/{endpoint_id}/test", headers=admin)).status_code == 202
+    received = await receiver.wait_for(6)
+    hosts_by_connection: dict[int, set[str]] = {}
+    for r in received:
+        hosts_by_connection.setdefault(r.peer, set()).add(r.headers["host"])
+    assert set().union(*hosts_by_connection.values()) == {f"127.0.0.1:{receiver.port}", f"localhost:{receiver.port}"}
+    assert all(len(hosts) == 1 for hosts in hosts_by_connection.values()), hosts_by_connection
