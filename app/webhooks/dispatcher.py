@@ -71,7 +71,7 @@ UPDATE webhook_deliveries d
 SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3
 FROM due, webhook_endpoints e, webhook_messages m
 WHERE d.id = due.id AND e.id = d.endpoint_id AND m.id = d.message_id
-RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempts, d.message_id, m.body, e.url, e.secret,
+RETURNING d.id, d.tenant_id, d.endpoint_id, d.subject_id, d.seq, d.attempts, d.message_id, m.body, e.url, e.secret,
           CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret
 """
 
@@ -102,7 +102,13 @@ WITH input AS (
     UPDATE webhook_deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
         last_attempt_at = i.attempted_at, last_status_code = i.status_code, last_error = NULL, lease_token = NULL
     FROM input i WHERE d.id = i.delivery_id AND d.lease_token = i.token
-    RETURNING d.endpoint_id, i.attempted_at
+    RETURNING d.endpoint_id, d.subject_id, i.attempted_at
+), successors AS (  -- a later change waiting behind this one (see SUCCESSORS) may go now
+    UPDATE webhook_deliveries s SET next_attempt_at = now()
+    FROM delivered dv
+    WHERE s.endpoint_id = dv.endpoint_id AND s.subject_id = dv.subject_id AND s.status = 'pending'
+      AND s.lease_token IS NULL AND s.next_attempt_at > now() AND s.next_attempt_at < 'infinity'
+    RETURNING 1
 ), healthy AS (
     UPDATE webhook_endpoints e SET failing_since = NULL
     FROM (SELECT endpoint_id, max(attempted_at) AS at FROM delivered GROUP BY endpoint_id) h
@@ -121,7 +127,16 @@ UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = $3, las
     next_attempt_at = CASE WHEN $10::float8 IS NULL THEN next_attempt_at
                            ELSE now() + make_interval(secs => $10::float8) END
 WHERE id = $2 AND lease_token = $9
-RETURNING 1
+RETURNING CASE WHEN status = 'pending' THEN next_attempt_at ELSE now() END AS successors_due
+"""
+
+# Later changes of the same (endpoint, subject) wait for their predecessor's next attempt instead of
+# sitting due-but-blocked: the claim would otherwise re-read every one of them on every round while
+# a receiver is down (measured: 180 ms per claim with 75,000 of them, for every endpoint's claims).
+SUCCESSORS = """
+UPDATE webhook_deliveries SET next_attempt_at = $4
+WHERE endpoint_id = $1 AND subject_id = $2 AND seq > $3 AND status = 'pending' AND lease_token IS NULL
+  AND next_attempt_at < 'infinity' AND next_attempt_at <> $4
 """
 
 ENDPOINT_FAILING = """
@@ -392,8 +407,12 @@ class Worker:
             gone = result.status_code == 410
             delay = None if gone else next_delay(self.settings, delivery["attempts"] + 1, result.retry_after)
             async with conn.transaction():
-                if await conn.fetchval(FAILED, *attempt, token, delay) is None:
+                successors_due = await conn.fetchval(FAILED, *attempt, token, delay)
+                if successors_due is None:
                     return  # the lease was lost (e.g. a manual retry); the newer claim owns the outcome
+                if delivery["subject_id"] is not None:
+                    await conn.execute(SUCCESSORS, delivery["endpoint_id"], delivery["subject_id"], delivery["seq"],
+                                       successors_due)
                 enabled = await conn.fetchval(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
                                               self.settings.webhook_disable_after_seconds)
                 if not enabled:

@@ -65,7 +65,11 @@ WITH ev AS (
 )
 INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq, next_attempt_at)
 SELECT $8, m.id, matched.endpoint_id, $10, matched.seq,
-       CASE WHEN matched.enabled THEN now() ELSE 'infinity' END
+       CASE WHEN NOT matched.enabled THEN 'infinity'
+            -- behind a predecessor waiting for a retry: due with it, not before (see dispatcher.SUCCESSORS)
+            ELSE GREATEST(now(), (SELECT max(p.next_attempt_at) FROM webhook_deliveries p
+                                  WHERE p.endpoint_id = matched.endpoint_id AND p.subject_id = $10
+                                    AND p.status = 'pending' AND p.lease_token IS NULL)) END
 FROM matched JOIN messages m USING (event_id)
 """
 

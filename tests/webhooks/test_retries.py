@@ -206,3 +206,43 @@ async def _in_flight(client, auth, tenant, delivery_id):
     d = await _delivery(client, auth, tenant, delivery_id)
     return d["status"] == "pending" and d["next_attempt_at"] is not None and \
         datetime.fromisoformat(d["next_attempt_at"]) > datetime.now(UTC)
+
+
+async def test_later_changes_wait_with_their_predecessor_instead_of_staying_due(client, auth, tenant, register,
+                                                                                start_worker, db, demo):
+    """While a person's first message waits for its retry, their later ones are not due either, so the
+    claim does not re-read them every round (the cost grows with every blocked row, for every endpoint)."""
+    from tests.helpers import sign_up
+
+    start_worker(webhook_retry_schedule=(0, 3, 3))
+    rcv = await Receiver(lambda _: Answer(500)).start()
+    try:
+        endpoint = await register(rcv, purposes=["marketing-sms"])
+        headers = auth(tenant)
+        await sign_up(client, headers, "queue-1", {"marketing-sms"})
+        await rcv.wait_for(1)
+
+        async def first_failure_recorded():
+            return await db.fetchval("SELECT attempts FROM webhook_deliveries WHERE endpoint_id = $1::uuid",
+                                     endpoint["id"]) == 1
+
+        await _until(first_failure_recorded)
+        await client.post("/v1/subjects/queue-1/consents/marketing-sms/withdraw", json={}, headers=headers)
+        await client.post("/v1/subjects/queue-1/consents", headers=headers, json={
+            **(await _preferences_grant(client, headers))})
+        await asyncio.sleep(0.3)
+        rows = await db.fetch(
+            """SELECT seq, attempts, next_attempt_at, next_attempt_at > now() AS waiting FROM webhook_deliveries
+               WHERE endpoint_id = $1::uuid ORDER BY seq""", endpoint["id"])
+        assert len(rows) == 3 and rows[0]["attempts"] == 1
+        assert all(r["waiting"] for r in rows), [dict(r) for r in rows]
+        assert {r["next_attempt_at"] for r in rows} == {rows[0]["next_attempt_at"]}
+        assert len(rcv.received) == 1  # the later ones were never tried out of order
+    finally:
+        await rcv.stop()
+
+
+async def _preferences_grant(client, headers):
+    from tests.helpers import decisions_for, form
+
+    return decisions_for(await form(client, headers, "preferences"), {"marketing-sms"})
