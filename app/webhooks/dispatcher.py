@@ -102,13 +102,7 @@ WITH input AS (
     UPDATE webhook_deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
         last_attempt_at = i.attempted_at, last_status_code = i.status_code, last_error = NULL, lease_token = NULL
     FROM input i WHERE d.id = i.delivery_id AND d.lease_token = i.token
-    RETURNING d.endpoint_id, d.subject_id, i.attempted_at
-), successors AS (  -- a later change waiting behind this one (see SUCCESSORS) may go now
-    UPDATE webhook_deliveries s SET next_attempt_at = now()
-    FROM delivered dv
-    WHERE s.endpoint_id = dv.endpoint_id AND s.subject_id = dv.subject_id AND s.status = 'pending'
-      AND s.lease_token IS NULL AND s.next_attempt_at > now() AND s.next_attempt_at < 'infinity'
-    RETURNING 1
+    RETURNING d.endpoint_id, i.attempted_at
 ), healthy AS (
     UPDATE webhook_endpoints e SET failing_since = NULL
     FROM (SELECT endpoint_id, max(attempted_at) AS at FROM delivered GROUP BY endpoint_id) h
@@ -137,6 +131,13 @@ SUCCESSORS = """
 UPDATE webhook_deliveries SET next_attempt_at = $4
 WHERE endpoint_id = $1 AND subject_id = $2 AND seq > $3 AND status = 'pending' AND lease_token IS NULL
   AND next_attempt_at < 'infinity' AND next_attempt_at <> $4
+"""
+# After a success that followed failures: what was parked behind it is due now (a rare path, so a
+# statement of its own rather than part of every success batch).
+RELEASE_SUCCESSORS = """
+UPDATE webhook_deliveries SET next_attempt_at = now()
+WHERE endpoint_id = $1 AND subject_id = $2 AND seq > $3 AND status = 'pending' AND lease_token IS NULL
+  AND next_attempt_at > now() AND next_attempt_at < 'infinity'
 """
 
 ENDPOINT_FAILING = """
@@ -424,9 +425,13 @@ class Worker:
             batch, self._successes = self._successes[:500], self._successes[500:]
             columns = zip(*[(d["tenant_id"], d["id"], r.attempted_at, r.status_code, r.latency_ms, r.response_body,
                              token) for d, token, r, _ in batch])
+            after_failures = [(d["endpoint_id"], d["subject_id"], d["seq"]) for d, *_ in batch
+                              if d["attempts"] > 0 and d["subject_id"] is not None]
             try:
                 async with self.pool.acquire() as conn:
                     self.delivered += await conn.fetchval(SUCCEEDED, *map(list, columns), self.name)
+                    if after_failures:
+                        await conn.executemany(RELEASE_SUCCESSORS, after_failures)
             except Exception as exc:  # noqa: BLE001 - the leases expire and these sends are retried
                 for *_, done in batch:
                     if not done.done():

@@ -251,6 +251,12 @@ async def retry_delivery(conn: asyncpg.Connection, principal: Principal, deliver
     if state["in_flight"]:
         raise Conflict("a worker is sending this delivery right now; retry after it finishes")
     await conn.execute(REQUEUE + " WHERE id = $1", delivery_id)
+    # later changes of the same person parked behind this delivery's retry are due again too
+    await conn.execute(
+        """UPDATE webhook_deliveries s SET next_attempt_at = now() FROM webhook_deliveries d
+           WHERE d.id = $1 AND s.endpoint_id = d.endpoint_id AND s.subject_id = d.subject_id AND s.seq > d.seq
+             AND s.status = 'pending' AND s.lease_token IS NULL AND s.next_attempt_at > now()
+             AND s.next_attempt_at < 'infinity'""", delivery_id)
     await conn.execute(f"SELECT pg_notify('{outbox.CHANNEL}', '')")
     return await get_delivery(conn, principal, delivery_id)
 
