@@ -15,10 +15,6 @@ import asyncpg
 
 from app.core.responses import dumps
 
-EVENT_TYPES = (
-    "consent.granted", "consent.refused", "consent.withdrawn", "consent.reconfirmed", "consent.expired",
-    "consent.revoked",
-)
 TEST_TYPE = "webhook.test"
 CHANNEL = "webhook_deliveries"  # LISTEN/NOTIFY channel
 
@@ -27,6 +23,25 @@ PAUSE = """
 UPDATE webhook_deliveries SET next_attempt_at = 'infinity'
 WHERE endpoint_id = $1 AND status = 'pending' AND lease_token IS NULL AND next_attempt_at < 'infinity'
 """
+RESUME = """
+UPDATE webhook_deliveries SET next_attempt_at = now()
+WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity'
+"""
+
+# Later changes of one (endpoint, subject) are due with their predecessor's next attempt ($4), or
+# now when $4 is null (it succeeded, became a dead letter, or is retried by hand), instead of
+# sitting due-but-blocked: the claim would re-read every one of them on every round while a
+# receiver is down (measured: 180 ms per claim with 75,000 of them, for every endpoint's claims).
+SUCCESSORS = """
+UPDATE webhook_deliveries SET next_attempt_at = COALESCE($4, now())
+WHERE endpoint_id = $1 AND subject_id = $2 AND seq > $3 AND status = 'pending' AND lease_token IS NULL
+  AND next_attempt_at < 'infinity' AND next_attempt_at IS DISTINCT FROM COALESCE($4, now())
+"""
+
+
+async def notify(conn: asyncpg.Connection) -> None:
+    """Wake the workers at commit (inserted deliveries do this through their trigger)."""
+    await conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
 
 
 def body(type_: str, timestamp: datetime, data: dict[str, Any]) -> str:

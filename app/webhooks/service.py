@@ -15,7 +15,7 @@ from app.auth.deps import Principal
 from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.core.settings import Settings
 from app.webhooks import outbox, signing, ssrf
-from app.webhooks.outbox import PAUSE
+from app.webhooks.outbox import PAUSE, RESUME, SUCCESSORS
 from app.webhooks.schemas import EndpointCreate, EndpointUpdate, RecoverIn
 
 ENDPOINT_COLUMNS = """
@@ -112,10 +112,8 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
             endpoint_id, principal.tenant, *changes.values(),
         )
         if enabling:  # what waited while it was disabled goes out now, in order
-            await conn.execute("""UPDATE webhook_deliveries SET next_attempt_at = now()
-                                  WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity'""",
-                               endpoint_id)
-            await conn.execute(f"SELECT pg_notify('{outbox.CHANNEL}', '')")
+            await conn.execute(RESUME, endpoint_id)
+            await outbox.notify(conn)
         elif changes.get("enabled") is False:
             await conn.execute(PAUSE, endpoint_id)
     return await get_endpoint(conn, principal, endpoint_id)
@@ -244,20 +242,16 @@ UPDATE webhook_deliveries SET status = 'pending', attempts = 0, lease_token = NU
 async def retry_delivery(conn: asyncpg.Connection, principal: Principal, delivery_id: uuid.UUID) -> dict[str, Any]:
     """Send again now, whatever the state: a dead letter, a delivered message to replay, or a waiting retry."""
     state = await conn.fetchrow(
-        """SELECT lease_token IS NOT NULL AND next_attempt_at > now() AS in_flight FROM webhook_deliveries
-           WHERE id = $1 AND tenant_id = $2 FOR UPDATE""", delivery_id, principal.tenant)
+        """SELECT endpoint_id, subject_id, seq, lease_token IS NOT NULL AND next_attempt_at > now() AS in_flight
+           FROM webhook_deliveries WHERE id = $1 AND tenant_id = $2 FOR UPDATE""", delivery_id, principal.tenant)
     if state is None:
         raise NotFound(f"no webhook delivery {delivery_id}")
     if state["in_flight"]:
         raise Conflict("a worker is sending this delivery right now; retry after it finishes")
     await conn.execute(REQUEUE + " WHERE id = $1", delivery_id)
-    # later changes of the same person parked behind this delivery's retry are due again too
-    await conn.execute(
-        """UPDATE webhook_deliveries s SET next_attempt_at = now() FROM webhook_deliveries d
-           WHERE d.id = $1 AND s.endpoint_id = d.endpoint_id AND s.subject_id = d.subject_id AND s.seq > d.seq
-             AND s.status = 'pending' AND s.lease_token IS NULL AND s.next_attempt_at > now()
-             AND s.next_attempt_at < 'infinity'""", delivery_id)
-    await conn.execute(f"SELECT pg_notify('{outbox.CHANNEL}', '')")
+    if state["subject_id"] is not None:  # later changes parked behind this delivery's retry are due again too
+        await conn.execute(SUCCESSORS, state["endpoint_id"], state["subject_id"], state["seq"], None)
+    await outbox.notify(conn)
     return await get_delivery(conn, principal, delivery_id)
 
 
@@ -275,7 +269,7 @@ async def recover(conn: asyncpg.Connection, principal: Principal, endpoint_id: u
         endpoint_id, principal.tenant, body.since, body.until,
     )
     if count:
-        await conn.execute(f"SELECT pg_notify('{outbox.CHANNEL}', '')")
+        await outbox.notify(conn)
     return {"endpoint_id": endpoint_id, "requeued": count, "endpoint_enabled": endpoint["enabled"]}
 
 
