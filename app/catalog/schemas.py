@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.core.schemas import Key, Text200, Text2000
+from app.core.schemas import Key, Text200, Text2000, UtcDatetime
 
 PurposeKind = Literal[
     "required", "optional", "marketing", "third_party", "sensitive", "unique_identifier", "overseas_transfer"
@@ -150,29 +150,15 @@ class NoticeCreate(Strict):
     title: Text200
     language: str = Field(default="ko", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
     body: str = Field(min_length=1, max_length=1_000_000)
-    effective_at: datetime
+    effective_at: UtcDatetime
     publish: bool = Field(default=False, description="Publish at once; a published notice never changes")
-
-    @field_validator("effective_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must include a timezone offset")
-        return value
 
 
 class NoticeUpdate(Patch):
     _not_null = refuse_null("title", "body", "effective_at")
     title: Text200 | None = None
     body: str | None = Field(default=None, min_length=1, max_length=1_000_000)
-    effective_at: datetime | None = None
-
-    @field_validator("effective_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("must include a timezone offset")
-        return value
+    effective_at: UtcDatetime | None = None
 
 
 class NoticeRead(BaseModel):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.core.schemas import Key, Text200
+from app.core.schemas import Key, Text200, UtcDatetime
 
 Decision = Literal["granted", "refused"]
 Method = Literal["web", "app", "phone", "paper", "email", "api"]
@@ -22,23 +22,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """Times must carry an offset; they are kept and shown in UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("must include a timezone offset")
-    return value.astimezone(UTC)
-
 
 class GuardianEvidence(Strict):
     """How the legal guardian of a child under 14 was verified (PIPA Art. 22-2, Decree Art. 17-2)."""
 
     verification_method: Literal["mobile", "card", "ipin", "document", "email", "other"]
-    verified_at: datetime | None = None
+    verified_at: UtcDatetime | None = None
     reference: Text200 | None = Field(default=None, description="The verifier's transaction reference")
-
-    _aware = field_validator("verified_at")(classmethod(lambda cls, v: _aware(v)))
 
 
 class Actor(Strict):
@@ -82,21 +72,17 @@ class ConsentRecord(Strict):
     notice_id: uuid.UUID = Field(description="The notice version the form showed (echo the form's notice.id)")
     method: Method = "web"
     actor: Actor = Field(default_factory=Actor)
-    occurred_at: datetime | None = Field(default=None, description="When the person acted (client clock)")
+    occurred_at: UtcDatetime | None = Field(default=None, description="When the person acted (client clock)")
     evidence: ClientEvidence | None = None
     decisions: list[DecisionIn] = Field(min_length=1, max_length=200)
-
-    _aware = field_validator("occurred_at")(classmethod(lambda cls, v: _aware(v)))
 
 
 class WithdrawalIn(Strict):
     method: Method = "web"
     actor: Actor = Field(default_factory=Actor)
-    occurred_at: datetime | None = None
+    occurred_at: UtcDatetime | None = None
     evidence: ClientEvidence | None = None
     reason: str | None = Field(default=None, max_length=1000)
-
-    _aware = field_validator("occurred_at")(classmethod(lambda cls, v: _aware(v)))
 
 
 class BulkWithdrawalIn(WithdrawalIn):

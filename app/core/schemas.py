@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import StringConstraints
+from datetime import UTC
+
+from pydantic import AfterValidator, AwareDatetime, StringConstraints
 
 Key = Annotated[
     str,
@@ -14,3 +16,7 @@ Key = Annotated[
 
 Text200 = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
+Url = Annotated[str, StringConstraints(min_length=1, max_length=2048, strip_whitespace=True)]
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
+"""An input time: it must carry an offset (a naive time is refused, never guessed); kept in UTC."""

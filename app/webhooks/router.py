@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.auth.deps import WebhooksAdmin
 from app.core.db import LedgerReader, LedgerWriter
-from app.core.errors import InvalidRequest, problem_responses
+from app.core.errors import problem_responses
+from app.core.schemas import UtcDatetime
 from app.webhooks import schemas, service
 
 router = APIRouter(prefix="/v1", tags=["webhooks"], responses=problem_responses(401, 403, 404, 422))
@@ -88,16 +88,12 @@ async def list_deliveries(
     status: schemas.DeliveryStatus | None = None,
     type: Annotated[str | None, Query(max_length=64, description="e.g. consent.withdrawn")] = None,
     subject_id: Annotated[str | None, Query(max_length=255)] = None,
-    since: Annotated[datetime | None, Query(description="created at or after")] = None,
-    until: Annotated[datetime | None, Query(description="created before")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="created at or after")] = None,
+    until: Annotated[UtcDatetime | None, Query(description="created before")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
     """Newest first."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidRequest(f"{name} needs a timezone", errors=[
-                {"field": f"query.{name}", "reason": "needs a timezone (e.g. 2026-11-22T09:00:00Z)"}])
     return await service.list_deliveries(pool, principal, endpoint_id=endpoint_id, status=status, type_=type,
                                          subject_id=subject_id, since=since, until=until, cursor=cursor,
                                          limit=limit)

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.catalog.schemas import Channel, Patch, PurposeKind, refuse_null
-from app.core.schemas import Key
+from app.core.schemas import Key, Url, UtcDatetime
 
 EventType = Literal[
     "consent.granted", "consent.refused", "consent.withdrawn", "consent.reconfirmed", "consent.expired",
@@ -30,15 +30,14 @@ class Filters(BaseModel):
 
 
 class EndpointCreate(Filters):
-    url: str = Field(min_length=1, max_length=2048,
-                     description="https URL of the receiver (plain http only for allow-listed hosts)")
+    url: Url = Field(description="https URL of the receiver (plain http only for allow-listed hosts)")
     description: str | None = Field(default=None, max_length=500)
     processor: Key | None = Field(default=None, description="Key of the processor (수탁사) owning this endpoint")
     enabled: bool = True
 
 
 class EndpointUpdate(Patch):
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    url: Url | None = None
     description: str | None = Field(default=None, max_length=500)
     processor: Key | None = None
     enabled: bool | None = Field(default=None, description="true re-enables an endpoint the service disabled")
@@ -136,15 +135,8 @@ class Queued(BaseModel):
 class RecoverIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime = Field(description="Failed deliveries created at or after this time are sent again")
-    until: datetime | None = None
-
-    @field_validator("since", "until")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("needs a timezone (e.g. 2026-11-22T09:00:00Z)")
-        return value
+    since: UtcDatetime = Field(description="Failed deliveries created at or after this time are sent again")
+    until: UtcDatetime | None = None
 
 
 class Recovered(BaseModel):

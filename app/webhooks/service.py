@@ -38,7 +38,7 @@ async def check_url(url: str | None, settings: Settings, field: str = "body.url"
         return
     try:
         async with asyncio.timeout(settings.webhook_connect_timeout_seconds):
-            await ssrf.resolve(url.strip(), settings.webhook_allowed_hosts)
+            await ssrf.resolve(url, settings.webhook_allowed_hosts)
     except TimeoutError as exc:
         raise InvalidRequest("the endpoint URL's host did not resolve in time",
                              errors=[{"field": field, "reason": "DNS lookup timed out"}]) from exc
@@ -77,14 +77,13 @@ async def list_endpoints(pool: asyncpg.Pool, principal: Principal) -> list[dict[
 
 async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: EndpointCreate) -> dict[str, Any]:
     """`body.url` must have passed `check_url`."""
-    url = body.url.strip()
     processor_id = await _processor_id(conn, principal.tenant, body.processor, "body.processor")
     secret = signing.new_secret()
     endpoint_id = await conn.fetchval(
         """INSERT INTO webhook_endpoints (tenant_id, processor_id, url, description, event_types, kinds, purposes,
                                           channels, enabled, secret)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
-        principal.tenant, processor_id, url, body.description, body.event_types, body.kinds, body.purposes,
+        principal.tenant, processor_id, body.url, body.description, body.event_types, body.kinds, body.purposes,
         body.channels, body.enabled, secret,
     )
     return {**await get_endpoint(conn, principal, endpoint_id), "secret": secret}
@@ -95,8 +94,6 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
     """`body.url`, if given, must have passed `check_url`."""
     current = await get_endpoint(conn, principal, endpoint_id)
     changes = body.changes()
-    if "url" in changes:
-        changes["url"] = body.url.strip()
     if "processor" in changes:
         changes["processor_id"] = await _processor_id(conn, principal.tenant, changes.pop("processor"),
                                                       "body.processor")
