@@ -6,7 +6,6 @@ dicts in the wire shape of `schemas.EventRead` / `schemas.StateRead` (documented
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +14,8 @@ from typing import Any, Mapping
 import asyncpg
 
 from app.consents import chain
-from app.core.errors import InvalidRequest, NotFound
+from app.core.errors import NotFound
+from app.core.pagination import decode_cursor, encode_cursor
 
 
 @dataclass
@@ -127,28 +127,17 @@ ORDER BY e.seq
 """
 
 
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, value = text.split(":", 1)
-        if prefix != "seq" or int(value) < 0:
-            raise ValueError
-        return int(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the cursor is not valid", errors=[
-            {"field": "query.cursor", "reason": "use the next_cursor of a previous page"}]) from exc
+def _seq(parts: list[str]) -> int:
+    prefix, value = parts[0].split(":", 1)
+    if len(parts) != 1 or prefix != "seq" or int(value) < 0:
+        raise ValueError
+    return int(value)
 
 
 async def history(
     conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str, *, purpose: str | None, cursor: str | None, limit: int,
 ) -> dict[str, Any]:
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, _seq) if cursor else 0
     rows = await conn.fetch(HISTORY, tenant, external_id, after, purpose, limit + 1)
     if not rows:
         raise _not_found(external_id)
@@ -157,7 +146,7 @@ async def history(
     events = [r for r in rows if r["id"] is not None]
     items = [event_json(r) for r in events[:limit]]
     return {"subject_id": external_id, "items": items,
-            "next_cursor": encode_cursor(items[-1]["seq"]) if len(events) > limit else None}
+            "next_cursor": encode_cursor(f"seq:{items[-1]['seq']}") if len(events) > limit else None}
 
 
 async def verify(conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str) -> dict[str, Any]:

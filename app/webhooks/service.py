@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ import asyncpg
 
 from app.auth.deps import Principal
 from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.core.pagination import decode_cursor, encode_cursor
 from app.core.settings import Settings
 from app.webhooks import outbox, signing, ssrf
 from app.webhooks.outbox import PAUSE, RESUME, SUCCESSORS
@@ -162,19 +162,9 @@ d.last_status_code, d.last_error, d.delivered_at, d.failed_at, d.created_at
 """
 
 
-def _encode_cursor(row: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | tuple[None, None]:
-    if not cursor:
-        return None, None
-    try:
-        created, ident = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the cursor is not valid", errors=[
-            {"field": "query.cursor", "reason": "use the next_cursor of a previous page"}]) from exc
+def _created_id(parts: list[str]) -> tuple[datetime, uuid.UUID]:
+    created, ident = parts
+    return datetime.fromisoformat(created), uuid.UUID(ident)
 
 
 async def list_deliveries(
@@ -183,7 +173,7 @@ async def list_deliveries(
 ) -> dict[str, Any]:
     """Newest first, keyset-paginated on (created_at, id)."""
     await get_endpoint(pool, principal, endpoint_id)
-    before_at, before_id = _decode_cursor(cursor)
+    before_at, before_id = decode_cursor(cursor, _created_id) if cursor else (None, None)
     rows = await pool.fetch(
         f"""SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN webhook_messages m ON m.id = d.message_id
             WHERE d.endpoint_id = $1 AND d.tenant_id = $2
@@ -195,7 +185,8 @@ async def list_deliveries(
         endpoint_id, principal.tenant, status, type_, subject_id, since, until, before_at, before_id, limit + 1,
     )
     items = [dict(r) for r in rows[:limit]]
-    return {"items": items, "next_cursor": _encode_cursor(items[-1]) if len(rows) > limit else None}
+    return {"items": items, "next_cursor": encode_cursor(items[-1]["created_at"].isoformat(), items[-1]["id"])
+            if len(rows) > limit else None}
 
 
 async def get_delivery(pool: asyncpg.Pool, principal: Principal, delivery_id: uuid.UUID) -> dict[str, Any]:
