@@ -88,3 +88,13 @@ async def test_reading_unknown_subject_is_404(client, auth, demo):
         response = await client.get(f"/v1/subjects/ghost/{path}", headers=headers)
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_forged_history_cursor_is_a_422_naming_the_field(client, auth, demo):
+    headers = auth(demo)
+    assert (await sign_up(client, headers, "cursor-1")).status_code == 201
+    for cursor in ("garbage", "c2VxOi0x", "bm90LWEtc2VxOjE"):  # not base64 text, "seq:-1", "not-a-seq:1"
+        response = await client.get("/v1/subjects/cursor-1/consents/history", params={"cursor": cursor},
+                                    headers=headers)
+        assert response.status_code == 422, (cursor, response.text)
+        assert response.json()["errors"][0]["field"] == "query.cursor"

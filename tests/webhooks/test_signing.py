@@ -75,5 +75,7 @@ async def test_webhook_id_is_stable_across_retries_and_timestamp_is_fresh(client
         assert first.id == second.id
         assert first.body == second.body
         assert first.json["type"] == "webhook.test"
+        for attempt in (first, second):  # each attempt is stamped when it is sent (receivers allow 5 min)
+            assert abs(int(attempt.headers["webhook-timestamp"]) - attempt.received_at) < 2
     finally:
         await rcv.stop()
