@@ -8,7 +8,7 @@ import asyncio
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from app.auth.tokens import issue
+from app.catalog.tenants import create_tenant
 from app.cli import migrate
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
@@ -107,18 +108,34 @@ def auth(settings: Settings) -> TokenFactory:
     return make
 
 
+NewTenant = Callable[[], Awaitable[str]]
+
+
 @pytest.fixture
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+def new_tenant(app: Any) -> NewTenant:
+    """await new_tenant() -> the key of a tenant created (committed) the way operators create one."""
+
+    async def make() -> str:
+        key = f"t-{uuid.uuid4().hex[:12]}"
+        async with app.state.sessions() as session, session.begin():
+            await create_tenant(session, key=key, name=f"Test tenant {key}")
+        return key
+
+    return make
+
+
+@pytest.fixture
+async def tenant(new_tenant: NewTenant) -> str:
+    return await new_tenant()
 
 
 @pytest.fixture
 async def demo(app: Any, tenant: str) -> str:
     """The smallticket demo catalog (from the seed policy) loaded under this test's own tenant."""
-    from app.demo.loader import load_tenant
+    from app.demo.loader import load_catalog
     from app.demo.tenants import SMALLTICKET
 
     spec = {**SMALLTICKET, "tenant": {**SMALLTICKET["tenant"], "id": tenant}}
     async with app.state.sessions() as session, session.begin():
-        await load_tenant(session, spec)
+        await load_catalog(session, spec)
     return tenant

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.deps import Principal
-from app.catalog import schemas, service
-from app.catalog.models import Processor, Recipient, Tenant
+from app.catalog import schemas, service, tenants
+from app.catalog.models import Processor, Recipient
 from app.demo.tenants import DEMO_TENANTS, POLICIES
 
 
 async def load_tenant(session: AsyncSession, spec: dict) -> bool:
-    """Create the tenant's catalog unless the tenant exists; returns whether it was created."""
+    """Create the tenant and its catalog unless the tenant exists; returns whether it was created."""
     tenant = spec["tenant"]
-    if await session.scalar(select(Tenant).where(Tenant.id == tenant["id"])):
+    if await tenants.get_tenant(session, tenant["id"]):
         return False
-    session.add(Tenant(**tenant))
+    await tenants.create_tenant(session, key=tenant["id"], name=tenant["name"], name_en=tenant.get("name_en"))
+    await load_catalog(session, spec)
+    return True
+
+
+async def load_catalog(session: AsyncSession, spec: dict) -> None:
+    """The spec's recipients, processors, purposes, notice and collection points, for an existing tenant."""
+    tenant = spec["tenant"]
     principal = Principal(tenant=tenant["id"], sub="demo-loader", scopes=frozenset({"catalog:write"}))
     for recipient in spec["recipients"]:
         await service.add(session, Recipient(tenant_id=tenant["id"], **schemas.RecipientCreate(**recipient).model_dump()))
@@ -34,7 +40,6 @@ async def load_tenant(session: AsyncSession, spec: dict) -> bool:
     ))
     for point in spec["collection_points"]:
         await service.create_collection_point(session, principal, schemas.CollectionPointCreate(**point))
-    return True
 
 
 async def load_demo(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
