@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, status
@@ -15,7 +14,8 @@ from app.consents.schemas import (
 )
 from app.core.db import LedgerReader, LedgerWriter
 from app.core.responses import json_response
-from app.core.errors import InvalidRequest, problem_responses
+from app.core.errors import problem_responses
+from app.core.schemas import UtcDatetime
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"],
                    responses=problem_responses(401, 403, 404, 422))
@@ -80,11 +80,8 @@ async def withdraw_one(
 @router.get("/consents", operation_id="consents-state", response_model=StatePage)
 async def get_state(
     subject_id: SubjectId, principal: ConsentsRead, conn: LedgerReader,
-    as_of: Annotated[datetime | None, Query(description="ISO 8601 instant with offset: the state as it was then")] = None,
+    as_of: Annotated[UtcDatetime | None, Query(description="ISO 8601 instant with offset: the state as it was then")] = None,
 ):
-    if as_of is not None and as_of.tzinfo is None:
-        raise InvalidRequest("as_of needs a timezone offset",
-                             errors=[{"field": "query.as_of", "reason": "must include a timezone offset, e.g. Z"}])
     return json_response(await queries.state(conn, principal.tenant, subject_id, as_of))
 
 

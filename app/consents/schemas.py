@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.core.schemas import Key, Text200, UtcDatetime
+from app.core.schemas import EventTime, Key, Text200, UtcDatetime
 
 Decision = Literal["granted", "refused"]
 Method = Literal["web", "app", "phone", "paper", "email", "api"]
@@ -72,7 +72,7 @@ class ConsentRecord(Strict):
     notice_id: uuid.UUID = Field(description="The notice version the form showed (echo the form's notice.id)")
     method: Method = "web"
     actor: Actor = Field(default_factory=Actor)
-    occurred_at: UtcDatetime | None = Field(default=None, description="When the person acted (client clock)")
+    occurred_at: EventTime | None = Field(default=None, description="When the person acted (client clock, 2000 or later)")
     evidence: ClientEvidence | None = None
     decisions: list[DecisionIn] = Field(min_length=1, max_length=200)
 
@@ -80,7 +80,7 @@ class ConsentRecord(Strict):
 class WithdrawalIn(Strict):
     method: Method = "web"
     actor: Actor = Field(default_factory=Actor)
-    occurred_at: UtcDatetime | None = None
+    occurred_at: EventTime | None = None
     evidence: ClientEvidence | None = None
     reason: str | None = Field(default=None, max_length=1000)
 

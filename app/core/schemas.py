@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
-
-from datetime import UTC
 
 from pydantic import AfterValidator, AwareDatetime, StringConstraints
 
@@ -18,5 +17,28 @@ Text200 = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_w
 Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048, strip_whitespace=True)]
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
+
+def to_utc(value: datetime) -> datetime:
+    """`value` in UTC; an instant whose UTC date leaves years 1-9999 is a ValueError (a 422), since
+    Python cannot represent it and PostgreSQL would only be reached with an overflow."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the instant is outside the supported range (years 1 to 9999 in UTC)") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
 """An input time: it must carry an offset (a naive time is refused, never guessed); kept in UTC."""
+
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _not_before_2000(value: datetime) -> datetime:
+    if value < EARLIEST_EVENT:
+        raise ValueError("must not be before 2000-01-01T00:00:00Z")
+    return value
+
+
+EventTime = Annotated[UtcDatetime, AfterValidator(_not_before_2000)]
+"""When a person acted, by the client's clock: a UtcDatetime from 2000 on. (The upper bound is the
+server clock plus a small skew, checked under the subject lock: see consents/service.py.)"""

@@ -97,7 +97,7 @@ async def test_invalid_cursor_is_422_with_field(client, auth, demo):
 async def test_as_of_without_offset_is_422_with_field(client, auth, tenant):
     response = await client.get("/v1/subjects/anyone/consents", params={"as_of": "2026-01-01T00:00:00"},
                                 headers=auth(tenant))
-    body = problem(response, 422, "invalid-request")
+    body = problem(response, 422, "validation-error")
     assert [e["field"] for e in body["errors"]] == ["query.as_of"]
 
 
