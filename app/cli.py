@@ -48,6 +48,37 @@ def seed(settings: Settings) -> list[str]:
     return asyncio.run(run())
 
 
+def tenant(settings: Settings, args: argparse.Namespace) -> int:
+    """`tenant create KEY --name ...` / `tenant list`: tenants exist only when an operator says so."""
+    from app.catalog import tenants
+    from app.core.db import create_engine, session_factory
+    from app.core.errors import ProblemError
+
+    async def run() -> int:
+        engine = create_engine(settings.database_url, settings)
+        try:
+            async with session_factory(engine)() as session, session.begin():
+                if args.action == "list":
+                    for row in await tenants.list_tenants(session):
+                        print("\t".join([row.id, row.name, row.name_en or "", row.created_at.isoformat()]))
+                    return 0
+                try:
+                    row = await tenants.create_tenant(session, key=args.key, name=args.name, name_en=args.name_en)
+                except ProblemError as exc:
+                    reasons = "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
+                    print(f"{exc.detail}{f' ({reasons})' if reasons else ''}", file=sys.stderr)
+                    return 1
+                print(f"created tenant {row.id} ({row.name})")
+                return 0
+        finally:
+            await engine.dispose()
+
+    if not settings.database_url:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    return asyncio.run(run())
+
+
 def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -158,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     p_worker.add_argument("--concurrency", type=int, help="sends in flight at once (WEBHOOK_CONCURRENCY)")
     commands.add_parser("migrate", help="upgrade the database schema to head")
     commands.add_parser("seed", help="load the demo tenants if they are missing")
+    p_tenant = commands.add_parser("tenant", help="create or list tenants (DATABASE_URL required)")
+    tenant_actions = p_tenant.add_subparsers(dest="action", required=True)
+    p_tenant_create = tenant_actions.add_parser("create", help="create a tenant; tokens may name it at once")
+    p_tenant_create.add_argument("key", help="what tokens carry in their `tenant` claim: lowercase, digits, '-'")
+    p_tenant_create.add_argument("--name", required=True, help="the controller's name as notices show it")
+    p_tenant_create.add_argument("--name-en", help="the name in English")
+    tenant_actions.add_parser("list", help="print key, name, English name, creation time (tab-separated)")
     p_token = commands.add_parser("token", help="print a signed development token (HS256, JWT_SECRET)")
     p_token.add_argument("--tenant", default="smallticket")
     p_token.add_argument("--sub", default="dev-operator")
@@ -177,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.concurrency)
     elif args.command == "migrate":
         migrate()
+    elif args.command == "tenant":
+        return tenant(settings, args)
     elif args.command == "seed":
         print("loaded:", ", ".join(seed(settings)) or "nothing (demo tenants exist)")
     elif args.command == "token":

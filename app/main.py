@@ -37,6 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.pool = await create_pool(settings.database_url, settings)
+        from app.catalog.tenants import KnownTenants
+
+        app.state.known_tenants = KnownTenants(settings.tenant_cache_seconds)
         try:
             yield
         finally:

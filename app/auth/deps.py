@@ -33,6 +33,8 @@ async def authenticate(
         claims = request.app.state.token_verifier.verify(credentials.credentials)
     except TokenError as exc:
         raise Unauthorized(str(exc)) from exc
+    if not await request.app.state.known_tenants.contains(request.app.state.pool, claims.tenant):
+        raise Unauthorized("the token's tenant is not a tenant of this service")
     return Principal(tenant=claims.tenant, sub=claims.sub, scopes=claims.scopes)
 
 

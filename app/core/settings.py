@@ -28,6 +28,8 @@ class Settings:
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
+    # How long a process trusts that a tenant it has seen still exists (unknown ones are never remembered).
+    tenant_cache_seconds: float = 60
 
     # Webhooks. Delays (seconds) before attempt 1, 2, ...; one attempt per entry, then a dead letter.
     webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -62,6 +64,7 @@ class Settings:
             jwt_leeway_seconds=int(env.get("JWT_LEEWAY_SECONDS", "30")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
             db_max_overflow=int(env.get("DB_MAX_OVERFLOW", "10")),
+            tenant_cache_seconds=float(env.get("TENANT_CACHE_SECONDS", "60")),
             **_webhook_settings(env),
         )
 

@@ -95,9 +95,9 @@ async def test_delete_hides_the_endpoint(client, auth, tenant, db):
     assert await db.fetchval("SELECT enabled FROM webhook_endpoints WHERE id = $1::uuid", created["id"]) is False
 
 
-async def test_other_tenants_cannot_see_or_touch_an_endpoint(client, auth, tenant):
+async def test_other_tenants_cannot_see_or_touch_an_endpoint(client, auth, tenant, new_tenant):
     created = (await _create(client, auth(tenant, "webhooks:admin"))).json()
-    other = auth("t-other-" + tenant, "webhooks:admin")
+    other = auth(await new_tenant(), "webhooks:admin")
     eid = created["id"]
     not_found = [
         await client.get(f"{PATH}/{eid}", headers=other),
