@@ -29,6 +29,8 @@ async def authenticate(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("a Bearer token is required")
+    if sum(1 for name, _ in request.scope["headers"] if name == b"authorization") > 1:
+        raise Unauthorized("send one Authorization header, not several")
     try:
         claims = request.app.state.token_verifier.verify(credentials.credentials)
     except TokenError as exc:

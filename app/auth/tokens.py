@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jose import JWTError, jwt
-from jose.exceptions import ExpiredSignatureError, JWTClaimsError
+from jose.exceptions import JWTClaimsError
 
 from app.core.settings import Settings
 
@@ -86,24 +86,51 @@ class TokenVerifier:
         alg = header.get("alg")
         if alg not in self.algorithms:
             raise TokenError(f"algorithm {alg!r} is not accepted")
-        options = {"require_exp": True, "require_iss": True, "require_aud": True, "leeway": self.leeway}
+        if "crit" in header:  # RFC 7515 4.1.11: this service understands no extension, so none may be critical
+            raise TokenError("the token's 'crit' header names extensions this service does not support")
         payload: dict[str, Any] | None = None
         last_error: Exception | None = None
         for key in self._keys_for(header):
             try:
-                payload = jwt.decode(
-                    token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer, options=options
-                )
+                payload = jwt.decode(token, key, algorithms=[alg], options=SIGNATURE_ONLY)
                 break
-            except ExpiredSignatureError as exc:
-                raise TokenError("the token has expired") from exc
             except JWTClaimsError as exc:
                 raise TokenError(f"the token's claims are not accepted: {exc}") from exc
             except JWTError as exc:
                 last_error = exc
         if payload is None:
             raise TokenError("the token's signature does not verify") from last_error
+        self._check_registered_claims(payload)
         return _claims(payload)
+
+    def _check_registered_claims(self, payload: dict[str, Any]) -> None:
+        """exp, iss and aud are required and checked here, after the signature, so that a refusal names
+        the claim (the JWT library reports a missing claim as a generic verification failure)."""
+        for claim in ("exp", "iss", "aud"):
+            if claim not in payload:
+                raise TokenError(f"the token has no '{claim}' claim")
+        now = time.time()
+        exp, nbf = payload["exp"], payload.get("nbf")
+        if not _is_number(exp):
+            raise TokenError("the token's 'exp' claim is not a number")
+        if exp + self.leeway < now:
+            raise TokenError("the token has expired")
+        if nbf is not None and (not _is_number(nbf) or nbf - self.leeway > now):
+            raise TokenError("the token's 'nbf' claim is not a time in the past")
+        if payload["iss"] != self.issuer:
+            raise TokenError("the token's 'iss' claim is not an accepted issuer")
+        audience = payload["aud"]
+        if not (audience == self.audience or isinstance(audience, list) and self.audience in audience):
+            raise TokenError("the token's 'aud' claim does not name this service")
+
+
+# The signature (and the shape of sub, iat, jti) by the library; exp, nbf, iss and aud by
+# TokenVerifier._check_registered_claims.
+SIGNATURE_ONLY = {"verify_exp": False, "verify_nbf": False, "verify_iss": False, "verify_aud": False}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _claims(payload: dict[str, Any]) -> Claims:

@@ -156,6 +156,36 @@ async def test_401_detail_says_why(client, settings, tenant):
     assert "tenant" in no_tenant.json()["detail"]
 
 
+@pytest.mark.parametrize("claim", ["exp", "iss", "aud"])
+async def test_missing_registered_claim_is_named_in_the_401(client, settings, tenant, claim):
+    token = hand_token(HS256, claims(settings, tenant, **{claim: None}), TEST_SECRET.encode())
+    response = await client.get(PROTECTED_PROBE, headers=bearer(token))
+    assert_unauthorized(response)
+    detail = response.json()["detail"]
+    assert f"'{claim}'" in detail and "signature" not in detail, detail
+
+
+@pytest.mark.parametrize("crit", [["exp"], ["b64"], ["urn:example:unknown"], [], "exp"])
+async def test_token_with_a_crit_header_is_401(client, settings, tenant, crit):
+    """RFC 7515 4.1.11: a recipient that does not understand every listed extension must reject the JWS;
+    this service understands none (and an empty or malformed list is invalid in itself)."""
+    token = hand_token({**HS256, "crit": crit}, claims(settings, tenant), TEST_SECRET.encode())
+    response = await client.get(PROTECTED_PROBE, headers=bearer(token))
+    assert_unauthorized(response)
+    assert "crit" in response.json()["detail"]
+
+
+async def test_two_authorization_headers_are_401(client, settings, tenant):
+    """Two credentials are ambiguous (a proxy may read the first, the app the last): refuse both."""
+    good = f"Bearer {_valid(settings, tenant)}"
+    for pair in ([good, good], [good, "Bearer not-a-jwt"], ["Bearer not-a-jwt", good]):
+        response = await client.get(PROTECTED_PROBE, headers=[("Authorization", pair[0]), ("Authorization", pair[1])])
+        assert_unauthorized(response)
+        assert "Authorization" in response.json()["detail"]
+    control = await client.get(PROTECTED_PROBE, headers={"Authorization": good})
+    assert control.status_code == 200, control.text
+
+
 async def test_bad_token_on_a_write_route_writes_nothing(client, settings, demo, db):
     headers = BAD_AUTHORIZATION["hs256-wrong-secret"](settings, demo)
     body = {"key": "sneaky", "kind": "optional", "disclosures": {"ko": {
