@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from logging.config import fileConfig
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
@@ -34,10 +35,22 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+# Replicas started with `serve --migrate` all run this at once: one migrates, the others wait on
+# the lock and then find the schema at head. A session-level lock (not a transaction one) stays
+# held if a migration ever commits part-way (e.g. an autocommit block), and dies with the connection.
+MIGRATION_LOCK = 0x636C5F6D6967  # "cl_mig"
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+    connection.commit()
+    try:
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+        connection.commit()
 
 
 async def run_online() -> None:
