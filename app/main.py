@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
+from app.catalog.tenants import KnownTenants
 from app.consents.router import router as consents_router
 from app.core import errors
 from app.core.db import create_engine, create_pool, session_factory
@@ -37,8 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.pool = await create_pool(settings.database_url, settings)
-        from app.catalog.tenants import KnownTenants
-
         app.state.known_tenants = KnownTenants(settings.tenant_cache_seconds)
         try:
             yield
@@ -72,9 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], operation_id="health-ready", responses=errors.problem_responses(503))
     async def readyz(request: Request):
+        # The ledger's pool serves recording and reads; a hung database must answer "not ready"
+        # well within a load balancer's probe timeout, not after the pool's own waits.
         try:
-            async with request.app.state.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            async with asyncio.timeout(2):
+                await request.app.state.pool.fetchval("SELECT 1")
         except Exception:  # noqa: BLE001 - any failure means not ready
             return errors.problem_response(
                 status=503, slug="not-ready", title="Not ready", detail="the database is not reachable",

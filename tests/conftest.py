@@ -65,7 +65,7 @@ def database_url() -> str:
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
     return Settings(database_url=database_url, jwt_secret=TEST_SECRET, jwt_issuer="test-issuer",
-                    jwt_audience="consent-ledger-test", db_pool_size=20, db_max_overflow=20,
+                    jwt_audience="consent-ledger-test", db_pool_size=40, db_catalog_pool_size=10,
                     # Webhooks: loopback receivers allowed explicitly, a retry schedule in tenths of seconds.
                     webhook_allowed_hosts=("127.0.0.1",), webhook_retry_schedule=(0, 0.2, 0.3, 0.4),
                     webhook_timeout_seconds=1.0, webhook_connect_timeout_seconds=0.5, webhook_lease_seconds=3.0,

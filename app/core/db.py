@@ -29,11 +29,25 @@ def apply_naming_convention(metadata: MetaData) -> MetaData:
     return metadata
 
 
+def pool_budget(settings: Settings) -> tuple[int, int]:
+    """(ledger, catalog) connections: together DB_POOL_SIZE, the most one API process opens.
+
+    Two pools, because the catalog's CRUD reads best through SQLModel and the ledger's hot paths
+    through plain asyncpg (see docs/design.md); neither may grow past its share, so N replicas
+    open at most N x DB_POOL_SIZE connections, which is what max_connections must be sized for.
+    """
+    ledger = settings.db_pool_size - settings.db_catalog_pool_size
+    if settings.db_catalog_pool_size < 1 or ledger < 1:
+        raise ValueError(f"DB_POOL_SIZE ({settings.db_pool_size}) must exceed DB_CATALOG_POOL_SIZE "
+                         f"({settings.db_catalog_pool_size}), and both must be at least 1")
+    return ledger, settings.db_catalog_pool_size
+
+
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
     return create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_size=pool_budget(settings)[1],
+        max_overflow=0,
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "consent-ledger", "timezone": "UTC"}},
     )
@@ -77,7 +91,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        asyncpg_dsn(url), min_size=1, max_size=settings.db_pool_size + settings.db_max_overflow,
+        asyncpg_dsn(url), min_size=1, max_size=pool_budget(settings)[0],
         init=_init_connection, server_settings={"application_name": "consent-ledger", "timezone": "UTC"},
     )
 

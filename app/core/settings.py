@@ -26,8 +26,10 @@ class Settings:
     jwt_audience: str = "consent-ledger"
     jwt_leeway_seconds: int = 30
 
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # The most connections one API process holds: DB_CATALOG_POOL_SIZE of them for the catalog's
+    # SQLAlchemy engine, the rest for the ledger's asyncpg pool (recording, reads, webhook admin).
+    db_pool_size: int = 24
+    db_catalog_pool_size: int = 4
     # How long a process trusts that a tenant it has seen still exists (unknown ones are never remembered).
     tenant_cache_seconds: float = 60
 
@@ -62,8 +64,8 @@ class Settings:
             jwt_issuer=env.get("JWT_ISSUER", "consent-ledger-dev"),
             jwt_audience=env.get("JWT_AUDIENCE", "consent-ledger"),
             jwt_leeway_seconds=int(env.get("JWT_LEEWAY_SECONDS", "30")),
-            db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
-            db_max_overflow=int(env.get("DB_MAX_OVERFLOW", "10")),
+            db_pool_size=int(env.get("DB_POOL_SIZE", "24")),
+            db_catalog_pool_size=int(env.get("DB_CATALOG_POOL_SIZE", "4")),
             tenant_cache_seconds=float(env.get("TENANT_CACHE_SECONDS", "60")),
             **_webhook_settings(env),
         )

@@ -216,7 +216,7 @@ def rsa_keys(tmp_path_factory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def rsa_settings(settings: Settings, rsa_keys) -> Settings:
     return replace(settings, jwt_algorithms=("RS256", "HS256"), jwt_secret=TEST_SECRET,
-                   jwt_public_key_file=rsa_keys["path"], db_pool_size=2, db_max_overflow=2)
+                   jwt_public_key_file=rsa_keys["path"], db_pool_size=4, db_catalog_pool_size=2)
 
 
 @pytest.fixture(scope="module")
