@@ -13,8 +13,9 @@ from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
 from app.catalog.tenants import KnownTenants
 from app.consents.router import router as consents_router
-from app.core import errors
+from app.core import errors, metrics
 from app.core.db import create_engine, create_pool, session_factory
+from app.core.http import Edge
 from app.core.settings import Settings, get_settings
 from app.webhooks.router import router as webhooks_router
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.token_verifier = TokenVerifier(settings)
     errors.install(app)
+    app.add_middleware(Edge, max_body_bytes=settings.max_request_body_bytes)
+    app.add_api_route("/metrics", metrics.endpoint(settings), methods=["GET"], include_in_schema=False)
     app.include_router(consents_router)
     app.include_router(catalog_router)
     app.include_router(webhooks_router)
@@ -83,4 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return JSONResponse({"status": "ready"})
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = errors.document_edge_answers(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

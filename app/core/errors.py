@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+from starlette.types import Scope
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:consent-ledger:problem:"
@@ -101,7 +105,8 @@ def problem_response(
     slug: str,
     title: str,
     detail: str,
-    request: Request,
+    request: Request | None = None,
+    instance: str | None = None,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
@@ -111,7 +116,7 @@ def problem_response(
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": request.url.path if request is not None else instance,
     }
     if errors:
         body["errors"] = [e.model_dump() for e in errors]
@@ -128,9 +133,11 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 _HTTP_TITLES = {
+    400: ("bad-request", "Bad request"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     406: ("not-acceptable", "Not acceptable"),
+    413: ("content-too-large", "Content too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
 }
 
@@ -155,17 +162,26 @@ def install(app: FastAPI) -> None:
             request=request, errors=errors,
         )
 
+    allowed = _AllowedMethods(app)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            return problem_response(  # the same answer as malformed JSON, which FastAPI makes a 422
+                status=422, slug="validation-error", title="The request failed validation",
+                detail="the body is not JSON text in UTF-8", request=request,
+                errors=[FieldError(field="body", reason="not valid UTF-8")],
+            )
         slug, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"No route matches {request.method} {request.url.path}."
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}."
+            headers = {**(headers or {}), "Allow": ", ".join(allowed(request.url.path))}
         return problem_response(
-            status=exc.status_code, slug=slug, title=title, detail=detail, request=request,
-            headers=getattr(exc, "headers", None),
+            status=exc.status_code, slug=slug, title=title, detail=detail, request=request, headers=headers,
         )
 
     async def _database(request: Request, exc: Exception) -> JSONResponse:
@@ -175,18 +191,78 @@ def install(app: FastAPI) -> None:
                 detail="a text value contains a character PostgreSQL cannot store (such as NUL, \\u0000); "
                        "nothing was written", request=request,
             )
-        return await _unexpected(request, exc)
+        return unexpected_response(request.scope, exc)
 
     for database_error in (asyncpg.PostgresError, DBAPIError):
         app.add_exception_handler(database_error, _database)
+    # Anything else reaches app.core.http.Edge, which answers instead of re-raising: Starlette's own
+    # catch-all answers and then re-raises, and uvicorn drops the keep-alive connection on that.
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+
+RETRY_AFTER_SECONDS = 2
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections; class 08 is checked apart.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_UNAVAILABLE_TYPES = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, ConnectionError,
+                      TimeoutError, socket.gaierror, PoolTimeout)
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what it wraps) says the database cannot be reached or is going away, as
+    opposed to a bug: while PostgreSQL stops or restarts, asyncpg and SQLAlchemy raise any of these."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, _UNAVAILABLE_TYPES) or type(exc) is OSError:  # "Multiple exceptions: ... refused"
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        code = getattr(exc, "sqlstate", None)
+        if isinstance(code, str) and (code.startswith("08") or code in _UNAVAILABLE_SQLSTATES):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def unexpected_response(scope: Scope, exc: BaseException) -> JSONResponse:
+    """503 with Retry-After when the database is away, else 500; either way nothing was committed,
+    since the unit of work commits before the response is built."""
+    path = scope.get("path", "")
+    route = getattr(scope.get("route"), "path", None)
+    if database_unavailable(exc):
+        logger.warning("database unavailable on %s %s: %s", scope.get("method"), route, type(exc).__name__)
         return problem_response(
-            status=500, slug="internal-error", title="Internal server error",
-            detail="The server failed to handle the request; nothing was written.", request=request,
+            status=503, slug="database-unavailable", title="Service unavailable",
+            detail="The database is not reachable at the moment; nothing was written. Retry later.",
+            instance=path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+    logger.error("unhandled error on %s %s", scope.get("method"), route, exc_info=exc)
+    return problem_response(
+        status=500, slug="internal-error", title="Internal server error",
+        detail="The server failed to handle the request; nothing was written.", instance=path,
+    )
+
+
+class _AllowedMethods:
+    """Every method some route serves on a path. Starlette's 405 lists only the first matching
+    route's methods, and a collection path has one route per method (list, create)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.table: list[tuple[Any, frozenset[str]]] | None = None
+
+    def __call__(self, path: str) -> list[str]:
+        if self.table is None:  # built at the first 405, when every router has been included
+            self.table = [(compile_path(route.path)[0], frozenset(route.methods))
+                          for route in _flat_routes(self.app) if getattr(route, "methods", None)]
+        return sorted({m for regex, methods in self.table if regex.match(path) for m in methods})
+
+
+def _flat_routes(app: FastAPI) -> list[Any]:
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # FastAPI before lazy router inclusion copies included routes into app.routes
+        return list(app.routes)
+    return list(iter_route_contexts(app.routes))
 
 
 _BAD_TEXT = {"22021", "22P05"}  # character_not_in_repertoire, untranslatable_character
@@ -207,3 +283,25 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Problem details"}
         for status in statuses
     }
+
+
+def document_edge_answers(schema: dict[str, Any]) -> dict[str, Any]:
+    """Answers the edge gives to any operation, added to the OpenAPI document: 413 and 422 wherever a
+    body is accepted, 503 wherever the database is used (every operation but the health checks)."""
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    added = {
+        "413": {"description": "The body is larger than MAX_REQUEST_BODY_BYTES", "content": problem},
+        "422": {"description": "Problem details", "content": problem},
+        "503": {"description": "The database is not reachable; nothing was written", "content": problem,
+                "headers": {"Retry-After": {"description": "Seconds to wait before retrying",
+                                            "schema": {"type": "integer"}}}},
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "health" not in operation.get("tags", ()):
+                responses.setdefault("503", added["503"])
+            if "requestBody" in operation:
+                responses.setdefault("413", added["413"])
+                responses.setdefault("422", added["422"])
+    return schema

@@ -33,6 +33,14 @@ class Settings:
     # How long a process trusts that a tenant it has seen still exists (unknown ones are never remembered).
     tenant_cache_seconds: float = 60
 
+    # HTTP edge: bodies past this many bytes are a 413 before anything parses them.
+    max_request_body_bytes: int = 1024 * 1024
+    # GET /metrics: with a token, `Authorization: Bearer <token>` from anyone; without one, loopback
+    # clients only unless metrics_public.
+    metrics_token: str | None = None
+    metrics_public: bool = False
+    log_level: str = "INFO"
+
     # Webhooks. Delays (seconds) before attempt 1, 2, ...; one attempt per entry, then a dead letter.
     webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_retry_jitter: float = 0.1
@@ -67,6 +75,10 @@ class Settings:
             db_pool_size=int(env.get("DB_POOL_SIZE", "24")),
             db_catalog_pool_size=int(env.get("DB_CATALOG_POOL_SIZE", "4")),
             tenant_cache_seconds=float(env.get("TENANT_CACHE_SECONDS", "60")),
+            max_request_body_bytes=int(env.get("MAX_REQUEST_BODY_BYTES", str(1024 * 1024))),
+            metrics_token=env.get("METRICS_TOKEN") or None,
+            metrics_public=env.get("METRICS_PUBLIC", "").lower() in ("1", "true", "yes"),
+            log_level=env.get("LOG_LEVEL", "INFO"),
             **_webhook_settings(env),
         )
 

@@ -341,7 +341,8 @@ async def test_missing_scope_is_403_problem(client, settings, demo, scopes, meth
 
 # --- every route but the health checks needs a token -----------------------------------------
 
-UNAUTHENTICATED = {"/healthz", "/readyz", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"}
+# /metrics takes no JWT: METRICS_TOKEN or a loopback client guards it (tests/core/test_metrics.py).
+UNAUTHENTICATED = {"/healthz", "/readyz", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect", "/metrics"}
 _SAMPLE_PARAMS = {"notice_id": str(uuid.UUID(int=1))}
 
 
