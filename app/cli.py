@@ -82,16 +82,19 @@ def tenant(settings: Settings, args: argparse.Namespace) -> int:
 def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
+    from app.core.logging import config as log_config
+
+    # JSON lines; uvicorn's access log is off because it prints client addresses (Edge logs requests).
+    level = get_settings().log_level
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                proxy_headers=True, log_level="info")
+                proxy_headers=True, log_level=level.lower(), access_log=False, log_config=log_config(level))
 
 
 def worker(concurrency: int | None) -> None:
-    import logging
-
+    from app.core.logging import configure as configure_logging
     from app.webhooks.dispatcher import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(get_settings().log_level)
     settings = get_settings()
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set")

@@ -48,6 +48,7 @@ async def record_consents(
     return _respond(await service.record(
         conn, principal, subject_id=subject_id, body=body, client=_client(request),
         idempotency_key=idempotency_key, request_path=request.url.path,
+        key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
     ))
 
 
@@ -61,6 +62,7 @@ async def withdraw_many(
     return _respond(await service.withdraw(
         conn, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
         idempotency_key=idempotency_key, request_path=request.url.path,
+        key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
     ))
 
 
@@ -74,6 +76,7 @@ async def withdraw_one(
     return _respond(await service.withdraw(
         conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
         client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
+        key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
     ))
 
 

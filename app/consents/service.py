@@ -12,6 +12,7 @@ import asyncpg
 from app.auth.deps import Principal
 from app.consents import idempotency, ledger, queries
 from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, WithdrawalIn
+from app.core import metrics
 from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
 )
@@ -161,6 +162,8 @@ async def record(
                                  request_id=request_id)
     await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id, events=events,
                          purposes={r["id"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
+    kinds = {r["id"]: r["kind"] for r in presented.values()}
+    metrics.consent_events_written((e["action"], kinds[e["purpose_id"]]) for e in events)
     names = queries.Names(
         purposes={r["id"]: r["key"] for r in presented.values()},
         collection_points={evidence.collection_point_id: body.collection_point},
@@ -219,6 +222,7 @@ async def withdraw(
                                      request_id=uuid.uuid4())
         await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id,
                              events=events, purposes={r["id"]: (r["key"], r["kind"], r["channel"]) for r in rows})
+        metrics.consent_events_written(("withdrawn", r["kind"]) for r in to_change)
     names = queries.Names(purposes={r["id"]: r["key"] for r in rows})
     by_purpose = {e["purpose_id"]: e for e in events}
     results = []

@@ -32,6 +32,14 @@ class Settings:
     db_catalog_pool_size: int = 4
     # How long a process trusts that a tenant it has seen still exists (unknown ones are never remembered).
     tenant_cache_seconds: float = 60
+    # Bounded growth: an Idempotency-Key replays its first result this long after that first use;
+    # delivered webhook messages and their attempts are kept this long, dead letters longer; the
+    # purge (worker, `consent-ledger purge`) deletes in batches of purge_batch_size rows per statement.
+    idempotency_key_ttl_seconds: float = 7 * 86400
+    webhook_retention_days: float = 30
+    webhook_dead_letter_retention_days: float = 365
+    purge_interval_seconds: float = 3600
+    purge_batch_size: int = 1000
 
     # HTTP edge: bodies past this many bytes are a 413 before anything parses them.
     max_request_body_bytes: int = 1024 * 1024
@@ -75,6 +83,11 @@ class Settings:
             db_pool_size=int(env.get("DB_POOL_SIZE", "24")),
             db_catalog_pool_size=int(env.get("DB_CATALOG_POOL_SIZE", "4")),
             tenant_cache_seconds=float(env.get("TENANT_CACHE_SECONDS", "60")),
+            idempotency_key_ttl_seconds=float(env.get("IDEMPOTENCY_KEY_TTL_SECONDS", str(7 * 86400))),
+            webhook_retention_days=float(env.get("WEBHOOK_RETENTION_DAYS", "30")),
+            webhook_dead_letter_retention_days=float(env.get("WEBHOOK_DEAD_LETTER_RETENTION_DAYS", "365")),
+            purge_interval_seconds=float(env.get("PURGE_INTERVAL_SECONDS", "3600")),
+            purge_batch_size=int(env.get("PURGE_BATCH_SIZE", "1000")),
             max_request_body_bytes=int(env.get("MAX_REQUEST_BODY_BYTES", str(1024 * 1024))),
             metrics_token=env.get("METRICS_TOKEN") or None,
             metrics_public=env.get("METRICS_PUBLIC", "").lower() in ("1", "true", "yes"),
