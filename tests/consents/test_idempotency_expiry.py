@@ -3,6 +3,11 @@ first use; after that it behaves as a key never used."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import httpx
+
+from app.main import create_app
 from tests.helpers import decisions_for, event_count, form
 
 
@@ -52,12 +57,6 @@ async def test_an_expired_key_may_carry_another_request(client, auth, demo, db):
 
 
 async def test_the_lifetime_is_a_setting(settings, auth, demo, db):
-    import dataclasses
-
-    import httpx
-
-    from app.main import create_app
-
     short = create_app(dataclasses.replace(settings, idempotency_key_ttl_seconds=60))
     async with short.router.lifespan_context(short), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=short), base_url="http://testserver") as client:
