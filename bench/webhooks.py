@@ -50,7 +50,7 @@ import httpx
 from app.auth.tokens import issue
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
-from app.webhooks.dispatcher import USER_AGENT
+from app.webhooks.sender import USER_AGENT
 from bench import database, servers
 from bench.load import percentile
 from bench.run import RESULTS, _abort

@@ -21,11 +21,19 @@ depends_on = None
 # --- webhook worker: fair claiming across endpoints -------------------------------------------------
 
 def _upgrade_worker() -> None:
-    pass
+    # The claim reads each endpoint's own range of due rows instead of one global age window, and
+    # the next-due timer does too: the global index on next_attempt_at has no reader left.
+    op.create_index('ix_webhook_deliveries_endpoint_due', 'webhook_deliveries', ['endpoint_id', 'next_attempt_at'],
+                    unique=False, postgresql_where=sa.text("status = 'pending'"))
+    op.drop_index('ix_webhook_deliveries_due', table_name='webhook_deliveries',
+                  postgresql_where=sa.text("status = 'pending'"))
 
 
 def _downgrade_worker() -> None:
-    pass
+    op.create_index('ix_webhook_deliveries_due', 'webhook_deliveries', ['next_attempt_at'], unique=False,
+                    postgresql_where=sa.text("status = 'pending'"))
+    op.drop_index('ix_webhook_deliveries_endpoint_due', table_name='webhook_deliveries',
+                  postgresql_where=sa.text("status = 'pending'"))
 
 
 # --- bounded growth and tenants ---------------------------------------------------------------------

@@ -63,6 +63,13 @@ class Settings:
     webhook_secret_grace_seconds: int = 86400
     # Hosts or networks exempt from the SSRF guard and allowed plain http (e.g. "127.0.0.1,::1").
     webhook_allowed_hosts: tuple[str, ...] = ()
+    # The worker's own name lookups: answers kept this long, at most this many lookups at once.
+    webhook_dns_cache_seconds: float = 30
+    webhook_dns_threads: int = 8
+    # The worker's Prometheus endpoint (port 0: none) and how often it re-reads the outbox backlog.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9464
+    worker_metrics_interval_seconds: float = 15
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -88,6 +95,9 @@ class Settings:
             webhook_dead_letter_retention_days=float(env.get("WEBHOOK_DEAD_LETTER_RETENTION_DAYS", "365")),
             purge_interval_seconds=float(env.get("PURGE_INTERVAL_SECONDS", "3600")),
             purge_batch_size=int(env.get("PURGE_BATCH_SIZE", "1000")),
+            worker_metrics_host=env.get("WORKER_METRICS_HOST", "127.0.0.1"),
+            worker_metrics_port=int(env.get("WORKER_METRICS_PORT", "9464")),
+            worker_metrics_interval_seconds=float(env.get("WORKER_METRICS_INTERVAL_SECONDS", "15")),
             max_request_body_bytes=int(env.get("MAX_REQUEST_BODY_BYTES", str(1024 * 1024))),
             metrics_token=env.get("METRICS_TOKEN") or None,
             metrics_public=env.get("METRICS_PUBLIC", "").lower() in ("1", "true", "yes"),
@@ -106,11 +116,11 @@ def _webhook_settings(env) -> dict:
     if "WEBHOOK_ALLOWED_HOSTS" in env:
         values["webhook_allowed_hosts"] = _csv(env["WEBHOOK_ALLOWED_HOSTS"])
     for name in ("retry_jitter", "max_retry_after_seconds", "connect_timeout_seconds", "timeout_seconds",
-                 "lease_seconds", "poll_seconds", "disable_after_seconds"):
+                 "lease_seconds", "poll_seconds", "disable_after_seconds", "dns_cache_seconds"):
         key = f"WEBHOOK_{name.upper()}"
         if key in env:
             values[f"webhook_{name}"] = float(env[key])
-    for name in ("concurrency", "max_in_flight_per_endpoint", "secret_grace_seconds"):
+    for name in ("concurrency", "max_in_flight_per_endpoint", "secret_grace_seconds", "dns_threads"):
         key = f"WEBHOOK_{name.upper()}"
         if key in env:
             values[f"webhook_{name}"] = int(env[key])

@@ -1,193 +1,54 @@
-"""The webhook worker: claim due deliveries, send them signed, record what happened, retry later.
+"""The webhook worker: claim due deliveries (claim.py), send them signed (sender.py), record what
+happened (results.py), retry later.
 
-- Claim: `FOR UPDATE SKIP LOCKED`, and the claim moves `next_attempt_at` past a lease before it
-  commits, so no lock is held during HTTP and a worker that dies leaves its deliveries due again
-  when the lease ends. Several workers share the table without double work beyond at-least-once.
-- Order: a delivery is claimable only when no earlier delivery of the same (endpoint, subject) is
-  still pending, so one subject's changes arrive in order while other subjects go in parallel.
 - Wake-up: LISTEN on the outbox channel (NOTIFY at commit), a timer for the next retry, and a
-  polling fallback; a lost database connection is retried with backoff, never fatal.
+  polling fallback.
+- Outages: no single round can end the worker. A lost database (refused or dropped connections,
+  a server shutting down, a pool connection left in a broken state) drops the pool and the
+  listener, backs off and starts over with fresh ones; anything else is logged and backed off too.
+  Results finished during an outage are written when the database is back, while their lease lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import os
-import random
 import socket
 import time
 import uuid
-from collections import Counter, OrderedDict
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
-import httpx
+from asyncpg.exceptions._base import InternalClientError
 
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
-from app.webhooks import signing, ssrf
-from app.webhooks.outbox import CHANNEL, PAUSE, SUCCESSORS
+from app.webhooks import claim, metrics, results
+from app.webhooks.outbox import CHANNEL
+from app.webhooks.sender import Result, Sender
 
 log = logging.getLogger("consent_ledger.webhooks")
 
-RESPONSE_BODY_LIMIT = 1024
 SUCCESS_BATCH_WINDOW = 0.003  # seconds a finished send waits for others to share its write
-MAX_TRANSPORTS = 256  # receiver origins with an open connection pool per worker
 CLAIM_INTERVAL = 0.005  # while sends are in flight, claim at most this often (unless NOTIFY says new work)
-USER_AGENT = "consent-ledger-webhooks/0.1"
-STATIC_HEADERS = {"user-agent": USER_AGENT, "content-type": "application/json"}
+CONNECT_TIMEOUT = 5.0
+T = TypeVar("T")
 
-# Candidates are ranked per endpoint so one endpoint (say, a hanging receiver with a long backlog)
-# never takes more than WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT of this worker's send slots. The
-# status/time conditions stay on the locking level so PostgreSQL rechecks them on rows another
-# worker claimed meanwhile.
-CLAIM = """
-WITH candidates AS (
-    SELECT c.id, c.next_attempt_at,
-           row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at) + COALESCE(busy.n, 0) AS rank
-    FROM (
-        SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
-        JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled AND e.deleted_at IS NULL
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-          AND NOT EXISTS (
-              SELECT 1 FROM webhook_deliveries p
-              WHERE p.endpoint_id = d.endpoint_id AND p.subject_id = d.subject_id AND p.status = 'pending'
-                AND p.seq < d.seq)
-        ORDER BY d.next_attempt_at
-        LIMIT $1 * 4
-    ) c
-    LEFT JOIN unnest($4::uuid[], $5::int[]) AS busy(endpoint_id, n) ON busy.endpoint_id = c.endpoint_id
-), due AS (
-    SELECT d.id FROM webhook_deliveries d JOIN candidates c ON c.id = d.id
-    WHERE c.rank <= $6 AND d.status = 'pending' AND d.next_attempt_at <= now()
-    ORDER BY c.next_attempt_at
-    LIMIT $1
-    FOR UPDATE OF d SKIP LOCKED
-)
-UPDATE webhook_deliveries d
-SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $3
-FROM due, webhook_endpoints e, webhook_messages m
-WHERE d.id = due.id AND e.id = d.endpoint_id AND m.id = d.message_id
-RETURNING d.id, d.tenant_id, d.endpoint_id, d.subject_id, d.seq, d.attempts, d.message_id, m.body, e.url, e.secret,
-          CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret
-"""
-
-NEXT_DUE = """
-SELECT min(next_attempt_at) - now() FROM webhook_deliveries
-WHERE status = 'pending' AND next_attempt_at > now() AND next_attempt_at < 'infinity'
-"""
-
-LOG_ATTEMPT = """
-INSERT INTO webhook_attempts
-    (tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, error, worker)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-"""
-
-# Successes are recorded in batches (one statement for every send that finished in the last few
-# milliseconds): on the hot path this halves the database round trips per delivery. A later
-# message of the same (endpoint, subject) stays unclaimable until its predecessor's batch commits.
-SUCCEEDED = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::int[], $5::float8[], $6::text[], $7::uuid[])
-        AS u(tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, token)
-), attempt AS (
-    INSERT INTO webhook_attempts
-        (tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, worker)
-    SELECT tenant_id, delivery_id, attempted_at, status_code, latency_ms, response_body, $8 FROM input
-    RETURNING 1
-), delivered AS (
-    UPDATE webhook_deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
-        last_attempt_at = i.attempted_at, last_status_code = i.status_code, last_error = NULL, lease_token = NULL
-    FROM input i WHERE d.id = i.delivery_id AND d.lease_token = i.token
-    RETURNING d.endpoint_id, i.attempted_at
-), healthy AS (
-    UPDATE webhook_endpoints e SET failing_since = NULL
-    FROM (SELECT endpoint_id, max(attempted_at) AS at FROM delivered GROUP BY endpoint_id) h
-    WHERE e.id = h.endpoint_id AND e.failing_since IS NOT NULL AND e.failing_since <= h.at
-    RETURNING 1
-)
-SELECT count(*) FROM delivered
-"""
-
-FAILED = """
-WITH attempt AS (""" + LOG_ATTEMPT + """ RETURNING 1)
-UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = $3, last_status_code = $4,
-    last_error = COALESCE($7, 'HTTP ' || $4), lease_token = NULL,
-    status = CASE WHEN $10::float8 IS NULL THEN 'failed' ELSE 'pending' END,
-    failed_at = CASE WHEN $10::float8 IS NULL THEN now() END,
-    next_attempt_at = CASE WHEN $10::float8 IS NULL THEN next_attempt_at
-                           ELSE now() + make_interval(secs => $10::float8) END
-WHERE id = $2 AND lease_token = $9
-RETURNING status, next_attempt_at
-"""
-
-# The endpoint row is locked first, so the decision reads its current failure streak.
-ENDPOINT_FAILING = """
-UPDATE webhook_endpoints e SET
-    failing_since = x.since,
-    enabled = e.enabled AND NOT x.disable,
-    disabled_at = CASE WHEN e.enabled AND x.disable THEN now() ELSE e.disabled_at END,
-    updated_at = CASE WHEN e.enabled AND x.disable THEN now() ELSE e.updated_at END,
-    disabled_reason = CASE
-        WHEN NOT (e.enabled AND x.disable) THEN e.disabled_reason
-        WHEN $3 THEN 'the receiver answered 410 Gone'
-        ELSE 'every delivery failed since '
-             || to_char(x.since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') END
-FROM (
-    SELECT id, COALESCE(failing_since, $2) AS since,
-           $3 OR COALESCE(failing_since, $2) < now() - make_interval(secs => $4) AS disable
-    FROM webhook_endpoints WHERE id = $1 FOR UPDATE
-) x
-WHERE e.id = x.id
-RETURNING e.enabled
-"""
-
-RELEASE = "UPDATE webhook_deliveries SET next_attempt_at = now(), lease_token = NULL WHERE id = $1 AND lease_token = $2"
+# SQLSTATE classes meaning "the server is not there for us": connection exceptions (08),
+# operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now),
+# too many connections (53300).
+_LOST_STATES = ("08", "57P", "53300")
 
 
-@dataclass
-class Result:
-    attempted_at: datetime
-    status_code: int | None = None
-    latency_ms: float | None = None
-    response_body: str | None = None
-    error: str | None = None
-    retry_after: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def next_delay(settings: Settings, attempts_done: int, retry_after: float | None) -> float | None:
-    """Seconds until the next attempt after `attempts_done` attempts, or None when the last one failed."""
-    schedule = settings.webhook_retry_schedule
-    if attempts_done >= len(schedule):
-        return None
-    delay = schedule[attempts_done] * (1 + random.uniform(-1, 1) * settings.webhook_retry_jitter)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, settings.webhook_max_retry_after_seconds))
-    return max(0.0, delay)
+def database_lost(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, InternalClientError)):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and state.startswith(_LOST_STATES)
 
 
 class Worker:
@@ -199,13 +60,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.pool: asyncpg.Pool | None = None
         self.listener: asyncpg.Connection | None = None
-        # One connection pool per receiver origin. The URL sent is rewritten to the IP
-        # the SSRF guard checked, and httpx pools connections by that IP: a shared pool would reuse a
-        # TLS connection verified for one hostname to talk to another hostname on the same IP.
-        self.transports: OrderedDict[tuple[str, str], httpx.AsyncHTTPTransport] = OrderedDict()
-        s = settings
-        self._timeouts = {"connect": s.webhook_connect_timeout_seconds, "read": s.webhook_timeout_seconds,
-                          "write": s.webhook_timeout_seconds, "pool": s.webhook_timeout_seconds}
+        self.sender = Sender(settings)
+        self.metrics = metrics.WorkerMetrics()
         self.inflight: dict[asyncio.Task, tuple[uuid.UUID, uuid.UUID, uuid.UUID]] = {}  # delivery, lease, endpoint
         self.wake = asyncio.Event()
         self.delivered = 0
@@ -213,6 +69,7 @@ class Worker:
         self._flusher: asyncio.Task | None = None
         self._notified = False
         self._last_claim = 0.0
+        self._next_refresh = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -224,14 +81,19 @@ class Worker:
             while not stop.is_set():
                 try:
                     await self._connect()
+                    await self._refresh_metrics()
                     timeout = await self._step()
                     failures = 0
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # noqa: BLE001 - one bad round must never end the worker
                     failures = min(failures + 1, 5)
                     timeout = min(0.2 * 2 ** failures, 5.0)
                     self.wake.clear()  # a lost listener's wake-up must not cut the backoff short
-                    log.warning("webhook worker: database unavailable (%s); retrying in %.1fs", exc, timeout)
-                    await self._drop_listener()
+                    if database_lost(exc):
+                        log.warning("webhook worker: database unavailable (%s: %s); retrying in %.1fs",
+                                    type(exc).__name__, exc, timeout)
+                        self._drop_connections()
+                    else:
+                        log.error("webhook worker: round failed; retrying in %.1fs", timeout, exc_info=True)
                 if timeout > 0:
                     wake = asyncio.ensure_future(self.wake.wait())
                     await asyncio.wait([wake, stop_waiter], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -245,28 +107,41 @@ class Worker:
         dsn = asyncpg_dsn(self.settings.database_url)
         if self.pool is None:
             self.pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=max(2, self.settings.webhook_concurrency // 8),
+                dsn, min_size=1, max_size=max(2, self.settings.webhook_concurrency // 8), timeout=CONNECT_TIMEOUT,
                 server_settings={"application_name": "consent-ledger-worker", "timezone": "UTC"},
             )
         if self.listener is None or self.listener.is_closed():
-            listener = await asyncpg.connect(dsn, server_settings={"application_name": "consent-ledger-worker"})
-            await listener.add_listener(CHANNEL, lambda *_: self._notify())
+            listener = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT,
+                                             server_settings={"application_name": "consent-ledger-worker"})
+            try:
+                await listener.add_listener(CHANNEL, lambda *_: self._notify())
+            except BaseException:
+                listener.terminate()
+                raise
             listener.add_termination_listener(lambda *_: self.wake.set())
             self.listener = listener
 
-    async def _drop_listener(self) -> None:
+    def _drop_connections(self) -> None:
+        """After a lost database: no goodbye to a server that is gone, fresh connections next round.
+        Sends in flight keep going; their results wait for the new pool (`_write`)."""
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.terminate()
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def _close(self) -> None:
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.listener.close(), 1)
             self.listener = None
-
-    async def _close(self) -> None:
-        await self._drop_listener()
-        for transport in self.transports.values():
-            await transport.aclose()
+        await self.sender.close()
         if self.pool is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self.pool.close(), 5)
+            except Exception:  # noqa: BLE001 - closing is best effort; terminate whatever is left
+                self.pool.terminate()
 
     async def _drain(self) -> None:
         """On shutdown: let sends finish within the send timeout; release the leases of the rest."""
@@ -280,10 +155,17 @@ class Worker:
         if released and self.pool is not None:
             with contextlib.suppress(Exception):
                 async with self.pool.acquire() as conn:
-                    await conn.executemany(RELEASE, released)
+                    await claim.release(conn, released)
             log.info("webhook worker: released %d unfinished deliveries", len(released))
 
     # --- one round: claim what is due, start sending it --------------------------------------------
+
+    async def _refresh_metrics(self) -> None:
+        if time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + self.settings.worker_metrics_interval_seconds
+        async with self.pool.acquire() as conn:
+            await self.metrics.refresh(conn)
 
     async def _step(self) -> float:
         """Claim and start sends; return how long to wait before the next round."""
@@ -297,10 +179,17 @@ class Worker:
         self._notified, self._last_claim = False, time.monotonic()
         token = uuid.uuid4()
         busy = Counter(endpoint for _, _, endpoint in self.inflight.values())
-        async with self.pool.acquire() as conn:
-            claimed = await conn.fetch(CLAIM, free, self.settings.webhook_lease_seconds, token, list(busy),
-                                       list(busy.values()), self.settings.webhook_max_in_flight_per_endpoint)
-            next_due = await conn.fetchval(NEXT_DUE) if not claimed else None
+        claimed: list[asyncpg.Record] | None = None
+        next_due = None
+        pool = self.pool
+        conn = await pool.acquire()
+        try:
+            claimed = await claim.claim(conn, limit=free, lease_seconds=self.settings.webhook_lease_seconds,
+                                        token=token, busy=busy, cap=self.settings.webhook_max_in_flight_per_endpoint)
+            if not claimed:
+                next_due = await claim.next_due(conn)
+        finally:
+            await self._release(pool, conn, claimed_already=bool(claimed))
         for delivery in claimed:
             task = asyncio.create_task(self._deliver(delivery, token))
             self.inflight[task] = (delivery["id"], token, delivery["endpoint_id"])
@@ -311,23 +200,16 @@ class Worker:
             return min(self.settings.webhook_poll_seconds, max(0.0, next_due.total_seconds()))
         return self.settings.webhook_poll_seconds
 
-    def _transport(self, scheme: str, origin: str) -> httpx.AsyncHTTPTransport:
-        """The connection pool for one receiver origin. httpx's transport is used without the Client
-        around it (no cookies, auth, redirects or URL merging to run): measured 15-20 % less CPU per
-        send, and the worker's CPU is its limit (bench/README.md)."""
-        key = (scheme, origin)
-        transport = self.transports.get(key)
-        if transport is None:
-            cap = self.settings.webhook_max_in_flight_per_endpoint
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=cap, max_keepalive_connections=cap))
-            self.transports[key] = transport
-            if len(self.transports) > MAX_TRANSPORTS:  # close the least recently used once its sends are over
-                _, oldest = self.transports.popitem(last=False)
-                asyncio.get_running_loop().call_later(
-                    self.settings.webhook_timeout_seconds + 1, lambda t=oldest: asyncio.ensure_future(t.aclose()))
-        self.transports.move_to_end(key)
-        return transport
+    async def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection, *, claimed_already: bool) -> None:
+        """Hand a connection back. If that fails after a committed claim (the database going away
+        as the connection is reset), the claim still stands: send it, and let the round go on."""
+        try:
+            await pool.release(conn)
+        except Exception as exc:
+            if not claimed_already or not database_lost(exc):
+                raise
+            log.warning("webhook worker: connection lost after a claim (%s: %s)", type(exc).__name__, exc)
+            self._drop_connections()
 
     def _notify(self) -> None:
         self._notified = True
@@ -342,48 +224,9 @@ class Worker:
     # --- one delivery --------------------------------------------------------------------------------
 
     async def _deliver(self, delivery: asyncpg.Record, token: uuid.UUID) -> None:
-        result = await self._send(delivery)
+        result = await self.sender.send(delivery)
+        self.metrics.attempt(result)
         await self._record(delivery, token, result)
-
-    async def _send(self, delivery: asyncpg.Record) -> Result:
-        body = delivery["body"].encode()
-        secrets_in_use = [delivery["secret"]] + ([delivery["previous_secret"]] if delivery["previous_secret"] else [])
-        started_wall = time.time()
-        result = Result(attempted_at=datetime.fromtimestamp(started_wall, UTC))
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.settings.webhook_timeout_seconds):  # DNS, connect, send, answer
-                target = await ssrf.resolve(delivery["url"], self.settings.webhook_allowed_hosts)
-                headers = signing.headers(secrets_in_use, str(delivery["message_id"]), int(started_wall), body)
-                headers.update(STATIC_HEADERS)
-                headers["host"] = target.host_header
-                extensions: dict = {"timeout": self._timeouts}
-                if target.sni_hostname:
-                    extensions["sni_hostname"] = target.sni_hostname
-                scheme = target.url.split(":", 1)[0]
-                request = httpx.Request("POST", target.url, headers=headers, content=body, extensions=extensions)
-                response = await self._transport(scheme, target.host_header).handle_async_request(request)
-                try:  # a transport never follows redirects: a 3xx is an answer like any other
-                    result.status_code = response.status_code
-                    result.retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
-                    result.response_body = await _read_limited(response)
-                finally:
-                    await response.aclose()
-        except ssrf.UnsafeURL as exc:
-            result.error = f"refused by the SSRF guard: {exc.reason}"
-        except (TimeoutError, httpx.TimeoutException):
-            result.error = f"timed out after {self.settings.webhook_timeout_seconds:g}s"
-        except httpx.HTTPError as exc:
-            result.error = f"{type(exc).__name__}: {exc}"[:500]
-        except Exception as exc:  # noqa: BLE001 - whatever the receiver sends back is a failed attempt, never a crash
-            log.warning("webhook worker: unexpected error sending %s", delivery["id"], exc_info=True)
-            result.error = f"{type(exc).__name__}: {exc}"[:500]
-        if result.response_body:
-            result.response_body = result.response_body.replace("\x00", "")  # PostgreSQL text refuses NUL
-        if result.error:
-            result.error = result.error.replace("\x00", "")
-        result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        return result
 
     async def _record(self, delivery: asyncpg.Record, token: uuid.UUID, result: Result) -> None:
         if result.ok:
@@ -393,38 +236,27 @@ class Worker:
                 self._flusher = asyncio.create_task(self._flush_successes())
             await done
             return
-        attempt = (delivery["tenant_id"], delivery["id"], result.attempted_at, result.status_code,
-                   result.latency_ms, result.response_body, result.error, self.name)
-        async with self.pool.acquire() as conn:
-            gone = result.status_code == 410
-            delay = None if gone else next_delay(self.settings, delivery["attempts"] + 1, result.retry_after)
-            async with conn.transaction():
-                updated = await conn.fetchrow(FAILED, *attempt, token, delay)
-                if updated is None:
-                    return  # the lease was lost (e.g. a manual retry); the newer claim owns the outcome
-                if delivery["subject_id"] is not None:  # later changes wait for the retry, or go after a dead letter
-                    retry_at = updated["next_attempt_at"] if updated["status"] == "pending" else None
-                    await conn.execute(SUCCESSORS, delivery["endpoint_id"], delivery["subject_id"], delivery["seq"],
-                                       retry_at)
-                enabled = await conn.fetchval(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
-                                              self.settings.webhook_disable_after_seconds)
-                if not enabled:
-                    await conn.execute(PAUSE, delivery["endpoint_id"])
+
+        async def write(conn: asyncpg.Connection) -> results.Failure | None:
+            return await results.record_failure(conn, self.settings, self.name, delivery, token, result)
+
+        failure = await self._write(write)
+        if failure is not None and failure.dead_letter:
+            self.metrics.dead_letters.labels(delivery["type"]).inc()
+        if failure is not None and failure.disabled:
+            self.metrics.disables.labels(failure.disabled).inc()
 
     async def _flush_successes(self) -> None:
         await asyncio.sleep(SUCCESS_BATCH_WINDOW)
         while self._successes:
             batch, self._successes = self._successes[:500], self._successes[500:]
-            columns = zip(*[(d["tenant_id"], d["id"], r.attempted_at, r.status_code, r.latency_ms, r.response_body,
-                             token) for d, token, r, _ in batch])
-            # only a delivery that had failed can have later changes parked behind it (a rare path)
-            after_failures = [(d["endpoint_id"], d["subject_id"], d["seq"], None) for d, *_ in batch
-                              if d["attempts"] > 0 and d["subject_id"] is not None]
+            rows = [(d, token, r) for d, token, r, _ in batch]
+
+            async def write(conn: asyncpg.Connection) -> int:
+                return await results.record_successes(conn, self.name, rows)
+
             try:
-                async with self.pool.acquire() as conn:
-                    self.delivered += await conn.fetchval(SUCCEEDED, *map(list, columns), self.name)
-                    if after_failures:
-                        await conn.executemany(SUCCESSORS, after_failures)
+                self.delivered += await self._write(write)
             except Exception as exc:  # noqa: BLE001 - the leases expire and these sends are retried
                 for *_, done in batch:
                     if not done.done():
@@ -434,16 +266,22 @@ class Worker:
                 if not done.done():
                     done.set_result(None)
 
-
-async def _read_limited(response: httpx.Response) -> str:
-    """At most RESPONSE_BODY_LIMIT bytes of the response, for the attempt log."""
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= RESPONSE_BODY_LIMIT:
-            break
-    return b"".join(chunks)[:RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
+    async def _write(self, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `write` on a pooled connection; through a lost database, try again (on whatever pool
+        the main loop has made by then) for as long as the lease leaves the result worth writing."""
+        deadline = time.monotonic() + self.settings.webhook_lease_seconds - self.settings.webhook_timeout_seconds
+        delay = 0.1
+        while True:
+            try:
+                if self.pool is None:
+                    raise asyncpg.InterfaceError("no connection pool (the database is away)")
+                async with self.pool.acquire() as conn:
+                    return await write(conn)
+            except Exception as exc:
+                if not database_lost(exc) or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -455,6 +293,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = Worker(settings)
+    served = metrics.serve(worker.metrics, settings)
     log.info("webhook worker %s started", worker.name)
-    await worker.run(stop)
+    try:
+        await worker.run(stop)
+    finally:
+        if served is not None:
+            served[0].shutdown()
     log.info("webhook worker %s stopped after %d deliveries", worker.name, worker.delivered)

@@ -69,7 +69,9 @@ class WebhookDelivery(SQLModel, table=True):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         CheckConstraint(sql_in("status", DELIVERY_STATUSES), name="status"),
-        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        # the claim's per-endpoint probe, the next-due timer and the backlog metrics (one index for all)
+        Index("ix_webhook_deliveries_endpoint_due", "endpoint_id", "next_attempt_at",
+              postgresql_where=text("status = 'pending'")),
         Index("ix_webhook_deliveries_order", "endpoint_id", "subject_id", "seq",
               postgresql_where=text("status = 'pending'")),
         Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at", "id"),

@@ -59,6 +59,10 @@ def is_change(event: dict[str, Any]) -> bool:
 # marketing purposes that bind every channel: the channel-less umbrella consent and night-time
 # sending (Network Act Art. 50(3)), so the SMS sender hears when either is withdrawn. A disabled
 # endpoint's deliveries are written paused (due at 'infinity') and resume when it is enabled.
+# The matched endpoint rows are share-locked: a disable or delete in progress (it updates the
+# endpoint row, then pauses or fails its deliveries) either waits for this consent to commit and
+# then sees its deliveries, or has committed first and this statement reads its result; without
+# the lock a delivery could be written due for an endpoint switched off in between.
 ENQUEUE = """
 WITH ev AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
@@ -72,6 +76,8 @@ WITH ev AS (
      AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels)
           OR (ev.kind = 'marketing' AND (ev.channel IS NULL OR ev.channel = 'night')))
      AND (cardinality(e.event_types) = 0 OR ev.type = ANY(e.event_types))
+    -- an endpoint being disabled or deleted right now is read as it ends up (see docs/design.md)
+    FOR SHARE OF e
 ), messages AS (
     INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, event_id, body, created_at)
     SELECT gen_random_uuid(), $8, ev.type, $9, ev.event_id, ev.body, clock_timestamp()
@@ -81,7 +87,7 @@ WITH ev AS (
 INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq, next_attempt_at)
 SELECT $8, m.id, matched.endpoint_id, $10, matched.seq,
        CASE WHEN NOT matched.enabled THEN 'infinity'
-            -- behind a predecessor waiting for a retry: due with it, not before (see dispatcher.SUCCESSORS)
+            -- behind a predecessor waiting for a retry: due with it, not before (see SUCCESSORS)
             ELSE GREATEST(now(), (SELECT max(p.next_attempt_at) FROM webhook_deliveries p
                                   WHERE p.endpoint_id = matched.endpoint_id AND p.subject_id = $10
                                     AND p.status = 'pending' AND p.lease_token IS NULL)) END

@@ -117,7 +117,8 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
 
 
 async def delete_endpoint(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID) -> None:
-    """Soft delete: the delivery log stays for the auditors; nothing more is sent."""
+    """Soft delete: the delivery log stays for the auditors; nothing more is sent. The endpoint row
+    is locked before its deliveries, the one lock order of the webhook tables (docs/design.md)."""
     deleted = await conn.fetchval(
         """UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, updated_at = now(),
                   secret = '', previous_secret = NULL, previous_secret_expires_at = NULL
@@ -230,10 +231,14 @@ UPDATE webhook_deliveries SET status = 'pending', attempts = 0, lease_token = NU
 async def retry_delivery(conn: asyncpg.Connection, principal: Principal, delivery_id: uuid.UUID) -> dict[str, Any]:
     """Send again now, whatever the state: a dead letter, a delivered message to replay, or a waiting retry."""
     state = await conn.fetchrow(
-        """SELECT endpoint_id, subject_id, seq, lease_token IS NOT NULL AND next_attempt_at > now() AS in_flight
-           FROM webhook_deliveries WHERE id = $1 AND tenant_id = $2 FOR UPDATE""", delivery_id, principal.tenant)
+        """SELECT d.endpoint_id, d.subject_id, d.seq, e.deleted_at IS NOT NULL AS endpoint_deleted,
+                  d.lease_token IS NOT NULL AND d.next_attempt_at > now() AS in_flight
+           FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+           WHERE d.id = $1 AND d.tenant_id = $2 FOR UPDATE OF d""", delivery_id, principal.tenant)
     if state is None:
         raise NotFound(f"no webhook delivery {delivery_id}")
+    if state["endpoint_deleted"]:  # it would wait forever: nothing is sent to a deleted endpoint
+        raise Conflict("this delivery's endpoint was deleted; register the receiver again to send it")
     if state["in_flight"]:
         raise Conflict("a worker is sending this delivery right now; retry after it finishes")
     await conn.execute(REQUEUE + " WHERE id = $1", delivery_id)

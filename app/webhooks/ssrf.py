@@ -14,6 +14,7 @@ import asyncio
 import functools
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -138,18 +139,27 @@ def check_syntax(url: str, allowed: tuple[str, ...]) -> None:
     _split(url, allowed)
 
 
-async def resolve(url: str, allowed: tuple[str, ...]) -> Target:
-    """Check `url`, resolve its host and require every address to be safe; target the first."""
+Lookup = Callable[[str, int], Awaitable[list]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list:
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                        proto=socket.IPPROTO_TCP)
+
+
+async def resolve(url: str, allowed: tuple[str, ...], lookup: Lookup | None = None) -> Target:
+    """Check `url`, resolve its host and require every address to be safe; target the first.
+    `lookup` (host, port) -> getaddrinfo-style answers; the worker passes its cached resolver."""
     parts, host, literal, listed = _split(url, allowed)
     scheme, port = parts.scheme.lower(), parts.port
     if literal is not None:
         addresses = [literal]
     else:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port or (443 if scheme == "https" else 80),
-                                           type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-        except (OSError, UnicodeError):
+            infos = await (lookup or _getaddrinfo)(host, port or (443 if scheme == "https" else 80))
+        except (OSError, UnicodeError) as exc:
+            if isinstance(exc, TimeoutError):  # too slow is not "does not resolve"
+                raise
             infos = []
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         if not addresses:

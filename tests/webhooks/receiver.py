@@ -8,6 +8,7 @@ ask for Retry-After or answer 410. Also used by bench/webhooks.py as the load re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ class Received:
     body: bytes
     verified_with: list[str]  # which of the receiver's secrets verified it
     peer: int = 0  # client port: which connection carried the request
+    path: str = "/"
 
     @property
     def json(self) -> Any:
@@ -52,12 +54,14 @@ class Receiver:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self.arrived = asyncio.Event()
+        self._closing = asyncio.Event()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks"
 
     async def start(self, port: int = 0) -> "Receiver":
+        self._closing = asyncio.Event()
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -65,6 +69,7 @@ class Receiver:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            self._closing.set()  # held (hanging) answers end with their connections
             if hasattr(self.server, "close_clients"):
                 self.server.close_clients()
             await self.server.wait_closed()
@@ -90,13 +95,14 @@ class Receiver:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1] if lines[0].count(" ") >= 2 else "/"
                 headers = {}
                 for line in lines[1:]:
                     if ":" in line:
                         name, value = line.split(":", 1)
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                item = Received(time.time(), headers, body, [], writer.get_extra_info("peername")[1])
+                item = Received(time.time(), headers, body, [], writer.get_extra_info("peername")[1], path)
                 if self.verify:
                     for secret in self.secrets:
                         try:
@@ -106,7 +112,10 @@ class Receiver:
                             pass
                 answer = self.respond(item)
                 if answer.delay:
-                    await asyncio.sleep(answer.delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), answer.delay)
+                    if self._closing.is_set():
+                        break
                 (self.received if item.verified_with or not self.verify else self.unverified).append(item)
                 self.arrived.set()
                 extra = "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items())
