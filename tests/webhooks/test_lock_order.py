@@ -223,3 +223,15 @@ async def test_a_consent_committed_while_its_endpoint_is_switched_off_is_never_d
             assert row["status"] == "pending" and row["paused"], dict(row)
     if action == "disable":
         assert len(rows) == 1  # a disabled endpoint keeps its messages, paused
+
+
+async def test_a_deleted_endpoints_delivery_cannot_be_retried_into_a_wait_without_end(client, auth, tenant, register,
+                                                                                    receiver, db):
+    headers = auth(tenant, "webhooks:admin")
+    endpoint = await register(receiver)
+    queued = (await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/test", headers=headers)).json()
+    assert (await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}", headers=headers)).status_code == 204
+    response = await client.post(f"/v1/webhook-deliveries/{queued['delivery_id']}/retry", headers=headers)
+    assert response.status_code == 409, response.text
+    assert await db.fetchval("SELECT status FROM webhook_deliveries WHERE id = $1::uuid",
+                             queued["delivery_id"]) == "failed"
