@@ -79,6 +79,30 @@ def tenant(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def purge(settings: Settings) -> int:
+    """One purge pass now (the worker also runs one every PURGE_INTERVAL_SECONDS)."""
+    import asyncpg
+
+    from app.core.db import asyncpg_dsn
+    from app.core.retention import purge_once
+
+    if not settings.database_url:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+
+    async def run() -> dict[str, int]:
+        conn = await asyncpg.connect(asyncpg_dsn(settings.database_url),
+                                     server_settings={"application_name": "consent-ledger-purge"})
+        try:
+            return await purge_once(conn, settings)
+        finally:
+            await conn.close()
+
+    counts = asyncio.run(run())
+    print("purged: " + ", ".join(f"{name}={value}" for name, value in counts.items()))
+    return 0
+
+
 def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -192,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p_worker.add_argument("--concurrency", type=int, help="sends in flight at once (WEBHOOK_CONCURRENCY)")
     commands.add_parser("migrate", help="upgrade the database schema to head")
     commands.add_parser("seed", help="load the demo tenants if they are missing")
+    commands.add_parser("purge", help="delete old delivered webhook messages, old dead letters, expired "
+                                      "idempotency keys (in batches; never ledger events)")
     p_tenant = commands.add_parser("tenant", help="create or list tenants (DATABASE_URL required)")
     tenant_actions = p_tenant.add_subparsers(dest="action", required=True)
     p_tenant_create = tenant_actions.add_parser("create", help="create a tenant; tokens may name it at once")
@@ -218,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.concurrency)
     elif args.command == "migrate":
         migrate()
+    elif args.command == "purge":
+        return purge(settings)
     elif args.command == "tenant":
         return tenant(settings, args)
     elif args.command == "seed":

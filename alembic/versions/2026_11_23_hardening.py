@@ -39,11 +39,25 @@ def _downgrade_worker() -> None:
 # --- bounded growth and tenants ---------------------------------------------------------------------
 
 def _upgrade_growth() -> None:
-    pass
+    # Read by nothing (checked against every query in app/, see docs/design.md), paid by every write:
+    # no audit query lists a tenant's events by time yet, and no query finds a message by event.
+    op.drop_index('ix_consent_events_tenant_recorded', table_name='consent_events')
+    op.drop_index('ix_webhook_messages_event_id', table_name='webhook_messages')
+    op.drop_index('ix_webhook_messages_tenant_created', table_name='webhook_messages')
+    # The delivery log filtered by subject; the purge's way to expired idempotency keys.
+    op.create_index('ix_webhook_messages_subject', 'webhook_messages', ['subject_ref'], unique=False)
+    op.create_index('ix_idempotency_keys_created', 'idempotency_keys', ['created_at'], unique=False,
+                    postgresql_using='brin')
 
 
 def _downgrade_growth() -> None:
-    pass
+    op.drop_index('ix_idempotency_keys_created', table_name='idempotency_keys', postgresql_using='brin')
+    op.drop_index('ix_webhook_messages_subject', table_name='webhook_messages')
+    op.create_index('ix_webhook_messages_tenant_created', 'webhook_messages', ['tenant_id', 'created_at', 'id'],
+                    unique=False)
+    op.create_index('ix_webhook_messages_event_id', 'webhook_messages', ['event_id'], unique=False)
+    op.create_index('ix_consent_events_tenant_recorded', 'consent_events', ['tenant_id', 'recorded_at'],
+                    unique=False)
 
 
 def upgrade() -> None:
