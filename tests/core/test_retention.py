@@ -140,7 +140,8 @@ async def test_purge_works_in_batches_of_the_configured_size(pool, db, settings,
                      "VALUES ($1, 'fresh', 'h', '{}')", tenant)
     small = dataclasses.replace(settings, purge_batch_size=10)
     old = await _old_deliveries(db, small)
-    expired_keys = await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE created_at < now() - interval '7 days'")
+    expired_keys = await db.fetchval(
+        "SELECT count(*) FROM idempotency_keys WHERE created_at < now() - interval '7 days'")
 
     counts = await purge_once(pool, small)
 
