@@ -134,8 +134,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _start_worker() -> subprocess.Popen:
-    """The dev webhook worker, a separate process as in production, sharing this environment."""
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=os.environ.copy())
+    """The dev webhook worker, a separate process as in production, sharing this environment. In
+    a session of its own: Ctrl-C stops the server, which then stops the worker (the supervisor
+    would otherwise see it die first and start another)."""
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=os.environ.copy(),
+                            start_new_session=True)
 
 
 def issue_token(settings: Settings, tenant: str, sub: str, scopes: list[str], ttl: int) -> str:
@@ -163,7 +166,7 @@ def dev(host: str, port: int) -> None:
     # The demo's processors run their receivers on this machine; a real deployment lists none.
     os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,::1,localhost")
     pg = None
-    worker_process = None
+    workers = None
     if not settings.database_url:
         pg = EmbeddedPostgres(data_dir / "pg", settings.embedded_pg_port)
         print(f"starting embedded PostgreSQL (data in {pg.pgdata}) ...", flush=True)
@@ -187,18 +190,16 @@ def dev(host: str, port: int) -> None:
             f"export TOKEN={token}",
             "",
         ]), flush=True)
-        worker_process = _start_worker()
+        from app.webhooks.supervisor import WorkerSupervisor
+
+        workers = WorkerSupervisor(_start_worker, say=lambda line: print(line, flush=True)).start()
         # uvicorn re-raises SIGTERM once it has shut down; make that unwind through `finally`
         # (stopping the worker and PostgreSQL) as Ctrl-C does, instead of killing this process.
         signal.signal(signal.SIGTERM, _interrupt)
         serve(host, port, 1)
     finally:
-        if worker_process is not None:
-            worker_process.terminate()
-            try:
-                worker_process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker_process.kill()
+        if workers is not None:
+            workers.stop(timeout=30)
         if pg is not None:
             print("stopping embedded PostgreSQL ...", flush=True)
             pg.stop()

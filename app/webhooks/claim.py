@@ -20,7 +20,13 @@ import asyncpg
 
 # The status/time conditions are repeated on the locking level so PostgreSQL rechecks them on
 # rows another worker claimed meanwhile. The cost grows with the number of enabled endpoints
-# (one index probe each, in ix_webhook_deliveries_endpoint_due), not with any backlog.
+# (one index probe each, in ix_webhook_deliveries_endpoint_due), not with any backlog: each
+# endpoint looks at its 256 oldest due rows at most. Rows there can be due but not claimable
+# (a later change of a person whose earlier one is being sent right now); without the bound a
+# burst of them was re-read on every claim. "Head of its person's queue" is a correlated
+# subquery, not NOT EXISTS, so it is always an index probe on (endpoint, subject, seq): as an
+# anti-join, a planner without statistics (young tables) chose to scan the endpoint's whole
+# queue for every row, and claims took seconds.
 CLAIM = """
 WITH busy AS (
     SELECT * FROM unnest($4::uuid[], $5::int[]) AS b(endpoint_id, n)
@@ -31,13 +37,17 @@ WITH busy AS (
     CROSS JOIN LATERAL (
         SELECT o.id, o.next_attempt_at, row_number() OVER (ORDER BY o.next_attempt_at) AS turn
         FROM (
-            SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
-            WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-              AND (d.subject_id IS NULL OR NOT EXISTS (
-                  SELECT 1 FROM webhook_deliveries p
-                  WHERE p.endpoint_id = d.endpoint_id AND p.subject_id = d.subject_id AND p.status = 'pending'
-                    AND p.seq < d.seq))
-            ORDER BY d.next_attempt_at
+            SELECT w.id, w.next_attempt_at FROM (
+                SELECT d.id, d.next_attempt_at, d.subject_id, d.seq FROM webhook_deliveries d
+                WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                ORDER BY d.next_attempt_at
+                LIMIT 256
+            ) w
+            WHERE w.subject_id IS NULL OR w.seq = (
+                SELECT p.seq FROM webhook_deliveries p
+                WHERE p.endpoint_id = e.id AND p.subject_id = w.subject_id AND p.status = 'pending'
+                ORDER BY p.seq LIMIT 1)
+            ORDER BY w.next_attempt_at
             LIMIT $6 - COALESCE(busy.n, 0)
         ) o
     ) c

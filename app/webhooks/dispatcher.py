@@ -226,7 +226,13 @@ class Worker:
     async def _deliver(self, delivery: asyncpg.Record, token: uuid.UUID) -> None:
         result = await self.sender.send(delivery)
         self.metrics.attempt(result)
-        await self._record(delivery, token, result)
+        try:
+            await self._record(delivery, token, result)
+        except Exception as exc:
+            if not database_lost(exc):
+                raise
+            log.warning("webhook worker: the result of delivery %s could not be written (%s: %s); it is sent "
+                        "again when its lease ends", delivery["id"], type(exc).__name__, exc)
 
     async def _record(self, delivery: asyncpg.Record, token: uuid.UUID, result: Result) -> None:
         if result.ok:

@@ -72,7 +72,7 @@ class WorkerProcess:
             "DATABASE_URL": database_url, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             "WEBHOOK_LEASE_SECONDS": str(PROCESS_LEASE), "WEBHOOK_TIMEOUT_SECONDS": "2",
             "WEBHOOK_CONNECT_TIMEOUT_SECONDS": "0.5", "WEBHOOK_POLL_SECONDS": "0.5",
-            "WEBHOOK_RETRY_SCHEDULE": "0,0.2,0.3", "PYTHONUNBUFFERED": "1", **env,
+            "WEBHOOK_RETRY_SCHEDULE": "0,0.2,0.3", "PYTHONUNBUFFERED": "1", "WORKER_METRICS_PORT": "0", **env,
         })
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=environ,
