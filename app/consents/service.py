@@ -119,9 +119,9 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
 
 async def record(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
-    idempotency_key: str | None, request_path: str,
+    idempotency_key: str | None, request_path: str, key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
-    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body)
+    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
     if replay:
         return Outcome(replay.status_code, replay.body, replayed=True)
     evidence = _evidence(principal, body, client)
@@ -180,9 +180,10 @@ async def record(
 async def withdraw(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
     purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str,
+    key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
     """Withdraw granted purposes; what is not granted is reported unchanged, never written twice."""
-    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body)
+    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
     if replay:
         return Outcome(replay.status_code, replay.body, replayed=True)
     evidence = _evidence(principal, body, client)
