@@ -7,6 +7,7 @@ so it reads the headers once and does a few dictionary lookups per request.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -37,7 +38,9 @@ class Edge:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.http_metrics = metrics.HttpMetrics()
+        # Generated request ids: random per process, then a counter (os.urandom per request costs more).
+        self.id_prefix = os.urandom(8).hex()
+        self.ids = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +53,10 @@ class Edge:
                 given_id = value
             elif name == b"content-length":
                 length = value
-        rid = given_id.decode() if given_id and _REQUEST_ID.fullmatch(given_id) else os.urandom(16).hex()
+        if given_id and _REQUEST_ID.fullmatch(given_id):
+            rid = given_id.decode()
+        else:
+            rid = f"{self.id_prefix}{next(self.ids):016x}"
         rid_token = request_id.set(rid)
         rid_header = (b"x-request-id", rid.encode())
         method = scope["method"]
@@ -83,7 +89,7 @@ class Edge:
         finally:
             elapsed = perf_counter() - started_at
             route = _route(scope)
-            self.http_metrics.observe(route, method, status, elapsed)
+            metrics.HTTP.observe(route, method, status, elapsed)
             if pending and 200 <= status < 300:
                 metrics.count_committed(pending)
             if access_log.isEnabledFor(logging.INFO):
