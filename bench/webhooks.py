@@ -332,7 +332,8 @@ async def measure(url: str, api_port: int, token: str, workdir: Path, cleanup: E
             await asyncio.sleep(0.1)
 
     def start_workers(count: int) -> list[servers.Server]:
-        env = {"DATABASE_URL": url, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_CONCURRENCY": str(CONCURRENCY)}
+        env = {"DATABASE_URL": url, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_CONCURRENCY": str(CONCURRENCY),
+               "WORKER_METRICS_PORT": "0"}  # two workers on one host would want the same port
         started = [start_process(f"worker-{next(serial)}", [sys.executable, "-m", "app.cli", "worker"], env, workdir)
                    for _ in range(count)]
         for worker in started:
