@@ -93,3 +93,34 @@ async def test_readyz_is_503_when_the_ledger_pool_is_gone(settings):
         await app.state.pool.close()
         response = await client.get("/readyz")
         assert response.status_code == 503, response.text
+
+
+async def test_ledger_connections_come_back_clean_without_the_reset_round_trip(settings, auth, demo):
+    """The ledger pool skips asyncpg's RESET ALL/UNLISTEN round trip on release, which is only sound
+    while nothing on it leaves session state behind: drive every kind of call, then inspect each
+    pooled connection. A transaction left open is still rolled back by asyncpg."""
+    async with running(dataclasses.replace(settings, db_pool_size=4, db_catalog_pool_size=1)) as (app, client):
+        headers = auth(demo)
+        assert (await sign_up(client, headers, "clean-member", granted={"marketing-sms"})).status_code == 201
+        assert (await client.post("/v1/subjects/clean-member/consents/marketing-sms/withdraw",
+                                  headers=headers)).status_code == 200
+        for path in ("/v1/subjects/clean-member/consents", "/v1/subjects/clean-member/consents/history",
+                     "/v1/subjects/clean-member/consents/verify", "/v1/webhook-endpoints", "/v1/purposes"):
+            assert (await client.get(path, headers=headers)).status_code == 200, path
+        pool = app.state.pool
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")  # left open on purpose
+        connections = [await pool.acquire() for _ in range(pool.get_size())]
+        try:
+            for conn in connections:
+                assert not conn.is_in_transaction()
+                changed = await conn.fetch("SELECT name FROM pg_settings "
+                                       "WHERE source = 'session' AND setting IS DISTINCT FROM reset_val")
+                assert [r["name"] for r in changed] == []
+                assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+                assert await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'") == 0
+                assert await conn.fetchval("SELECT count(*) FROM pg_cursors WHERE name <> ''") == 0
+        finally:
+            for conn in connections:
+                await pool.release(conn)
