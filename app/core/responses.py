@@ -1,13 +1,20 @@
-"""JSON responses built from plain dicts, for hot routes whose rows need no re-validation."""
+"""JSON responses built from plain dicts, for hot routes whose rows need no re-validation.
+
+orjson encodes: a history page of 50 events costs ~3x less than with the standard library
+(bench/README.md). Times and UUIDs go through `_default` so the text stays exactly what it
+always was (UTC with `Z`; asyncpg's UUID subclass, which orjson does not take natively).
+"""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.responses import Response
+
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _default(value: Any) -> Any:
@@ -18,9 +25,13 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def dumps_bytes(payload: Any) -> bytes:
+    return orjson.dumps(payload, default=_default, option=_OPTIONS)
+
+
 def dumps(payload: Any) -> str:
-    return json.dumps(payload, default=_default, ensure_ascii=False, separators=(",", ":"))
+    return dumps_bytes(payload).decode()
 
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(payload), status_code=status_code, headers=headers, media_type="application/json")
+    return Response(dumps_bytes(payload), status_code=status_code, headers=headers, media_type="application/json")
