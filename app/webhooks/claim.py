@@ -21,10 +21,12 @@ import asyncpg
 # The status/time conditions are repeated on the locking level so PostgreSQL rechecks them on
 # rows another worker claimed meanwhile. The cost grows with the number of enabled endpoints
 # (one index probe each, in ix_webhook_deliveries_endpoint_due), not with any backlog: each
-# endpoint looks at its 256 oldest due rows at most. Rows there can be due but not claimable
-# (a later change of a person whose earlier one is being sent right now); without the bound a
-# burst of them was re-read on every claim. "Head of its person's queue" is a correlated
-# subquery, not NOT EXISTS, so it is always an index probe on (endpoint, subject, seq): as an
+# endpoint looks at its 256 oldest due rows at most, and each of those stands for the head of its
+# person's queue there (an index probe on (endpoint, subject, seq)), which is claimable when it is
+# due itself. A later change can be due while its head is not (the head is being sent, or its
+# lease ran out after its worker died, which moves its time past its successors'); without the
+# bound a burst of such rows was re-read on every claim, and without the head lookup a window
+# full of them hid the heads. The probe is a correlated subquery, not NOT EXISTS: as an
 # anti-join, a planner without statistics (young tables) chose to scan the endpoint's whole
 # queue for every row, and claims took seconds.
 CLAIM = """
@@ -37,17 +39,22 @@ WITH busy AS (
     CROSS JOIN LATERAL (
         SELECT o.id, o.next_attempt_at, row_number() OVER (ORDER BY o.next_attempt_at) AS turn
         FROM (
-            SELECT w.id, w.next_attempt_at FROM (
-                SELECT d.id, d.next_attempt_at, d.subject_id, d.seq FROM webhook_deliveries d
+            SELECT DISTINCT h.id, h.next_attempt_at FROM (
+                SELECT d.id, d.next_attempt_at, d.subject_id FROM webhook_deliveries d
                 WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                 ORDER BY d.next_attempt_at
                 LIMIT 256
             ) w
-            WHERE w.subject_id IS NULL OR w.seq = (
-                SELECT p.seq FROM webhook_deliveries p
-                WHERE p.endpoint_id = e.id AND p.subject_id = w.subject_id AND p.status = 'pending'
-                ORDER BY p.seq LIMIT 1)
-            ORDER BY w.next_attempt_at
+            CROSS JOIN LATERAL (
+                SELECT w.id, w.next_attempt_at WHERE w.subject_id IS NULL
+                UNION ALL
+                (SELECT p.id, p.next_attempt_at FROM webhook_deliveries p
+                 WHERE w.subject_id IS NOT NULL AND p.endpoint_id = e.id AND p.subject_id = w.subject_id
+                   AND p.status = 'pending'
+                 ORDER BY p.seq LIMIT 1)
+            ) h
+            WHERE h.next_attempt_at <= now()
+            ORDER BY h.next_attempt_at
             LIMIT $6 - COALESCE(busy.n, 0)
         ) o
     ) c

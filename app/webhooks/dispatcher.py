@@ -35,7 +35,7 @@ log = logging.getLogger("consent_ledger.webhooks")
 
 SUCCESS_BATCH_WINDOW = 0.003  # seconds a finished send waits for others to share its write
 CLAIM_INTERVAL = 0.005  # while sends are in flight, claim at most this often (unless NOTIFY says new work)
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0  # connecting, and waiting for a pooled connection
 T = TypeVar("T")
 
 # SQLSTATE classes meaning "the server is not there for us": connection exceptions (08),
@@ -154,7 +154,7 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
         if released and self.pool is not None:
             with contextlib.suppress(Exception):
-                async with self.pool.acquire() as conn:
+                async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
                     await claim.release(conn, released)
             log.info("webhook worker: released %d unfinished deliveries", len(released))
 
@@ -164,7 +164,7 @@ class Worker:
         if time.monotonic() < self._next_refresh:
             return
         self._next_refresh = time.monotonic() + self.settings.worker_metrics_interval_seconds
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
             await self.metrics.refresh(conn)
 
     async def _step(self) -> float:
@@ -182,7 +182,7 @@ class Worker:
         claimed: list[asyncpg.Record] | None = None
         next_due = None
         pool = self.pool
-        conn = await pool.acquire()
+        conn = await pool.acquire(timeout=CONNECT_TIMEOUT)
         try:
             claimed = await claim.claim(conn, limit=free, lease_seconds=self.settings.webhook_lease_seconds,
                                         token=token, busy=busy, cap=self.settings.webhook_max_in_flight_per_endpoint)
@@ -281,7 +281,8 @@ class Worker:
             try:
                 if self.pool is None:
                     raise asyncpg.InterfaceError("no connection pool (the database is away)")
-                async with self.pool.acquire() as conn:
+                # bounded: a pool terminated under waiting acquirers never wakes them
+                async with self.pool.acquire(timeout=max(0.5, deadline - time.monotonic())) as conn:
                     return await write(conn)
             except Exception as exc:
                 if not database_lost(exc) or time.monotonic() + delay > deadline:

@@ -85,7 +85,7 @@ class OnePool:
         self.conn = conn
 
     @contextlib.asynccontextmanager
-    async def acquire(self):
+    async def acquire(self, timeout: float | None = None):
         yield self.conn
 
 

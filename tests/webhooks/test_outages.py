@@ -128,9 +128,14 @@ async def test_one_worker_process_delivers_everything_through_ten_fast_database_
                 states = await db.fetch(
                     "SELECT status, attempts, lease_token IS NOT NULL AS leased, next_attempt_at - now() AS due_in "
                     "FROM webhook_deliveries WHERE message_id = ANY($1::uuid[]) LIMIT 4", list(missing))
+                heads = await db.fetch(
+                    "SELECT DISTINCT ON (d.endpoint_id, d.subject_id) d.seq, d.status, d.attempts, "
+                    "d.lease_token IS NOT NULL AS leased, d.next_attempt_at - now() AS due_in FROM webhook_deliveries d "
+                    "WHERE d.status = 'pending' ORDER BY d.endpoint_id, d.subject_id, d.seq")
                 activity = await db.fetch("SELECT state, left(query, 60) AS query FROM pg_stat_activity "
                                           "WHERE application_name = 'consent-ledger-worker'")
-                raise AssertionError(f"{len(missing)} missing, e.g. {[dict(r) for r in states]}; worker "
+                raise AssertionError(f"{len(missing)} missing, e.g. {[dict(r) for r in states]}; queue heads "
+                                     f"{[dict(r) for r in heads]}; worker "
                                      f"sessions {[dict(r) for r in activity]}\n{process.output[-3000:]}") from None
         finally:
             await db.close()
