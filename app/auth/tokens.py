@@ -84,8 +84,8 @@ class TokenVerifier:
         except JWTError as exc:
             raise TokenError("the token is not a well-formed JWT") from exc
         alg = header.get("alg")
-        if alg not in self.algorithms:
-            raise TokenError(f"algorithm {alg!r} is not accepted")
+        if not isinstance(alg, str) or alg not in self.algorithms:  # a list or object here is a forgery
+            raise TokenError(f"the token's 'alg' header {alg!r:.40} is not an accepted algorithm")
         if "crit" in header:  # RFC 7515 4.1.11: this service understands no extension, so none may be critical
             raise TokenError("the token's 'crit' header names extensions this service does not support")
         payload: dict[str, Any] | None = None
@@ -129,14 +129,22 @@ class TokenVerifier:
 SIGNATURE_ONLY = {"verify_exp": False, "verify_nbf": False, "verify_iss": False, "verify_aud": False}
 
 
+# Times a token may name: not NaN or infinite (a NaN `exp` would never expire), and within what a
+# float holds exactly enough to compare (an integer of 400 digits overflows float()).
+_LATEST = 2 ** 53
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and -_LATEST < value < _LATEST)  # False for NaN and infinities too
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
     tenant, sub, scope = payload.get("tenant"), payload.get("sub"), payload.get("scope", "")
     if not isinstance(tenant, str) or not tenant:
         raise TokenError("the token has no 'tenant' claim")
+    if "\x00" in tenant or len(tenant) > 255:
+        raise TokenError("the token's 'tenant' claim is not a tenant key")
     if not isinstance(sub, str) or not sub:
         raise TokenError("the token has no 'sub' claim")
     if not isinstance(scope, str):

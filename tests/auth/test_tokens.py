@@ -175,6 +175,33 @@ async def test_token_with_a_crit_header_is_401(client, settings, tenant, crit):
     assert "crit" in response.json()["detail"]
 
 
+
+@pytest.mark.parametrize("alg", [["HS256"], {"a": 1}, 256, None])
+async def test_alg_header_that_is_not_a_string_is_401_not_500(client, settings, tenant, alg):
+    """Read before the signature is checked, so anyone can send it: a forged header is a 401."""
+    token = hand_token({"alg": alg, "typ": "JWT"}, claims(settings, tenant), TEST_SECRET.encode())
+    response = await client.get(PROTECTED_PROBE, headers=bearer(token))
+    assert_unauthorized(response)
+    assert "alg" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"exp": 10 ** 400}, {"exp": float("nan")}, {"exp": float("inf")}, {"nbf": float("nan")},
+    {"exp": 2 ** 60}, {"tenant": "a\u0000b"},
+], ids=["exp-huge", "exp-nan", "exp-inf", "nbf-nan", "exp-beyond-float", "tenant-nul"])
+async def test_signed_token_with_unusable_numbers_or_tenant_is_401(client, settings, tenant, overrides):
+    """Signed by the right key, still refused: an exp that never expires or overflows is no expiry."""
+    payload = {**claims(settings, tenant), **overrides}
+    if payload.get("tenant") == "a\u0000b":
+        payload["tenant"] = "a\x00b"
+    signing_input = f"{_b64url(json.dumps(HS256).encode())}.{_b64url(_json_allowing_nan(payload))}"
+    signature = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    assert_unauthorized(await client.get(PROTECTED_PROBE, headers=bearer(f"{signing_input}.{_b64url(signature)}")))
+
+
+def _json_allowing_nan(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, allow_nan=True).encode()
+
 async def test_two_authorization_headers_are_401(client, settings, tenant):
     """Two credentials are ambiguous (a proxy may read the first, the app the last): refuse both."""
     good = f"Bearer {_valid(settings, tenant)}"
