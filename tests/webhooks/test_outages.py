@@ -28,7 +28,7 @@ from tests.webhooks.receiver import Receiver
 from tests.webhooks.test_faults import WorkerProcess, first_receipts, until
 
 RESTARTS = 10
-LANES = 4  # concurrent writers: the worker is busy claiming and recording when the database goes
+LANES = 4  # concurrent writers (~30 consents/s each): the worker is claiming and recording when the database goes
 PURPOSE = uuid.uuid4()
 PATHS = ("/hooks", "/hooks-2")
 
@@ -73,7 +73,7 @@ async def test_one_worker_process_delivers_everything_through_ten_fast_database_
                             tenant, receiver.url.replace("/hooks", path), secret)
     await setup.close()
     process = WorkerProcess(pg.url, WEBHOOK_RETRY_SCHEDULE="0,0.2,0.5,1,1,1,1,1,1,1,1,1")
-    subjects = [(f"outage-{i}", uuid.uuid4()) for i in range(8)]
+    subjects = [(f"outage-{i}", uuid.uuid4()) for i in range(64)]
     seqs = itertools.count(1)  # never reused, so an ambiguous commit cannot tie two messages
     stop_load = asyncio.Event()
 
@@ -95,7 +95,7 @@ async def test_one_worker_process_delivers_everything_through_ten_fast_database_
                     conn.terminate()
                 conn = None
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.03)
         if conn is not None:
             await conn.close()
 
@@ -132,10 +132,14 @@ async def test_one_worker_process_delivers_everything_through_ten_fast_database_
                     "SELECT DISTINCT ON (d.endpoint_id, d.subject_id) d.seq, d.status, d.attempts, "
                     "d.lease_token IS NOT NULL AS leased, d.next_attempt_at - now() AS due_in FROM webhook_deliveries d "
                     "WHERE d.status = 'pending' ORDER BY d.endpoint_id, d.subject_id, d.seq")
-                activity = await db.fetch("SELECT state, left(query, 60) AS query FROM pg_stat_activity "
-                                          "WHERE application_name = 'consent-ledger-worker'")
+                activity = await db.fetch("SELECT application_name, state, wait_event, left(query, 40) AS query "
+                                          "FROM pg_stat_activity WHERE backend_type = 'client backend'")
+                tried = await db.fetch(
+                    "SELECT a.status_code, a.error, a.attempted_at FROM webhook_attempts a JOIN webhook_deliveries d "
+                    "ON d.id = a.delivery_id WHERE d.message_id = ANY($1::uuid[]) LIMIT 6", list(missing))
                 raise AssertionError(f"{len(missing)} missing, e.g. {[dict(r) for r in states]}; queue heads "
-                                     f"{[dict(r) for r in heads]}; worker "
+                                     f"{[dict(r) for r in heads]}; attempts {[dict(r) for r in tried]}; unverified "
+                                     f"{len(receiver.unverified)}; received {len(receiver.received)}; sessions "
                                      f"sessions {[dict(r) for r in activity]}\n{process.output[-3000:]}") from None
         finally:
             await db.close()
