@@ -29,6 +29,12 @@ Every route except the health checks needs `Authorization: Bearer <JWT>` with th
 """
 
 
+def _consume(task: asyncio.Future) -> None:
+    """Retrieve an abandoned probe's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.database_url:
@@ -82,13 +88,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz(request: Request):
         # The ledger's pool serves recording and reads; a hung database must answer "not ready"
         # well within a load balancer's probe timeout, not after the pool's own waits.
-        try:
-            async with asyncio.timeout(2):
-                await request.app.state.pool.fetchval("SELECT 1")
-        except Exception:  # noqa: BLE001 - any failure means not ready
+        # The probe runs as its own task and is not waited for past 2 s: cancelling a query on a
+        # database that stopped answering waits for the cancellation itself, which never comes.
+        probe = asyncio.ensure_future(request.app.state.pool.fetchval("SELECT 1", timeout=2))
+        done, _ = await asyncio.wait({probe}, timeout=2)
+        if not done or probe.exception() is not None:
+            if not done:
+                probe.cancel()
+            probe.add_done_callback(_consume)
             return errors.problem_response(
                 status=503, slug="not-ready", title="Not ready", detail="the database is not reachable",
-                request=request,
+                request=request, headers={"Retry-After": str(errors.RETRY_AFTER_SECONDS)},
             )
         return JSONResponse({"status": "ready"})
 

@@ -200,8 +200,17 @@ def install(app: FastAPI) -> None:
 
 
 RETRY_AFTER_SECONDS = 2
-# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections; class 08 is checked apart.
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections, then the timeouts of
+# app/core/db.py; class 08 is checked apart.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300",
+                                    "55P03", "57014"})  # lock_not_available, query_canceled (timeouts)
+_UNAVAILABLE_DETAIL = {
+    True: "The database is not reachable or too busy at the moment. Retry later.",
+    # The connection can drop while COMMIT is on its way: then the write may have been recorded.
+    False: "The database is not reachable or too busy at the moment. If it went away while this request was "
+           "committing, the request may have been recorded: retry with the same Idempotency-Key, which returns "
+           "the first result if there was one and records it otherwise.",
+}
 _UNAVAILABLE_TYPES = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, ConnectionError,
                       TimeoutError, socket.gaierror, PoolTimeout)
 
@@ -232,7 +241,7 @@ def unexpected_response(scope: Scope, exc: BaseException) -> JSONResponse:
         logger.warning("database unavailable on %s %s: %s", scope.get("method"), route, type(exc).__name__)
         return problem_response(
             status=503, slug="database-unavailable", title="Service unavailable",
-            detail="The database is not reachable at the moment; nothing was written. Retry later.",
+            detail=_UNAVAILABLE_DETAIL[scope.get("method") in ("GET", "HEAD", "OPTIONS")],
             instance=path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     logger.error("unhandled error on %s %s", scope.get("method"), route, exc_info=exc)
@@ -292,7 +301,8 @@ def document_edge_answers(schema: dict[str, Any]) -> dict[str, Any]:
     added = {
         "413": {"description": "The body is larger than MAX_REQUEST_BODY_BYTES", "content": problem},
         "422": {"description": "Problem details", "content": problem},
-        "503": {"description": "The database is not reachable; nothing was written", "content": problem,
+        "503": {"description": "The database is not reachable or too busy (a write interrupted while committing "
+                               "may have been recorded: retry it with the same Idempotency-Key)", "content": problem,
                 "headers": {"Retry-After": {"description": "Seconds to wait before retrying",
                                             "schema": {"type": "integer"}}}},
     }

@@ -30,6 +30,13 @@ class Settings:
     # SQLAlchemy engine, the rest for the ledger's asyncpg pool (recording, reads, webhook admin).
     db_pool_size: int = 24
     db_catalog_pool_size: int = 4
+    # Bounded waits, so a hung database, a held row lock or a full pool is a 503 in seconds (never
+    # a request that hangs): taking a pooled connection, opening one, waiting for a row lock, and
+    # one statement (the client gives up a little after the server would have cancelled it).
+    db_acquire_timeout_seconds: float = 5
+    db_connect_timeout_seconds: float = 5
+    db_lock_timeout_seconds: float = 5
+    db_statement_timeout_seconds: float = 15
     # How long a process trusts that a tenant it has seen still exists (unknown ones are never remembered).
     tenant_cache_seconds: float = 60
     # Bounded growth: an Idempotency-Key replays its first result this long after that first use;
@@ -89,6 +96,10 @@ class Settings:
             jwt_leeway_seconds=int(env.get("JWT_LEEWAY_SECONDS", "30")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "24")),
             db_catalog_pool_size=int(env.get("DB_CATALOG_POOL_SIZE", "4")),
+            db_acquire_timeout_seconds=float(env.get("DB_ACQUIRE_TIMEOUT_SECONDS", "5")),
+            db_connect_timeout_seconds=float(env.get("DB_CONNECT_TIMEOUT_SECONDS", "5")),
+            db_lock_timeout_seconds=float(env.get("DB_LOCK_TIMEOUT_SECONDS", "5")),
+            db_statement_timeout_seconds=float(env.get("DB_STATEMENT_TIMEOUT_SECONDS", "15")),
             tenant_cache_seconds=float(env.get("TENANT_CACHE_SECONDS", "60")),
             idempotency_key_ttl_seconds=float(env.get("IDEMPOTENCY_KEY_TTL_SECONDS", str(7 * 86400))),
             webhook_retention_days=float(env.get("WEBHOOK_RETENTION_DAYS", "30")),
