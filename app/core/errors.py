@@ -172,6 +172,12 @@ def install(app: FastAPI) -> None:
                 detail="the body is not JSON text in UTF-8", request=request,
                 errors=[FieldError(field="body", reason="not valid UTF-8")],
             )
+        if exc.status_code == 400 and exc.__cause__ is not None:  # JSON the parser gave up on
+            return problem_response(
+                status=422, slug="validation-error", title="The request failed validation",
+                detail="the body could not be parsed as JSON", request=request,
+                errors=[FieldError(field="body", reason="nested too deeply or holds a number too long to read")],
+            )
         slug, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
         headers = getattr(exc, "headers", None)
@@ -190,6 +196,8 @@ def install(app: FastAPI) -> None:
                 status=422, slug="invalid-text", title="The request is not valid",
                 detail="a text value contains a character PostgreSQL cannot store (such as NUL, \\u0000); "
                        "nothing was written", request=request,
+                errors=[FieldError(field="body" if request.method in ("POST", "PUT", "PATCH") else "query",
+                                   reason="contains a character that cannot be stored, such as NUL")],
             )
         return unexpected_response(request.scope, exc)
 

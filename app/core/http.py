@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from time import perf_counter
+from urllib.parse import unquote_to_bytes
 
 from fastapi.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,7 +75,13 @@ class Edge:
             await send(message)
 
         try:
-            if length is not None and _too_long(length, self.max_body_bytes):
+            if bad := _unreadable_text(scope):
+                await errors.problem_response(
+                    status=422, slug="validation-error", title="The request failed validation",
+                    detail=f"the {bad} is not text the service can keep apart from other text", instance=scope["path"],
+                    errors=[errors.FieldError(field=bad, reason="not valid UTF-8 once percent-decoded, or holds NUL")],
+                )(scope, receive, send_with_id)
+            elif length is not None and _too_long(length, self.max_body_bytes):
                 await self._too_large(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive if length is not None else self._counted(receive), send_with_id)
@@ -121,6 +128,23 @@ class Edge:
             detail=f"the request body is larger than {self.max_body_bytes} bytes", instance=scope["path"],
         )
         await response(scope, receive, send)
+
+
+def _unreadable_text(scope: Scope) -> str | None:
+    """"path" or "query" when its percent-decoded text is not UTF-8 or holds NUL. The server decodes
+    the path with replacement characters, so `caf%E9` and `caf%E8` would name one subject; NUL
+    cannot be stored. Checked before routing, for every route's parameters at once."""
+    path = scope["path"]
+    if "\ufffd" in path or "\x00" in path:
+        return "path"
+    query = scope.get("query_string", b"")
+    if b"%" in query:
+        try:
+            if "\x00" in unquote_to_bytes(query.replace(b"+", b" ")).decode("utf-8"):
+                return "query"
+        except UnicodeDecodeError:
+            return "query"
+    return None
 
 
 def _too_long(length: bytes, limit: int) -> bool:

@@ -104,3 +104,39 @@ async def test_forged_delivery_log_cursor_is_422(client, auth, tenant, endpoint,
     response = await client.get(f"/v1/webhook-endpoints/{endpoint}/deliveries", params={"cursor": _cursor(raw)},
                                 headers=auth(tenant, "webhooks:admin"))
     assert _fields(problem(response, 422, "invalid-request")) == ["query.cursor"]
+
+
+async def test_path_ids_that_are_not_utf8_are_422_never_another_subjects(client, auth, demo, db):
+    """The server decodes a path with replacement characters: caf%E9 and caf%E8 would be one subject."""
+    headers = auth(demo)
+    body = decisions_for(await form(client, headers), {"marketing-sms"})
+    for path in ("/v1/subjects/caf%E9/consents", "/v1/subjects/caf%EF%BF%BD/consents", "/v1/subjects/a%00b/consents"):
+        response = await client.post(path, json=body, headers=headers)
+        assert _fields(problem(response, 422, "validation-error")) == ["path"], path
+        response = await client.get(path, headers=headers)
+        assert _fields(problem(response, 422, "validation-error")) == ["path"], path
+    assert await db.fetchval("SELECT count(*) FROM subjects WHERE tenant_id = $1", demo) == 0
+    assert (await client.post("/v1/subjects/caf%C3%A9/consents", json=body, headers=headers)).status_code == 201
+
+
+@pytest.mark.parametrize("query", ["purpose=%E9", "purpose=a%00b", "cursor=%FF%FE"])
+async def test_query_text_that_is_not_utf8_or_holds_nul_is_422(client, auth, demo, query):
+    headers = auth(demo)
+    assert (await sign_up(client, headers, "query-subject")).status_code == 201
+    response = await client.get(f"/v1/subjects/query-subject/consents/history?{query}", headers=headers)
+    assert _fields(problem(response, 422, "validation-error")) == ["query"]
+
+
+async def test_nul_in_a_body_text_names_the_body(client, auth, demo):
+    response = await client.post("/v1/processors", headers=auth(demo), json={
+        "key": "nul-proc", "name": "a\u0000b", "service": "sms"})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"].startswith("body")
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' + b"1" * 5000 + b"}"],
+                         ids=["nested-100000", "5000-digit-number"])
+async def test_json_the_parser_gives_up_on_is_422_on_body(client, auth, demo, raw):
+    response = await client.post("/v1/processors", headers={**auth(demo), "content-type": "application/json"},
+                                 content=raw)
+    assert _fields(problem(response, 422, "validation-error")) == ["body"]
