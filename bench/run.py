@@ -48,12 +48,13 @@ from bench.seed import Catalog, seed_range
 
 PROJECT_TENANT = "bench-project"
 BASELINE_TENANT = "bench-raw"
-# Pool of the baseline = the project's default SQLAlchemy pool (DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 10).
+# Pool of the baseline = the project's ledger pool (DB_POOL_SIZE 24 less the catalog's 4).
 BASELINE_POOL = 20
 SEEDED_SUBJECTS = 2_000
 SEEDED_EVENTS = 60  # more than one page of 50, so every history read returns a full page
-THROUGHPUT_TARGET = 0.7  # project req/s >= 0.7 x baseline
-WRITE_P99_TARGET = 1.5  # project write p99 <= 1.5 x baseline
+# project req/s >= this x baseline: reads are what processors call before every ad, so they aim higher
+THROUGHPUT_TARGET = {"write": 0.7, "read": 0.8}
+P99_TARGET = 1.5  # project p99 <= 1.5 x baseline, writes and reads
 TIME_LIMIT = 60 * 60  # hard stop for the whole run, whatever hangs
 RESULTS = Path(__file__).with_name("results")
 
@@ -166,15 +167,14 @@ def _print_table(rows: list[dict]) -> None:
     print("\nbest round of each side")
     print(f"{'scenario':<20} | {'project':^27} | {'baseline':^27} | {'throughput':^16} | {'p99':^16}")
     print(f"{'':<20} | {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | "
-          f"{'ratio (>=' + format(THROUGHPUT_TARGET, '.1f') + ')':>16} | "
-          f"{'ratio (<=' + format(WRITE_P99_TARGET, '.1f') + ')':>16}")
+          f"{'ratio (w/r >=0.7/0.8)':>16} | "
+          f"{'ratio (<=' + format(P99_TARGET, '.1f') + ')':>16}")
     for row in rows:
         p, b = row["project"], row["baseline"]
-        verdict = "PASS" if row["throughput_ratio"] >= THROUGHPUT_TARGET else "FAIL"
+        target = THROUGHPUT_TARGET["write" if row["write"] else "read"]
+        verdict = "PASS" if row["throughput_ratio"] >= target else "FAIL"
         throughput = f"{row['throughput_ratio']:.2f} {verdict}"
-        p99 = f"{row['p99_ratio']:.2f}"
-        if row["write"]:  # the p99 target is for writes only
-            p99 += " PASS" if row["p99_ratio"] <= WRITE_P99_TARGET else " FAIL"
+        p99 = f"{row['p99_ratio']:.2f} " + ("PASS" if row["p99_ratio"] <= P99_TARGET else "FAIL")
         print(f"{row['scenario']:<20} | {p['rps']:>9.1f} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} | "
               f"{b['rps']:>9.1f} {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f} | {throughput:>16} | {p99:>16}")
         if p["failures"] or b["failures"]:
