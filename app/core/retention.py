@@ -135,6 +135,9 @@ async def run_purger(settings: Settings, stop: asyncio.Event) -> None:
             except Exception as exc:  # noqa: BLE001 - a failed pass is retried; the loop must outlive outages
                 log.warning("purge failed, retrying: %s: %s", type(exc).__name__, exc)
                 delay = min(delay, 60.0)
+                if pool is not None:  # a fresh pool next pass: one that lost its server may never recover
+                    pool.terminate()
+                    pool = None
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

@@ -25,6 +25,7 @@ from typing import TypeVar
 import asyncpg
 from asyncpg.exceptions._base import InternalClientError
 
+from app.core import retention
 from app.core.db import asyncpg_dsn
 from app.core.settings import Settings
 from app.webhooks import claim, metrics, results
@@ -301,10 +302,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         loop.add_signal_handler(sig, stop.set)
     worker = Worker(settings)
     served = metrics.serve(worker.metrics, settings)
+    # Delivered messages, old dead letters and expired idempotency keys are purged from here, on its
+    # own schedule and connection: every deployment runs a worker, so growth stays bounded without
+    # a cron job to forget. Several workers purging at once skip each other's rows.
+    purger = (asyncio.create_task(retention.run_purger(settings, stop))
+              if settings.purge_interval_seconds > 0 else None)
     log.info("webhook worker %s started", worker.name)
     try:
         await worker.run(stop)
     finally:
+        stop.set()
+        if purger is not None:
+            done, _ = await asyncio.wait({purger}, timeout=10)  # a batch in progress finishes, or is cut
+            if not done:
+                purger.cancel()
+                await asyncio.gather(purger, return_exceptions=True)
         if served is not None:
             served[0].shutdown()
     log.info("webhook worker %s stopped after %d deliveries", worker.name, worker.delivered)

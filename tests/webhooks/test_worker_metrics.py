@@ -90,3 +90,32 @@ async def test_worker_metrics_on_its_own_port(tenant, db, worker_process):
             await r.stop()
         await db.execute("UPDATE webhook_deliveries SET status = 'failed' WHERE tenant_id = $1 AND status = 'pending'",
                          tenant)
+
+
+async def test_the_worker_process_purges_on_its_schedule(tenant, db, worker_process):
+    """`consent-ledger worker` runs the purge itself: a message delivered long ago goes, a recent one
+    stays, and the worker keeps running."""
+    endpoint_id = await db.fetchval(
+        "INSERT INTO webhook_endpoints (tenant_id, url, secret, kinds, enabled) "
+        "VALUES ($1, 'https://hooks.example.com/x', 'whsec_dGVzdA==', '{}', false) RETURNING id", tenant)
+    ages = {"old": 40 * 86400, "recent": 3600}
+    messages = {}
+    for name, age in ages.items():
+        messages[name] = await db.fetchval(
+            "INSERT INTO webhook_messages (tenant_id, type, body, created_at) "
+            "VALUES ($1, 'consent.granted', '{}', now() - make_interval(secs => $2)) RETURNING id", tenant, age)
+        await db.execute(
+            "INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, status, created_at, delivered_at, "
+            "next_attempt_at) VALUES ($1, $2, $3, 'delivered', now() - make_interval(secs => $4), "
+            "now() - make_interval(secs => $4), now())",
+            tenant, messages[name], endpoint_id, age)
+    process = worker_process(PURGE_INTERVAL_SECONDS="0.5")
+    await process.started()
+
+    async def purged() -> bool | None:
+        return True if await db.fetchval("SELECT count(*) FROM webhook_messages WHERE id = $1",
+                                         messages["old"]) == 0 else None
+
+    await until(purged, 15, "the worker to purge the old delivered message")
+    assert await db.fetchval("SELECT count(*) FROM webhook_messages WHERE id = $1", messages["recent"]) == 1
+    assert process.proc.poll() is None
