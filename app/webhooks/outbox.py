@@ -59,10 +59,13 @@ def is_change(event: dict[str, Any]) -> bool:
 # marketing purposes that bind every channel: the channel-less umbrella consent and night-time
 # sending (Network Act Art. 50(3)), so the SMS sender hears when either is withdrawn. A disabled
 # endpoint's deliveries are written paused (due at 'infinity') and resume when it is enabled.
-# The matched endpoint rows are share-locked: a disable or delete in progress (it updates the
-# endpoint row, then pauses or fails its deliveries) either waits for this consent to commit and
-# then sees its deliveries, or has committed first and this statement reads its result; without
-# the lock a delivery could be written due for an endpoint switched off in between.
+# The matched endpoint rows are key-share-locked: a disable or delete in progress (it locks the
+# endpoint row FOR UPDATE, the one mode this conflicts with, then pauses or fails its deliveries)
+# either waits for this consent to commit and then sees its deliveries, or has committed first
+# and this statement reads its result; without the lock a delivery could be written due for an
+# endpoint switched off in between. KEY SHARE, not SHARE: the worker's lock on an endpoint for
+# every failed attempt (FOR NO KEY UPDATE) and its streak updates never make a consent wait.
+ENDPOINT_OFF = "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR UPDATE"
 ENQUEUE = """
 WITH ev AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
@@ -77,7 +80,7 @@ WITH ev AS (
           OR (ev.kind = 'marketing' AND (ev.channel IS NULL OR ev.channel = 'night')))
      AND (cardinality(e.event_types) = 0 OR ev.type = ANY(e.event_types))
     -- an endpoint being disabled or deleted right now is read as it ends up (see docs/design.md)
-    FOR SHARE OF e
+    FOR KEY SHARE OF e
 ), messages AS (
     INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, event_id, body, created_at)
     SELECT gen_random_uuid(), $8, ev.type, $9, ev.event_id, ev.body, clock_timestamp()

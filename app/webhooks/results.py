@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from app.core.settings import Settings
-from app.webhooks.outbox import PAUSE, SUCCESSORS
+from app.webhooks.outbox import ENDPOINT_OFF, PAUSE, SUCCESSORS
 from app.webhooks.sender import Result
 
 # Attempt rows are written at most once per (delivery, attempted_at), so a write repeated after a
@@ -50,6 +50,7 @@ WITH input AS (
     UPDATE webhook_deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
         last_attempt_at = i.attempted_at, last_status_code = i.status_code, last_error = NULL, lease_token = NULL
     FROM input i WHERE d.id = i.delivery_id AND d.lease_token = i.token
+      AND d.status = 'pending'  -- a delivery failed by its endpoint's deletion stays failed (the attempt is logged)
     RETURNING d.endpoint_id, i.attempted_at
 )
 SELECT (SELECT count(*) FROM delivered) AS delivered,
@@ -136,6 +137,8 @@ async def record_failure(conn: asyncpg.Connection, settings: Settings, worker: s
             await conn.execute(SUCCESSORS, delivery["endpoint_id"], delivery["subject_id"], delivery["seq"], retry_at)
         health = await conn.fetchrow(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
                                      settings.webhook_disable_after_seconds)
+        if health["disabled_now"]:  # consents writing to it right now finish first, then are paused too
+            await conn.execute(ENDPOINT_OFF, delivery["endpoint_id"])
         if not health["enabled"]:
             await conn.execute(PAUSE, delivery["endpoint_id"])
     return Failure(dead_letter=updated["status"] == "failed",

@@ -137,13 +137,15 @@ async def test_recording_a_failure_while_an_operator_changes_the_endpoint_never_
         assert [(r["status"], r["paused"]) for r in rows] == [("pending", True)] * 2
 
 
+@pytest.mark.parametrize("answer", [500, 200], ids=["fails", "succeeds"])
 async def test_a_send_in_flight_when_its_endpoint_is_deleted_ends_failed(client, auth, tenant, register, start_worker,
-                                                                        db):
+                                                                        db, answer):
+    """Whatever the receiver answers after the delete, the delivery stays failed ('endpoint deleted')."""
     arrived = asyncio.Event()
 
     def hold_then_fail(_item) -> Answer:
         arrived.set()
-        return Answer(500, delay=0.5)
+        return Answer(answer, delay=0.5)
 
     rcv = await Receiver(hold_then_fail).start()
     try:
@@ -235,3 +237,54 @@ async def test_a_deleted_endpoints_delivery_cannot_be_retried_into_a_wait_withou
     assert response.status_code == 409, response.text
     assert await db.fetchval("SELECT status FROM webhook_deliveries WHERE id = $1::uuid",
                              queued["delivery_id"]) == "failed"
+
+
+class PausedAt(Paused):
+    """Stops right after the first statement whose text contains `marker`."""
+
+    def __init__(self, conn: asyncpg.Connection, marker: str) -> None:
+        super().__init__(conn, after=0)
+        self._marker = marker
+
+    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        result = await getattr(self._conn, method)(*args, **kwargs)
+        if not self.reached.is_set() and args and self._marker in str(args[0]):
+            self.reached.set()
+            await self.go.wait()
+        return result
+
+
+async def test_a_retry_racing_a_disable_never_deadlocks_and_ends_paused(database_url, tenant, db):
+    """The retry locks the endpoint before the deliveries it requeues, as the disable does: without
+    that, retry (delivery, then its successors) and disable (successors, then the delivery) deadlock."""
+    endpoint_id = await _endpoint(db, tenant)
+    subject = uuid.uuid4()
+    second = await _queue(db, tenant, endpoint_id, subject, 2)  # stored first, so the disable's pause meets it first
+    first = await _queue(db, tenant, endpoint_id, subject, 1)
+    await db.execute("UPDATE webhook_deliveries SET next_attempt_at = now() + interval '1 hour' WHERE id = ANY($1)",
+                     [second, first])  # the first in backoff, the second waiting with it
+    retrier, operator = await asyncpg.connect(_plain(database_url)), await asyncpg.connect(_plain(database_url))
+    try:
+        paused = PausedAt(retrier, "FOR UPDATE OF d")  # the retry holds the delivery it retries
+
+        async def retry() -> None:
+            async with retrier.transaction():
+                await service.retry_delivery(paused, _principal(tenant), first)
+
+        async def disable() -> None:
+            async with operator.transaction():
+                await service.update_endpoint(operator, _principal(tenant), endpoint_id, EndpointUpdate(enabled=False))
+
+        retrying = asyncio.create_task(retry())
+        await asyncio.wait_for(paused.reached.wait(), 5)
+        disabling = asyncio.create_task(disable())
+        await asyncio.sleep(0.3)
+        paused.go.set()
+        results = await asyncio.wait_for(asyncio.gather(retrying, disabling, return_exceptions=True), 15)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+    finally:
+        await retrier.close()
+        await operator.close()
+    rows = await db.fetch("SELECT status, next_attempt_at = 'infinity' AS paused FROM webhook_deliveries "
+                          "WHERE endpoint_id = $1 ORDER BY seq", endpoint_id)
+    assert [(r["status"], r["paused"]) for r in rows] == [("pending", True)] * 2
