@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
 
 Key = Annotated[
     str,
@@ -27,8 +28,19 @@ def to_utc(value: datetime) -> datetime:
         raise ValueError("the instant is outside the supported range (years 1 to 9999 in UTC)") from None
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
-"""An input time: it must carry an offset (a naive time is refused, never guessed); kept in UTC."""
+def _text_only(value: object) -> object:
+    """Pydantic reads a number (or a string of digits) as Unix time: `as_of=-1` would be 1969. An
+    instant on this API is ISO 8601 text with an offset, nothing else."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        raise ValueError("must be an ISO 8601 date-time with an offset, e.g. 2026-03-01T09:00:00+09:00")
+    return value
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_text_only), AfterValidator(to_utc)]
+"""An input time: ISO 8601 text with an offset (a naive time is refused, never guessed, and so is a
+bare number); kept in UTC."""
 
 EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 

@@ -140,3 +140,15 @@ async def test_json_the_parser_gives_up_on_is_422_on_body(client, auth, demo, ra
     response = await client.post("/v1/processors", headers={**auth(demo), "content-type": "application/json"},
                                  content=raw)
     assert _fields(problem(response, 422, "validation-error")) == ["body"]
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1700000000", "1.5e9"])
+async def test_a_bare_number_is_not_an_instant(client, auth, demo, value):
+    """Read as Unix time it would be 1969 or 2023 without an offset anyone wrote: 422, as any naive time."""
+    headers = auth(demo)
+    assert (await sign_up(client, headers, "number-subject")).status_code == 201
+    response = await client.get("/v1/subjects/number-subject/consents", params={"as_of": value}, headers=headers)
+    assert _fields(problem(response, 422, "validation-error")) == ["query.as_of"]
+    body = decisions_for(await form(client, headers)) | {"occurred_at": 1_800_000_000}
+    response = await client.post("/v1/subjects/number-subject-2/consents", json=body, headers=headers)
+    assert _fields(problem(response, 422, "validation-error")) == ["body.occurred_at"]
