@@ -26,7 +26,7 @@ import asyncpg
 from asyncpg.exceptions._base import InternalClientError
 
 from app.core import retention
-from app.core.db import asyncpg_dsn
+from app.core.db import asyncpg_dsn, release_as_is
 from app.core.settings import Settings
 from app.webhooks import claim, metrics, results
 from app.webhooks.outbox import CHANNEL
@@ -110,6 +110,7 @@ class Worker:
             self.pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max(2, self.settings.webhook_concurrency // 8), timeout=CONNECT_TIMEOUT,
                 server_settings={"application_name": "consent-ledger-worker", "timezone": "UTC"},
+                reset=release_as_is,  # LISTEN is on its own connection; nothing here sets session state
             )
         if self.listener is None or self.listener.is_closed():
             listener = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT,
