@@ -71,6 +71,7 @@ class Worker:
         self._notified = False
         self._last_claim = 0.0
         self._next_refresh = 0.0
+        self._refresher: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -134,6 +135,9 @@ class Worker:
             pool.terminate()
 
     async def _close(self) -> None:
+        if self._refresher is not None and not self._refresher.done():
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.listener.close(), 1)
@@ -163,11 +167,20 @@ class Worker:
     # --- one round: claim what is due, start sending it --------------------------------------------
 
     async def _refresh_metrics(self) -> None:
-        if time.monotonic() < self._next_refresh:
+        """Start the backlog snapshot for the metrics beside the claim loop, never in its way: the
+        query reads every pending delivery, and a large paused backlog must not delay a claim."""
+        if time.monotonic() < self._next_refresh or (self._refresher is not None and not self._refresher.done()):
             return
         self._next_refresh = time.monotonic() + self.settings.worker_metrics_interval_seconds
-        async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-            await self.metrics.refresh(conn)
+        self._refresher = asyncio.create_task(self._refresh_backlog())
+
+    async def _refresh_backlog(self) -> None:
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.worker_metrics_interval_seconds)):
+                async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                    await self.metrics.refresh(conn)
+        except Exception as exc:  # noqa: BLE001 - a stale snapshot is better than a stalled worker
+            log.warning("webhook worker: backlog metrics not refreshed: %s: %s", type(exc).__name__, exc)
 
     async def _step(self) -> float:
         """Claim and start sends; return how long to wait before the next round."""

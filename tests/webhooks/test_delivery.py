@@ -54,3 +54,27 @@ async def test_two_hostnames_on_one_address_never_share_a_connection(client, aut
         hosts_by_connection.setdefault(r.peer, set()).add(r.headers["host"])
     assert set().union(*hosts_by_connection.values()) == {f"127.0.0.1:{receiver.port}", f"localhost:{receiver.port}"}
     assert all(len(hosts) == 1 for hosts in hosts_by_connection.values()), hosts_by_connection
+
+
+async def test_a_slow_backlog_snapshot_for_the_metrics_never_delays_a_delivery(client, auth, tenant, receiver,
+                                                                                register, start_worker, monkeypatch):
+    """The metrics' backlog query reads every pending delivery; with a large backlog it is slow, and
+    it runs beside the claim loop, not in it."""
+    import asyncio
+    import time
+
+    from app.webhooks.metrics import WorkerMetrics
+
+    async def slow_refresh(self, conn) -> None:
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(WorkerMetrics, "refresh", slow_refresh)
+    endpoint = await register(receiver)
+    running = start_worker(worker_metrics_interval_seconds=0.1)
+    await asyncio.sleep(0.3)  # the worker's first round has started its (slow) snapshot
+    started = time.monotonic()
+    assert (await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/test",
+                              headers=auth(tenant, "webhooks:admin"))).status_code == 202
+    await receiver.wait_for(1, timeout=4)
+    assert time.monotonic() - started < 1.5
+    assert not running.task.done()
