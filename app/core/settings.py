@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,62 +80,28 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        env = os.environ
-        public_key = env.get("JWT_PUBLIC_KEY_FILE")
-        jwks = env.get("JWT_JWKS_FILE")
-        return cls(
-            database_url=env.get("DATABASE_URL") or None,
-            data_dir=Path(env.get("CONSENT_LEDGER_DATA_DIR", ".data")),
-            embedded_pg_port=int(env.get("EMBEDDED_PG_PORT", "54329")),
-            jwt_algorithms=_csv(env.get("JWT_ALGORITHMS", "HS256")),
-            jwt_secret=env.get("JWT_SECRET") or None,
-            jwt_public_key_file=Path(public_key) if public_key else None,
-            jwt_jwks_file=Path(jwks) if jwks else None,
-            jwt_issuer=env.get("JWT_ISSUER", "consent-ledger-dev"),
-            jwt_audience=env.get("JWT_AUDIENCE", "consent-ledger"),
-            jwt_leeway_seconds=int(env.get("JWT_LEEWAY_SECONDS", "30")),
-            db_pool_size=int(env.get("DB_POOL_SIZE", "24")),
-            db_catalog_pool_size=int(env.get("DB_CATALOG_POOL_SIZE", "4")),
-            db_acquire_timeout_seconds=float(env.get("DB_ACQUIRE_TIMEOUT_SECONDS", "5")),
-            db_connect_timeout_seconds=float(env.get("DB_CONNECT_TIMEOUT_SECONDS", "5")),
-            db_lock_timeout_seconds=float(env.get("DB_LOCK_TIMEOUT_SECONDS", "5")),
-            db_statement_timeout_seconds=float(env.get("DB_STATEMENT_TIMEOUT_SECONDS", "15")),
-            tenant_cache_seconds=float(env.get("TENANT_CACHE_SECONDS", "60")),
-            idempotency_key_ttl_seconds=float(env.get("IDEMPOTENCY_KEY_TTL_SECONDS", str(7 * 86400))),
-            webhook_retention_days=float(env.get("WEBHOOK_RETENTION_DAYS", "30")),
-            webhook_dead_letter_retention_days=float(env.get("WEBHOOK_DEAD_LETTER_RETENTION_DAYS", "365")),
-            purge_interval_seconds=float(env.get("PURGE_INTERVAL_SECONDS", "3600")),
-            purge_batch_size=int(env.get("PURGE_BATCH_SIZE", "1000")),
-            worker_metrics_host=env.get("WORKER_METRICS_HOST", "127.0.0.1"),
-            worker_metrics_port=int(env.get("WORKER_METRICS_PORT", "9464")),
-            worker_metrics_interval_seconds=float(env.get("WORKER_METRICS_INTERVAL_SECONDS", "15")),
-            max_request_body_bytes=int(env.get("MAX_REQUEST_BODY_BYTES", str(1024 * 1024))),
-            metrics_token=env.get("METRICS_TOKEN") or None,
-            metrics_public=env.get("METRICS_PUBLIC", "").lower() in ("1", "true", "yes"),
-            log_level=env.get("LOG_LEVEL", "INFO"),
-            **_webhook_settings(env),
-        )
-
-
-def _webhook_settings(env) -> dict:
-    """WEBHOOK_* variables that are set; the rest keep the defaults above."""
-    values: dict = {}
-    if "WEBHOOK_RETRY_SCHEDULE" in env:
-        values["webhook_retry_schedule"] = tuple(float(v) for v in _csv(env["WEBHOOK_RETRY_SCHEDULE"]))
-        if not values["webhook_retry_schedule"]:
+        """Each field from the variable of its name in capitals (data_dir: CONSENT_LEDGER_DATA_DIR);
+        an unset variable keeps the default above, so every default is written once."""
+        values = {}
+        for field in fields(cls):
+            raw = os.environ.get(_ENV_NAMES.get(field.name, field.name.upper()))
+            if raw is not None:
+                values[field.name] = _PARSERS[field.type](raw)
+        if values.get("webhook_retry_schedule") == ():
             raise ValueError("WEBHOOK_RETRY_SCHEDULE needs at least one delay")
-    if "WEBHOOK_ALLOWED_HOSTS" in env:
-        values["webhook_allowed_hosts"] = _csv(env["WEBHOOK_ALLOWED_HOSTS"])
-    for name in ("retry_jitter", "max_retry_after_seconds", "connect_timeout_seconds", "timeout_seconds",
-                 "lease_seconds", "poll_seconds", "disable_after_seconds", "dns_cache_seconds"):
-        key = f"WEBHOOK_{name.upper()}"
-        if key in env:
-            values[f"webhook_{name}"] = float(env[key])
-    for name in ("concurrency", "max_in_flight_per_endpoint", "secret_grace_seconds", "dns_threads"):
-        key = f"WEBHOOK_{name.upper()}"
-        if key in env:
-            values[f"webhook_{name}"] = int(env[key])
-    return values
+        return cls(**values)
+
+
+_ENV_NAMES = {"data_dir": "CONSENT_LEDGER_DATA_DIR"}
+# By the field's annotation (a string: annotations are postponed). An empty optional is None.
+_PARSERS = {
+    "int": int, "float": float, "str": str, "Path": Path,
+    "str | None": lambda v: v or None,
+    "Path | None": lambda v: Path(v) if v else None,
+    "bool": lambda v: v.lower() in ("1", "true", "yes"),
+    "tuple[str, ...]": _csv,
+    "tuple[float, ...]": lambda v: tuple(float(item) for item in _csv(v)),
+}
 
 
 @lru_cache
