@@ -7,20 +7,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 from app.auth.tokens import issue
-from app.cli import migrate, seed
-from app.core.embedded_pg import EmbeddedPostgres, free_port
 from tests.conftest import ALL_SCOPES
-from tests.core.test_outage import Server
+from tests.core.test_outage import served
 from tests.core.test_pools import running
 from tests.helpers import sign_up
 
@@ -73,55 +69,42 @@ def _postgres_pids(pgdata: Path) -> list[int]:
 
 
 async def test_a_database_that_stops_answering_is_a_503_in_seconds_and_readyz_says_so(settings):
-    tmp = Path(tempfile.mkdtemp(prefix="cl-hung-"))
-    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=True)
-    server: Server | None = None
     stopped: list[int] = []
-    try:
-        await asyncio.to_thread(pg.start)
-        await asyncio.to_thread(migrate, pg.url)
-        await asyncio.to_thread(seed, dataclasses.replace(settings, database_url=pg.url))
-        server = Server({
-            "DATABASE_URL": pg.url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
-            "JWT_AUDIENCE": settings.jwt_audience, "DB_POOL_SIZE": "6", "DB_CATALOG_POOL_SIZE": "2",
-            "DB_ACQUIRE_TIMEOUT_SECONDS": "1", "DB_CONNECT_TIMEOUT_SECONDS": "1", "DB_STATEMENT_TIMEOUT_SECONDS": "1",
-        })
-        await server.ready()
-        token = issue(settings, tenant="smallticket", sub="hung", scopes=ALL_SCOPES)
-        async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                                     timeout=30) as c:
-            assert (await c.get("/v1/subjects/nobody/consents")).status_code == 404
-            stopped = _postgres_pids(pg.pgdata)
-            for pid in stopped:
-                os.kill(pid, signal.SIGSTOP)
+    async with served(settings, durable=False, DB_POOL_SIZE="6", DB_CATALOG_POOL_SIZE="2",
+                      DB_ACQUIRE_TIMEOUT_SECONDS="1", DB_CONNECT_TIMEOUT_SECONDS="1",
+                      DB_STATEMENT_TIMEOUT_SECONDS="1") as (pg, server):
+        try:
+            token = issue(settings, tenant="smallticket", sub="hung", scopes=ALL_SCOPES)
+            async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
+                                         timeout=30) as c:
+                assert (await c.get("/v1/subjects/nobody/consents")).status_code == 404
+                stopped = _postgres_pids(pg.pgdata)
+                for pid in stopped:
+                    os.kill(pid, signal.SIGSTOP)
 
-            async def timed(path: str) -> tuple[httpx.Response, float]:
-                t0 = time.monotonic()
-                return await c.get(path), time.monotonic() - t0
+                async def timed(path: str) -> tuple[httpx.Response, float]:
+                    t0 = time.monotonic()
+                    return await c.get(path), time.monotonic() - t0
 
-            # a pooled connection mid-statement: the client's own statement limit (1 s + 5 s) ends it
-            first, took = await timed("/v1/subjects/nobody/consents")
-            assert _unavailable(first) and took < 10, (first.status_code, took)
-            answers = await asyncio.gather(*(timed(p) for p in (
-                "/readyz", "/v1/subjects/nobody/consents", "/v1/subjects/nobody/consents/history", "/v1/purposes")))
-            (ready, ready_took), *rest = answers
-            assert ready.status_code == 503 and ready.headers["retry-after"].isdigit() and ready_took < 3
-            for response, elapsed in rest:
-                assert _unavailable(response) and elapsed < 4, (response.status_code, response.text[:200], elapsed)
-            assert (await c.get("/healthz")).status_code == 200
+                # a pooled connection mid-statement: the client's own statement limit (1 s + 5 s) ends it
+                first, took = await timed("/v1/subjects/nobody/consents")
+                assert _unavailable(first) and took < 10, (first.status_code, took)
+                answers = await asyncio.gather(*(timed(p) for p in (
+                    "/readyz", "/v1/subjects/nobody/consents", "/v1/subjects/nobody/consents/history", "/v1/purposes")))
+                (ready, ready_took), *rest = answers
+                assert ready.status_code == 503 and ready.headers["retry-after"].isdigit() and ready_took < 3
+                for response, elapsed in rest:
+                    assert _unavailable(response) and elapsed < 4, (response.status_code, response.text[:200], elapsed)
+                assert (await c.get("/healthz")).status_code == 200
 
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+                stopped = []
+                deadline = time.monotonic() + 15
+                while (await c.get("/v1/subjects/nobody/consents")).status_code != 404:
+                    assert time.monotonic() < deadline, "the service did not come back after the database did"
+                    await asyncio.sleep(0.2)
+                assert (await c.get("/readyz")).status_code == 200
+        finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGCONT)
-            stopped = []
-            deadline = time.monotonic() + 15
-            while (await c.get("/v1/subjects/nobody/consents")).status_code != 404:
-                assert time.monotonic() < deadline, "the service did not come back after the database did"
-                await asyncio.sleep(0.2)
-            assert (await c.get("/readyz")).status_code == 200
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
-        if server is not None:
-            server.stop()
-        await asyncio.to_thread(pg.stop, "immediate")
-        shutil.rmtree(tmp, ignore_errors=True)

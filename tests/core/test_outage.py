@@ -21,6 +21,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,28 @@ class Server:
         self.log_path.unlink(missing_ok=True)
 
 
+@asynccontextmanager
+async def served(settings, *, durable: bool, **env: str) -> AsyncIterator[tuple[EmbeddedPostgres, Server]]:
+    """A PostgreSQL of its own (migrated, demo tenants seeded) and `consent-ledger serve` on it with
+    the test settings' JWT and `env`; everything stopped and removed at exit."""
+    tmp = Path(tempfile.mkdtemp(prefix="cl-served-"))
+    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=not durable)
+    server: Server | None = None
+    try:
+        await asyncio.to_thread(pg.start)
+        await asyncio.to_thread(migrate, pg.url)
+        await asyncio.to_thread(seed, dataclasses.replace(settings, database_url=pg.url))
+        server = Server({"DATABASE_URL": pg.url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
+                         "JWT_AUDIENCE": settings.jwt_audience, **env})
+        await server.ready()
+        yield pg, server
+    finally:
+        if server is not None:
+            server.stop()
+        await asyncio.to_thread(pg.stop, "immediate")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 async def _load(base: str, headers: dict[str, str], signup: dict, known: str, n: int, stop: asyncio.Event,
                 out: Outcomes) -> None:
     """One keep-alive connection doing sign-ups, state reads, history reads and form reads in turn."""
@@ -130,88 +154,79 @@ async def _load(base: str, headers: dict[str, str], signup: dict, known: str, n:
 
 
 async def test_database_restarts_are_503s_and_never_a_dropped_connection(settings):
-    tmp = Path(tempfile.mkdtemp(prefix="cl-outage-"))
-    # Durable settings: an immediate stop is a crash, and synchronous_commit=off would lose the last
-    # acknowledged commits by design.
-    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=False)
-    server: Server | None = None
     stop = asyncio.Event()
     tasks: list[asyncio.Task] = []
     out = Outcomes()
-    try:
-        await asyncio.to_thread(pg.start)
-        await asyncio.to_thread(migrate, pg.url)
-        await asyncio.to_thread(seed, dataclasses.replace(settings, database_url=pg.url))
-        server = Server({
-            "DATABASE_URL": pg.url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
-            "JWT_AUDIENCE": settings.jwt_audience, "DB_POOL_SIZE": "8", "DB_CATALOG_POOL_SIZE": "3",
-            "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-        })
-        await server.ready()
-        headers = {"Authorization": f"Bearer {issue(settings, tenant=TENANT, sub='outage', scopes=ALL_SCOPES)}"}
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10) as c:
-            form = (await c.get("/v1/collection-points/signup/form")).json()
-            signup = decisions_for(form, {"marketing", "marketing-sms"})
-            known = "outage-known"
-            assert (await c.post(f"/v1/subjects/{known}/consents", json=signup)).status_code == 201
-
-        async def outage() -> float:
-            tasks.extend(asyncio.create_task(_load(server.url, headers, signup, known, n, stop, out))
-                         for n in range(CLIENTS))
-            await asyncio.sleep(1.0)
-            for mode in ("fast", "immediate"):
-                await asyncio.to_thread(pg.stop, mode)
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(pg.start)
-                restarted = time.monotonic()
-                await asyncio.sleep(1.0)
-            # Back in service: every kind of request succeeds again after the last restart.
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                recovered = {op for op, status, at in out.answers if at > restarted and 200 <= status < 300}
-                if recovered == {"signup", "state", "history", "form"}:
-                    await asyncio.sleep(1.5)  # and keeps succeeding (stale pooled connections are gone)
-                    return restarted
-                await asyncio.sleep(0.1)
-            raise AssertionError(f"not every request kind succeeded after the restart: {recovered}")
-
-        restarted = await asyncio.wait_for(outage(), 40)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 15)
-
-        statuses = Counter(status for _, status, _ in out.answers)
-        assert not out.bad, f"{len(out.bad)} bad outcomes, e.g. {out.bad[:5]}; all: {statuses}"
-        assert statuses[503] >= 1, f"the outage was never felt: {statuses}"
-        assert sum(n for s, n in statuses.items() if 200 <= s < 300) >= 20, statuses
-        last = [status for _, status, _ in out.answers[-20:]]
-        assert all(200 <= s < 300 for s in last), last
-        assert server.proc.poll() is None, "serve exited during the outage"
-
-        # Nothing half-written: every sign-up is all its decisions or nothing at all.
-        conn = await asyncpg.connect(pg.url.replace("postgresql+asyncpg://", "postgresql://"))
+    # Durable settings: an immediate stop is a crash, and synchronous_commit=off would lose the last
+    # acknowledged commits by design.
+    async with served(settings, durable=True, DB_POOL_SIZE="8", DB_CATALOG_POOL_SIZE="3", LOG_LEVEL="INFO",
+                      PYTHONUNBUFFERED="1") as (pg, server):
         try:
-            counts = dict(await conn.fetch(
-                "SELECT s.external_id, count(e.id) FROM subjects s LEFT JOIN consent_events e "
-                "ON e.subject_id = s.id WHERE s.tenant_id = $1 AND s.external_id LIKE 'load-%' "
-                "GROUP BY s.external_id", TENANT))
+            await _restarts_under_load(settings, pg, server, stop, tasks, out)
         finally:
-            await conn.close()
-        decisions = len(signup["decisions"])
-        assert {n for n in counts.values()} <= {decisions}, counts
-        committed = {s for s, status in out.signups.items() if status == 201}
-        assert committed <= set(counts), committed - set(counts)
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        # The server's own output: JSON lines, no client address (uvicorn's access log is off).
-        lines = [line for line in server.output.splitlines() if line.strip()]
-        assert lines and all(isinstance(json.loads(line), dict) for line in lines), server.output[-2000:]
-        assert "127.0.0.1" not in server.output
-        assert any(json.loads(line).get("logger") == "consent_ledger.access" for line in lines)
+
+async def _restarts_under_load(settings, pg: EmbeddedPostgres, server: Server, stop: asyncio.Event,
+                               tasks: list[asyncio.Task], out: Outcomes) -> None:
+    headers = {"Authorization": f"Bearer {issue(settings, tenant=TENANT, sub='outage', scopes=ALL_SCOPES)}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10) as c:
+        form = (await c.get("/v1/collection-points/signup/form")).json()
+        signup = decisions_for(form, {"marketing", "marketing-sms"})
+        known = "outage-known"
+        assert (await c.post(f"/v1/subjects/{known}/consents", json=signup)).status_code == 201
+
+    async def outage() -> float:
+        tasks.extend(asyncio.create_task(_load(server.url, headers, signup, known, n, stop, out))
+                     for n in range(CLIENTS))
+        await asyncio.sleep(1.0)
+        for mode in ("fast", "immediate"):
+            await asyncio.to_thread(pg.stop, mode)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(pg.start)
+            restarted = time.monotonic()
+            await asyncio.sleep(1.0)
+        # Back in service: every kind of request succeeds again after the last restart.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            recovered = {op for op, status, at in out.answers if at > restarted and 200 <= status < 300}
+            if recovered == {"signup", "state", "history", "form"}:
+                await asyncio.sleep(1.5)  # and keeps succeeding (stale pooled connections are gone)
+                return restarted
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not every request kind succeeded after the restart: {recovered}")
+
+    await asyncio.wait_for(outage(), 40)
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+    statuses = Counter(status for _, status, _ in out.answers)
+    assert not out.bad, f"{len(out.bad)} bad outcomes, e.g. {out.bad[:5]}; all: {statuses}"
+    assert statuses[503] >= 1, f"the outage was never felt: {statuses}"
+    assert sum(n for s, n in statuses.items() if 200 <= s < 300) >= 20, statuses
+    last = [status for _, status, _ in out.answers[-20:]]
+    assert all(200 <= s < 300 for s in last), last
+    assert server.proc.poll() is None, "serve exited during the outage"
+
+    # Nothing half-written: every sign-up is all its decisions or nothing at all.
+    conn = await asyncpg.connect(pg.url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        counts = dict(await conn.fetch(
+            "SELECT s.external_id, count(e.id) FROM subjects s LEFT JOIN consent_events e "
+            "ON e.subject_id = s.id WHERE s.tenant_id = $1 AND s.external_id LIKE 'load-%' "
+            "GROUP BY s.external_id", TENANT))
     finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
-            server.stop()
-        await asyncio.to_thread(pg.stop, "immediate")
-        shutil.rmtree(tmp, ignore_errors=True)
+        await conn.close()
+    decisions = len(signup["decisions"])
+    assert {n for n in counts.values()} <= {decisions}, counts
+    committed = {s for s, status in out.signups.items() if status == 201}
+    assert committed <= set(counts), committed - set(counts)
+
+    # The server's own output: JSON lines, no client address (uvicorn's access log is off).
+    lines = [line for line in server.output.splitlines() if line.strip()]
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines), server.output[-2000:]
+    assert "127.0.0.1" not in server.output
+    assert any(json.loads(line).get("logger") == "consent_ledger.access" for line in lines)
