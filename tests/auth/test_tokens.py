@@ -191,9 +191,7 @@ async def test_alg_header_that_is_not_a_string_is_401_not_500(client, settings, 
 ], ids=["exp-huge", "exp-nan", "exp-inf", "nbf-nan", "exp-beyond-float", "tenant-nul"])
 async def test_signed_token_with_unusable_numbers_or_tenant_is_401(client, settings, tenant, overrides):
     """Signed by the right key, still refused: an exp that never expires or overflows is no expiry."""
-    payload = {**claims(settings, tenant), **overrides}
-    if payload.get("tenant") == "a\u0000b":
-        payload["tenant"] = "a\x00b"
+    payload = {**claims(settings, tenant), **overrides}  # a NUL tenant would be a 422 from the database
     signing_input = f"{_b64url(json.dumps(HS256).encode())}.{_b64url(_json_allowing_nan(payload))}"
     signature = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
     assert_unauthorized(await client.get(PROTECTED_PROBE, headers=bearer(f"{signing_input}.{_b64url(signature)}")))

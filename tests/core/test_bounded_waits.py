@@ -27,7 +27,7 @@ def _unavailable(response: httpx.Response) -> bool:
             and response.json()["type"].endswith("database-unavailable"))
 
 
-async def test_a_held_subject_lock_is_a_503_for_its_queue_and_no_wait_for_anyone_else(settings, auth, demo, db):
+async def test_a_held_subject_lock_is_a_503_for_its_queue_and_a_bounded_wait_for_anyone_else(settings, auth, demo, db):
     quick = dataclasses.replace(settings, db_pool_size=4, db_catalog_pool_size=1, db_lock_timeout_seconds=0.5,
                                 db_acquire_timeout_seconds=0.5)
     async with running(quick) as (_, client):

@@ -65,13 +65,16 @@ async def test_a_slow_backlog_snapshot_for_the_metrics_never_delays_a_delivery(c
 
     from app.webhooks.metrics import WorkerMetrics
 
-    async def slow_refresh(self, conn) -> None:
-        await asyncio.sleep(5)
+    entered = asyncio.Event()
+
+    async def slow_refresh(self, conn) -> None:  # the query, as slow as a large backlog makes it
+        entered.set()
+        await conn.execute("SELECT pg_sleep(5)")
 
     monkeypatch.setattr(WorkerMetrics, "refresh", slow_refresh)
     endpoint = await register(receiver)
-    running = start_worker(worker_metrics_interval_seconds=0.1)
-    await asyncio.sleep(0.3)  # the worker's first round has started its (slow) snapshot
+    running = start_worker(worker_metrics_interval_seconds=10)  # its time limit (10 s) outlasts the query
+    await asyncio.wait_for(entered.wait(), 2)  # the worker's first round has started its snapshot
     started = time.monotonic()
     assert (await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/test",
                               headers=auth(tenant, "webhooks:admin"))).status_code == 202

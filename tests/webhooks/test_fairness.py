@@ -147,7 +147,7 @@ async def test_a_slow_dns_name_does_not_stall_sends_to_other_names(tenant, db, s
         latencies = await _latencies(db, fast.received, "/hooks")
         assert max(latencies) < 1.0, latencies[-5:]
         # one lookup of the slow name at a time, however many sends wait on it
-        assert slow_dns.count("slow.test") <= 2, slow_dns.count("slow.test")
+        assert 1 <= slow_dns.count("slow.test") <= 2, slow_dns.count("slow.test")
     finally:
         await slow.stop()
         await fast.stop()
