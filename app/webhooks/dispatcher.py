@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-from asyncpg.exceptions._base import InternalClientError
 
 from app.core import retention
 from app.core.db import asyncpg_dsn, release_as_is
+from app.core.errors import database_unavailable
 from app.core.settings import Settings
 from app.webhooks import claim, metrics, results
 from app.webhooks.outbox import CHANNEL
@@ -36,20 +36,11 @@ log = logging.getLogger("consent_ledger.webhooks")
 
 SUCCESS_BATCH_WINDOW = 0.003  # seconds a finished send waits for others to share its write
 CLAIM_INTERVAL = 0.005  # while sends are in flight, claim at most this often (unless NOTIFY says new work)
-CONNECT_TIMEOUT = 5.0  # connecting, and waiting for a pooled connection
 T = TypeVar("T")
 
-# SQLSTATE classes meaning "the server is not there for us": connection exceptions (08),
-# operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now),
-# too many connections (53300).
-_LOST_STATES = ("08", "57P", "53300")
-
-
 def database_lost(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError, InternalClientError)):
-        return True
-    state = getattr(exc, "sqlstate", None) or ""
-    return isinstance(exc, asyncpg.PostgresError) and state.startswith(_LOST_STATES)
+    """What the API answers 503 for, plus any socket error (TLS included): drop the connections."""
+    return isinstance(exc, OSError) or database_unavailable(exc)
 
 
 class Worker:
@@ -109,12 +100,13 @@ class Worker:
         dsn = asyncpg_dsn(self.settings.database_url)
         if self.pool is None:
             self.pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=max(2, self.settings.webhook_concurrency // 8), timeout=CONNECT_TIMEOUT,
+                dsn, min_size=1, max_size=max(2, self.settings.webhook_concurrency // 8),
+                timeout=self.settings.db_connect_timeout_seconds,
                 server_settings={"application_name": "consent-ledger-worker", "timezone": "UTC"},
                 reset=release_as_is,  # LISTEN is on its own connection; nothing here sets session state
             )
         if self.listener is None or self.listener.is_closed():
-            listener = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT,
+            listener = await asyncpg.connect(dsn, timeout=self.settings.db_connect_timeout_seconds,
                                              server_settings={"application_name": "consent-ledger-worker"})
             try:
                 await listener.add_listener(CHANNEL, lambda *_: self._notify())
@@ -160,7 +152,7 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
         if released and self.pool is not None:
             with contextlib.suppress(Exception):
-                async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                async with self.pool.acquire(timeout=self.settings.db_acquire_timeout_seconds) as conn:
                     await claim.release(conn, released)
             log.info("webhook worker: released %d unfinished deliveries", len(released))
 
@@ -177,7 +169,7 @@ class Worker:
     async def _refresh_backlog(self) -> None:
         try:
             async with asyncio.timeout(max(1.0, self.settings.worker_metrics_interval_seconds)):
-                async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                async with self.pool.acquire(timeout=self.settings.db_acquire_timeout_seconds) as conn:
                     await self.metrics.refresh(conn)
         except Exception as exc:  # noqa: BLE001 - a stale snapshot is better than a stalled worker
             log.warning("webhook worker: backlog metrics not refreshed: %s: %s", type(exc).__name__, exc)
@@ -197,7 +189,7 @@ class Worker:
         claimed: list[asyncpg.Record] | None = None
         next_due = None
         pool = self.pool
-        conn = await pool.acquire(timeout=CONNECT_TIMEOUT)
+        conn = await pool.acquire(timeout=self.settings.db_acquire_timeout_seconds)
         try:
             claimed = await claim.claim(conn, limit=free, lease_seconds=self.settings.webhook_lease_seconds,
                                         token=token, busy=busy, cap=self.settings.webhook_max_in_flight_per_endpoint)

@@ -65,7 +65,10 @@ def is_change(event: dict[str, Any]) -> bool:
 # and this statement reads its result; without the lock a delivery could be written due for an
 # endpoint switched off in between. KEY SHARE, not SHARE: the worker's lock on an endpoint for
 # every failed attempt (FOR NO KEY UPDATE) and its streak updates never make a consent wait.
-ENDPOINT_OFF = "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR UPDATE"
+ENDPOINT_OFF = "SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 FOR UPDATE"
+# Anything else that changes an endpoint's deliveries (the worker recording a failure, an operator's
+# retry or recover) locks the endpoint first with this: it waits for a switch-off, never for consents.
+LOCK_ENDPOINT = "SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE"
 ENQUEUE = """
 WITH ev AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])

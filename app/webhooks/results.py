@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from app.core.settings import Settings
-from app.webhooks.outbox import ENDPOINT_OFF, PAUSE, SUCCESSORS
+from app.webhooks.outbox import ENDPOINT_OFF, LOCK_ENDPOINT, PAUSE, SUCCESSORS
 from app.webhooks.sender import Result
 
 # Attempt rows are written at most once per (delivery, attempted_at), so a write repeated after a
@@ -65,7 +65,6 @@ FROM unnest($1::uuid[], $2::timestamptz[]) AS h(endpoint_id, at)
 WHERE e.id = h.endpoint_id AND e.failing_since <= h.at
 """
 
-LOCK_ENDPOINT = "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE"
 
 # `status = 'pending'`: a delivery that ended meanwhile (its endpoint was deleted) stays ended.
 FAILED = """
@@ -128,7 +127,7 @@ async def record_failure(conn: asyncpg.Connection, settings: Settings, worker: s
     gone = result.status_code == 410
     delay = None if gone else next_delay(settings, delivery["attempts"] + 1, result.retry_after)
     async with conn.transaction():
-        await conn.execute(LOCK_ENDPOINT, delivery["endpoint_id"])
+        await conn.execute(LOCK_ENDPOINT, delivery["endpoint_id"], delivery["tenant_id"])
         updated = await conn.fetchrow(FAILED, *attempt, token, delay)
         if updated is None:
             return None  # the lease was lost (a manual retry, a deleted endpoint): the newer state stands
@@ -138,7 +137,7 @@ async def record_failure(conn: asyncpg.Connection, settings: Settings, worker: s
         health = await conn.fetchrow(ENDPOINT_FAILING, delivery["endpoint_id"], result.attempted_at, gone,
                                      settings.webhook_disable_after_seconds)
         if health["disabled_now"]:  # consents writing to it right now finish first, then are paused too
-            await conn.execute(ENDPOINT_OFF, delivery["endpoint_id"])
+            await conn.execute(ENDPOINT_OFF, delivery["endpoint_id"], delivery["tenant_id"])
         if not health["enabled"]:
             await conn.execute(PAUSE, delivery["endpoint_id"])
     return Failure(dead_letter=updated["status"] == "failed",

@@ -98,13 +98,14 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
         changes["processor_id"] = await _processor_id(conn, principal.tenant, changes.pop("processor"),
                                                       "body.processor")
     enabling = changes.get("enabled") is True and not current["enabled"]
-    if changes.get("enabled") is False and current["enabled"]:
+    disabling = changes.get("enabled") is False and current["enabled"]
+    if disabling:
         changes.update(disabled_reason="disabled by an operator", disabled_at=datetime.now(UTC))
     if enabling:  # a fresh start: no failure history carried over
         changes.update(disabled_reason=None, disabled_at=None, failing_since=None)
     if changes:
-        if changes.get("enabled") is False:  # consents writing to it now commit first (outbox.ENQUEUE)
-            await conn.execute(outbox.ENDPOINT_OFF, endpoint_id)
+        if disabling:  # consents writing to it now commit first (outbox.ENQUEUE)
+            await conn.execute(outbox.ENDPOINT_OFF, endpoint_id, principal.tenant)
         assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(changes, start=3))
         await conn.execute(
             f"UPDATE webhook_endpoints SET {assignments}, updated_at = now() WHERE id = $1 AND tenant_id = $2",
@@ -113,7 +114,7 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
         if enabling:  # what waited while it was disabled goes out now, in order
             await conn.execute(RESUME, endpoint_id)
             await outbox.notify(conn)
-        elif changes.get("enabled") is False:
+        elif disabling:
             await conn.execute(PAUSE, endpoint_id)
     return await get_endpoint(conn, principal, endpoint_id)
 
@@ -121,8 +122,7 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
 async def delete_endpoint(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID) -> None:
     """Soft delete: the delivery log stays for the auditors; nothing more is sent. The endpoint row
     is locked before its deliveries, the one lock order of the webhook tables (docs/design.md)."""
-    await conn.execute("SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
-                       endpoint_id, principal.tenant)  # outbox.ENDPOINT_OFF, for the caller's tenant only
+    await conn.execute(outbox.ENDPOINT_OFF, endpoint_id, principal.tenant)
     deleted = await conn.fetchval(
         """UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, updated_at = now(),
                   secret = '', previous_secret = NULL, previous_secret_expires_at = NULL
@@ -224,10 +224,6 @@ async def get_message(pool: asyncpg.Pool, principal: Principal, message_id: uuid
     return {**result, "deliveries": [dict(d) for d in deliveries]}
 
 
-# Operator actions on deliveries lock their endpoint first; NO KEY UPDATE waits for a disable or
-# delete (FOR UPDATE) but never for consents being written (KEY SHARE).
-LOCK_ENDPOINT = "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE"
-
 # A replay starts a fresh round of the retry schedule; the attempt log keeps every earlier try.
 REQUEUE = """
 UPDATE webhook_deliveries SET status = 'pending', attempts = 0, lease_token = NULL, failed_at = NULL,
@@ -240,11 +236,12 @@ async def retry_delivery(conn: asyncpg.Connection, principal: Principal, deliver
     """Send again now, whatever the state: a dead letter, a delivered message to replay, or a waiting retry."""
     # The endpoint first (the one lock order, docs/design.md): a disable or delete running now
     # finishes before this reads whether the endpoint is there and on.
-    endpoint_id = await conn.fetchval(
-        "SELECT endpoint_id FROM webhook_deliveries WHERE id = $1 AND tenant_id = $2", delivery_id, principal.tenant)
-    if endpoint_id is None:
+    locked = await conn.fetchval(
+        "SELECT true FROM webhook_endpoints WHERE tenant_id = $2 AND id = "
+        "(SELECT endpoint_id FROM webhook_deliveries WHERE id = $1 AND tenant_id = $2) FOR NO KEY UPDATE",
+        delivery_id, principal.tenant)  # outbox.LOCK_ENDPOINT, found through the delivery
+    if locked is None:
         raise NotFound(f"no webhook delivery {delivery_id}")
-    await conn.execute(LOCK_ENDPOINT, endpoint_id)
     state = await conn.fetchrow(
         """SELECT d.endpoint_id, d.subject_id, d.seq, e.deleted_at IS NOT NULL AS endpoint_deleted,
                   d.lease_token IS NOT NULL AND d.next_attempt_at > now() AS in_flight
@@ -263,8 +260,7 @@ async def retry_delivery(conn: asyncpg.Connection, principal: Principal, deliver
 
 async def recover(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
                   body: RecoverIn) -> dict[str, Any]:
-    await conn.execute("SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE",
-                       endpoint_id, principal.tenant)  # LOCK_ENDPOINT: before its deliveries
+    await conn.execute(outbox.LOCK_ENDPOINT, endpoint_id, principal.tenant)  # before its deliveries
     endpoint = await get_endpoint(conn, principal, endpoint_id)
     if body.until is not None and body.until <= body.since:
         raise InvalidRequest("until must be later than since",
