@@ -93,9 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         probe = asyncio.ensure_future(request.app.state.pool.fetchval("SELECT 1", timeout=2))
         done, _ = await asyncio.wait({probe}, timeout=2)
         if not done or probe.exception() is not None:
-            if not done:
+            if not done:  # abandoned: its outcome is retrieved when it ends, so asyncio logs nothing
                 probe.cancel()
-            probe.add_done_callback(_consume)
+                probe.add_done_callback(_consume)
             return errors.problem_response(
                 status=503, slug="not-ready", title="Not ready", detail="the database is not reachable",
                 request=request, headers={"Retry-After": str(errors.RETRY_AFTER_SECONDS)},

@@ -16,9 +16,10 @@ from pydantic import BaseModel
 
 from app.core.errors import IdempotencyKeyReused, InvalidRequest
 from app.core.hashing import canonical_json, sha256_hex
+from app.core.settings import Settings
 
 MAX_KEY_LENGTH = 255
-DEFAULT_TTL_SECONDS = 7 * 86400  # Settings.idempotency_key_ttl_seconds
+DEFAULT_TTL_SECONDS = Settings.idempotency_key_ttl_seconds
 
 # A key past its time is taken over in place, as if never used: the row lock of the upsert makes a
 # concurrent duplicate wait for this transaction exactly as with a fresh key.

@@ -133,8 +133,8 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
         asyncpg_dsn(url), min_size=1, max_size=pool_budget(settings)[0], reset=release_as_is,
         acquire_timeout=settings.db_acquire_timeout_seconds, timeout=settings.db_connect_timeout_seconds,
         command_timeout=_command_timeout(settings), init=_init_connection, server_settings=server_settings(settings),
-        max_queries=50000, max_inactive_connection_lifetime=300.0, setup=None, connection_class=asyncpg.Connection,
-        record_class=asyncpg.Record, connect=None, loop=None,
+        max_queries=50000, max_inactive_connection_lifetime=300.0, connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record, loop=None,
     )
 
 

@@ -156,28 +156,20 @@ def install(app: FastAPI) -> None:
             FieldError(field=_field_path(tuple(err.get("loc", ()))), reason=err.get("msg", "invalid"))
             for err in exc.errors()
         ]
-        return problem_response(
-            status=422, slug="validation-error", title="The request failed validation",
-            detail=f"{len(errors)} field(s) failed validation; see errors[].",
-            request=request, errors=errors,
-        )
+        return validation_problem(f"{len(errors)} field(s) failed validation; see errors[].", errors,
+                                  instance=request.url.path)
 
     allowed = _AllowedMethods(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            return problem_response(  # the same answer as malformed JSON, which FastAPI makes a 422
-                status=422, slug="validation-error", title="The request failed validation",
-                detail="the body is not JSON text in UTF-8", request=request,
-                errors=[FieldError(field="body", reason="not valid UTF-8")],
-            )
-        if exc.status_code == 400 and exc.__cause__ is not None:  # JSON the parser gave up on
-            return problem_response(
-                status=422, slug="validation-error", title="The request failed validation",
-                detail="the body could not be parsed as JSON", request=request,
-                errors=[FieldError(field="body", reason="nested too deeply or holds a number too long to read")],
-            )
+        if exc.status_code == 400 and exc.__cause__ is not None:  # a body FastAPI could not read as JSON
+            # the same answer as malformed JSON, which FastAPI makes a 422
+            detail, reason = (("the body is not JSON text in UTF-8", "not valid UTF-8")
+                              if isinstance(exc.__cause__, UnicodeDecodeError) else
+                              ("the body could not be parsed as JSON",
+                               "nested too deeply or holds a number too long to read"))
+            return validation_problem(detail, [FieldError(field="body", reason=reason)], instance=request.url.path)
         slug, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
         headers = getattr(exc, "headers", None)
@@ -208,9 +200,10 @@ def install(app: FastAPI) -> None:
 
 
 RETRY_AFTER_SECONDS = 2
-# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections, then the timeouts of
+# admin_shutdown, crash_shutdown, cannot_connect_now, database_dropped, idle_session_timeout,
+# too_many_connections, then the timeouts of
 # app/core/db.py; class 08 is checked apart.
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300",
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "53300",
                                     "55P03", "57014"})  # lock_not_available, query_canceled (timeouts)
 _UNAVAILABLE_DETAIL = {
     True: "The database is not reachable or too busy at the moment. Retry later.",
@@ -240,16 +233,29 @@ def database_unavailable(exc: BaseException | None) -> bool:
     return False
 
 
+READ_ONLY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's path template (`/v1/subjects/{subject_id}/consents`), never the raw path."""
+    return getattr(scope.get("route"), "path", None)
+
+
+def validation_problem(detail: str, errors: list[FieldError], *, instance: str) -> JSONResponse:
+    return problem_response(status=422, slug="validation-error", title="The request failed validation",
+                            detail=detail, instance=instance, errors=errors)
+
+
 def unexpected_response(scope: Scope, exc: BaseException) -> JSONResponse:
     """503 with Retry-After when the database is away, else 500; either way nothing was committed,
     since the unit of work commits before the response is built."""
     path = scope.get("path", "")
-    route = getattr(scope.get("route"), "path", None)
+    route = route_template(scope)
     if database_unavailable(exc):
         logger.warning("database unavailable on %s %s: %s", scope.get("method"), route, type(exc).__name__)
         return problem_response(
             status=503, slug="database-unavailable", title="Service unavailable",
-            detail=_UNAVAILABLE_DETAIL[scope.get("method") in ("GET", "HEAD", "OPTIONS")],
+            detail=_UNAVAILABLE_DETAIL[scope.get("method") in READ_ONLY],
             instance=path, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     logger.error("unhandled error on %s %s", scope.get("method"), route, exc_info=exc)

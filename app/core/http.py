@@ -24,7 +24,6 @@ access_log = logging.getLogger("consent_ledger.access")
 log = logging.getLogger("consent_ledger")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_READ_ONLY = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class BodyTooLarge(HTTPException):
@@ -62,7 +61,7 @@ class Edge:
         rid_header = (b"x-request-id", rid.encode())
         method = scope["method"]
         pending = pending_token = None
-        if method not in _READ_ONLY:
+        if method not in errors.READ_ONLY:
             pending = []
             pending_token = metrics.pending_consent_events.set(pending)
         status = 0
@@ -76,10 +75,10 @@ class Edge:
 
         try:
             if bad := _unreadable_text(scope):
-                await errors.problem_response(
-                    status=422, slug="validation-error", title="The request failed validation",
-                    detail=f"the {bad} is not text the service can keep apart from other text", instance=scope["path"],
-                    errors=[errors.FieldError(field=bad, reason="not valid UTF-8 once percent-decoded, or holds NUL")],
+                await errors.validation_problem(
+                    f"the {bad} is not text the service can keep apart from other text",
+                    [errors.FieldError(field=bad, reason="not valid UTF-8 once percent-decoded, or holds NUL")],
+                    instance=scope["path"],
                 )(scope, receive, send_with_id)
             elif length is not None and _too_long(length, self.max_body_bytes):
                 await self._too_large(scope, receive, send_with_id)
@@ -87,7 +86,8 @@ class Edge:
                 await self.app(scope, receive if length is not None else self._counted(receive), send_with_id)
         except Exception as exc:
             if status:  # the response has started: nothing to do but let the server close the connection
-                log.error("error after the response started on %s %s", method, _route(scope), exc_info=exc)
+                log.error("error after the response started on %s %s", method, errors.route_template(scope),
+                          exc_info=exc)
                 raise
             if isinstance(exc, BodyTooLarge):  # read by a route outside FastAPI's body handling
                 await self._too_large(scope, receive, send_with_id)
@@ -95,7 +95,7 @@ class Edge:
                 await errors.unexpected_response(scope, exc)(scope, receive, send_with_id)
         finally:
             elapsed = perf_counter() - started_at
-            route = _route(scope)
+            route = errors.route_template(scope)
             metrics.HTTP.observe(route, method, status, elapsed)
             if pending and 200 <= status < 300:
                 metrics.count_committed(pending)
@@ -153,7 +153,3 @@ def _too_long(length: bytes, limit: int) -> bool:
     except ValueError:  # servers refuse a malformed Content-Length before the app sees it
         return True
 
-
-def _route(scope: Scope) -> str | None:
-    route = scope.get("route")
-    return getattr(route, "path", None)
