@@ -81,25 +81,12 @@ def tenant(settings: Settings, args: argparse.Namespace) -> int:
 
 def purge(settings: Settings) -> int:
     """One purge pass now (the worker also runs one every PURGE_INTERVAL_SECONDS)."""
-    import asyncpg
-
-    from app.core.db import asyncpg_dsn
-    from app.core.retention import purge_once
+    from app.core.retention import purge_now, summary
 
     if not settings.database_url:
         print("DATABASE_URL is not set", file=sys.stderr)
         return 2
-
-    async def run() -> dict[str, int]:
-        conn = await asyncpg.connect(asyncpg_dsn(settings.database_url),
-                                     server_settings={"application_name": "consent-ledger-purge"})
-        try:
-            return await purge_once(conn, settings)
-        finally:
-            await conn.close()
-
-    counts = asyncio.run(run())
-    print("purged: " + ", ".join(f"{name}={value}" for name, value in counts.items()))
+    print("purged: " + summary(asyncio.run(purge_now(settings))))
     return 0
 
 

@@ -117,38 +117,33 @@ async def purge_once(db: asyncpg.Pool | asyncpg.Connection, settings: Settings) 
     return counts
 
 
+async def purge_now(settings: Settings) -> dict[str, int]:
+    """One pass on a connection of its own (an hourly pass needs no pool to keep warm)."""
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url), timeout=settings.db_connect_timeout_seconds,
+                                 server_settings={"application_name": "consent-ledger-purge", "timezone": "UTC"})
+    try:
+        return await purge_once(conn, settings)
+    finally:
+        await conn.close()
+
+
 async def run_purger(settings: Settings, stop: asyncio.Event) -> None:
     """Purge every PURGE_INTERVAL_SECONDS until `stop` is set; a database outage is logged and the
     pass retried (sooner), never the end of the loop or of the worker that runs it."""
-    pool: asyncpg.Pool | None = None
-    try:
-        while not stop.is_set():
-            delay = settings.purge_interval_seconds
-            try:
-                if pool is None:
-                    pool = await asyncpg.create_pool(
-                        asyncpg_dsn(settings.database_url), min_size=0, max_size=1,
-                        server_settings={"application_name": "consent-ledger-purge", "timezone": "UTC"})
-                counts = await purge_once(pool, settings)
-                if any(counts[k] for k in ("messages", "deliveries", "attempts", "idempotency_keys")):
-                    log.info("purged %s", _summary(counts))
-            except Exception as exc:  # noqa: BLE001 - a failed pass is retried; the loop must outlive outages
-                log.warning("purge failed, retrying: %s: %s", type(exc).__name__, exc)
-                delay = min(delay, 60.0)
-                if pool is not None:  # a fresh pool next pass: one that lost its server may never recover
-                    pool.terminate()
-                    pool = None
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
-    finally:
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 5)
-            except Exception:  # noqa: BLE001 - closing during an outage must not mask the stop
-                pool.terminate()
+    while not stop.is_set():
+        delay = settings.purge_interval_seconds
+        try:
+            counts = await purge_now(settings)
+            if any(counts[k] for k in ("messages", "deliveries", "attempts", "idempotency_keys")):
+                log.info("purged %s", summary(counts))
+        except Exception as exc:  # noqa: BLE001 - a failed pass is retried; the loop must outlive outages
+            log.warning("purge failed, retrying: %s: %s", type(exc).__name__, exc)
+            delay = min(delay, 60.0)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
 
 
-def _summary(counts: dict[str, Any]) -> str:
+def summary(counts: dict[str, Any]) -> str:
     return ", ".join(f"{name}={value}" for name, value in counts.items())
