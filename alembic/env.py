@@ -1,4 +1,5 @@
-"""Alembic environment: async engine from DATABASE_URL (or the URL passed by the caller)."""
+"""Alembic environment: async engine as the OWNER role, from the URL passed by the caller, else
+DATABASE_OWNER_URL, else DATABASE_URL (a single-account setup; README, "Database roles")."""
 
 from __future__ import annotations
 
@@ -23,10 +24,23 @@ target_metadata = SQLModel.metadata
 
 
 def database_url() -> str:
-    url = config.attributes.get("database_url") or get_settings().database_url
+    settings = get_settings()
+    url = config.attributes.get("database_url") or settings.database_owner_url or settings.database_url
     if not url:
-        raise RuntimeError("DATABASE_URL is not set")
+        raise RuntimeError("DATABASE_OWNER_URL (or DATABASE_URL) is not set")
     return url
+
+
+def runtime_role() -> str:
+    """Whom the migrations grant the runtime privileges to (app/core/roles.py)."""
+    return config.attributes.get("runtime_role") or get_settings().db_runtime_role
+
+
+def _refuse_runtime_role(connection: Connection) -> None:
+    """Migrating as the runtime role would fail half-way on a privilege error: say why at once."""
+    if connection.execute(text("SELECT current_user")).scalar() == runtime_role():
+        raise RuntimeError(f"migrations run as the owner role, not the runtime role {runtime_role()}: "
+                           "set DATABASE_OWNER_URL (README, Database roles)")
 
 
 def run_offline() -> None:
@@ -42,6 +56,8 @@ MIGRATION_LOCK = 0x636C5F6D6967  # "cl_mig"
 
 
 def _run(connection: Connection) -> None:
+    _refuse_runtime_role(connection)
+    config.attributes.setdefault("runtime_role", runtime_role())
     connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
     connection.commit()
     try:

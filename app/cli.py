@@ -22,7 +22,9 @@ def alembic_root() -> Path:
 DEV_SCOPES = ("consents:write", "consents:read", "catalog:write", "catalog:read", "audit:read", "webhooks:admin")
 
 
-def migrate(database_url: str | None = None) -> None:
+def migrate(database_url: str | None = None, runtime_role: str | None = None) -> None:
+    """Upgrade to head as the OWNER role: `database_url`, else DATABASE_OWNER_URL, else DATABASE_URL
+    (alembic/env.py); the runtime privileges go to `runtime_role`, else DB_RUNTIME_ROLE."""
     from alembic import command
     from alembic.config import Config
 
@@ -31,7 +33,27 @@ def migrate(database_url: str | None = None) -> None:
     config.set_main_option("script_location", str(root / "alembic"))
     if database_url:
         config.attributes["database_url"] = database_url
+    if runtime_role:
+        config.attributes["runtime_role"] = runtime_role
     command.upgrade(config, "head")
+
+
+def migrate_as_owner(settings: Settings) -> None:
+    """`migrate` and `serve --migrate`: DATABASE_OWNER_URL, or DATABASE_URL with a warning."""
+    import logging
+
+    from app.core.logging import configure as configure_logging
+
+    url = settings.database_owner_url
+    if not url:
+        if not settings.database_url:
+            raise SystemExit("DATABASE_OWNER_URL (or DATABASE_URL) is not set")
+        configure_logging(settings.log_level)
+        logging.getLogger("consent_ledger").warning(
+            "DATABASE_OWNER_URL is not set: migrating with DATABASE_URL, so one account owns the schema and "
+            "serves the API (no owner/runtime split; README, Database roles)")
+        url = settings.database_url
+    migrate(url, settings.db_runtime_role)
 
 
 def seed(settings: Settings) -> list[str]:
@@ -142,8 +164,13 @@ def _dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+DEV_DATABASE = "consent_ledger"
+
+
 def dev(host: str, port: int) -> None:
-    """Embedded PostgreSQL under ./.data, migrations, demo tenants, a token, and the server."""
+    """Embedded PostgreSQL under ./.data, migrations (as the owner role), demo tenants, a token, and
+    the server and worker (as the runtime role)."""
+    from app.core import roles
     from app.core.embedded_pg import EmbeddedPostgres
 
     settings = get_settings()
@@ -155,14 +182,20 @@ def dev(host: str, port: int) -> None:
     pg = None
     workers = None
     if not settings.database_url:
-        pg = EmbeddedPostgres(data_dir / "pg", settings.embedded_pg_port)
+        pg = EmbeddedPostgres(data_dir / "pg", settings.embedded_pg_port, database=DEV_DATABASE)
         print(f"starting embedded PostgreSQL (data in {pg.pgdata}) ...", flush=True)
         pg.start()
-        os.environ["DATABASE_URL"] = pg.url
+        if pg.has_schema("postgres"):
+            print(f"note: data from before the owner/runtime roles stays in database postgres; "
+                  f"this run uses database {DEV_DATABASE}", flush=True)
+        owner_url, runtime_url = pg.ensure_roles(DEV_DATABASE)
+        os.environ["DATABASE_OWNER_URL"] = owner_url
+        os.environ["DATABASE_URL"] = runtime_url  # the server, the seed and the worker (its env)
+        os.environ["DB_RUNTIME_ROLE"] = roles.RUNTIME_ROLE
     get_settings.cache_clear()
     settings = get_settings()
     try:
-        migrate(settings.database_url)
+        migrate(settings.database_owner_url or settings.database_url, settings.db_runtime_role)
         created = seed(settings)
         token = issue_token(settings, "smallticket", "dev-operator", list(DEV_SCOPES), 30 * 24 * 3600)
         print("\n".join([
@@ -199,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8000)
     p_serve.add_argument("--workers", type=int, default=1)
-    p_serve.add_argument("--migrate", action="store_true", help="run migrations first")
+    p_serve.add_argument("--migrate", action="store_true",
+                         help="run migrations first, as DATABASE_OWNER_URL (then serve as DATABASE_URL)")
     p_worker = commands.add_parser("worker", help="deliver webhooks until SIGTERM (DATABASE_URL required)")
     p_worker.add_argument("--concurrency", type=int, help="sends in flight at once (WEBHOOK_CONCURRENCY)")
-    commands.add_parser("migrate", help="upgrade the database schema to head")
+    commands.add_parser("migrate", help="upgrade the database schema to head (as DATABASE_OWNER_URL)")
     commands.add_parser("seed", help="load the demo tenants if they are missing")
     commands.add_parser("purge", help="delete old delivered webhook messages, old dead letters, expired "
                                       "idempotency keys (in batches; never ledger events)")
@@ -226,12 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     if args.command == "serve":
         if args.migrate:
-            migrate()
+            migrate_as_owner(settings)  # then serve with DATABASE_URL (the runtime role)
+            os.environ.pop("DATABASE_OWNER_URL", None)  # not handed on to uvicorn's worker processes
         serve(args.host, args.port, args.workers)
     elif args.command == "worker":
         worker(args.concurrency)
     elif args.command == "migrate":
-        migrate()
+        migrate_as_owner(settings)
     elif args.command == "purge":
         return purge(settings)
     elif args.command == "tenant":

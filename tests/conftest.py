@@ -1,16 +1,24 @@
 """Test fixtures: one real PostgreSQL per run (embedded unless TEST_DATABASE_URL), migrated with
 Alembic, and a fresh tenant per test so tests never see each other's rows and may commit for real
-(concurrency and rollback tests need real commits, which a per-test savepoint would hide)."""
+(concurrency and rollback tests need real commits, which a per-test savepoint would hide).
+
+Roles as in production (README, "Database roles"): a fresh database owned by consent_ledger_owner,
+migrated as that role; the app (`settings`, `database_url`) runs as consent_ledger_runtime. `db` and
+`superuser_url` are a superuser, for assertions and for tampering as a rogue DBA would.
+
+TEST_DATABASE_URL must name a superuser; the two roles are created on that server if missing, their
+passwords derived from TEST_DATABASE_URL (so runs sharing a server agree on them)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import httpx
@@ -19,6 +27,7 @@ import pytest
 from app.auth.tokens import issue
 from app.catalog.tenants import create_tenant
 from app.cli import migrate
+from app.core import roles
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.main import create_app
@@ -27,39 +36,87 @@ TEST_SECRET = "test-secret-please-change-0123456789"
 ALL_SCOPES = ("consents:write", "consents:read", "catalog:write", "catalog:read", "audit:read", "webhooks:admin")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "proof: needs revision 0004's tables and functions (evidence, the "
+                                       "Merkle log, receipts)")
+
+
 def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+class DatabaseUrls(NamedTuple):
+    superuser: str  # SQLAlchemy URLs, all on the same fresh database
+    owner: str
+    runtime: str
+
+
+def on_database(url: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def _external_roles(server_url: str, name: str) -> DatabaseUrls:
+    """Both roles on an external server (made if missing), passwords derived from its superuser URL."""
+    passwords = {role: hashlib.sha256(f"{server_url}\0{role}".encode()).hexdigest()[:32]
+                 for role in (roles.OWNER_ROLE, roles.RUNTIME_ROLE)}
+    asyncio.run(roles.ensure(_plain(server_url), name, passwords))
+    return DatabaseUrls(
+        superuser=on_database(server_url, name),
+        owner=roles.with_login(server_url, roles.OWNER_ROLE, passwords[roles.OWNER_ROLE], name),
+        runtime=roles.with_login(server_url, roles.RUNTIME_ROLE, passwords[roles.RUNTIME_ROLE], name))
+
+
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    """A freshly created database, migrated to head."""
+def test_database() -> Iterator[DatabaseUrls]:
+    """A freshly created database owned by the owner role, migrated to head by that role."""
     external = os.environ.get("TEST_DATABASE_URL")
-    pg = None
-    if external:
-        server_url = external
-    else:
-        pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="cl-test-")) / "pg", free_port(), fast_unsafe=True)
-        pg.start()
-        server_url = pg.url
     name = f"cl_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(_plain(server_url))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = server_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
+    pg = None if external else EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="cl-test-")) / "pg", free_port(),
+                                                fast_unsafe=True)
     try:
-        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        if pg is None:
+            server_url = external
+            urls = _external_roles(external, name)
+        else:
+            pg.start()
+            server_url = pg.url
+            owner, runtime = pg.ensure_roles(name)
+            urls = DatabaseUrls(superuser=pg.superuser_url(name), owner=owner, runtime=runtime)
+        try:
+            migrate(urls.owner, roles.RUNTIME_ROLE)
+            yield urls
+        finally:
+            asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         if pg is not None:
             pg.stop(mode="immediate")
+
+
+async def _admin(server_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(_plain(server_url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def superuser_url(test_database: DatabaseUrls) -> str:
+    """A superuser on the test database (also the server: swap the database name for another)."""
+    return test_database.superuser
+
+
+@pytest.fixture(scope="session")
+def owner_url(test_database: DatabaseUrls) -> str:
+    return test_database.owner
+
+
+@pytest.fixture(scope="session")
+def database_url(test_database: DatabaseUrls) -> str:
+    """The app's URL: the runtime role on the test database."""
+    return test_database.runtime
 
 
 @pytest.fixture(scope="session")
@@ -87,9 +144,25 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A raw connection for assertions and tamper attempts, outside the app."""
+async def db(superuser_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A raw SUPERUSER connection for assertions and tamper attempts (a rogue DBA), outside the app."""
+    conn = await asyncpg.connect(_plain(superuser_url))
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def runtime_db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the runtime role: what a compromised API or worker could do."""
     conn = await asyncpg.connect(_plain(database_url))
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def owner_db(owner_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the owner role (the migrations' account)."""
+    conn = await asyncpg.connect(_plain(owner_url))
     yield conn
     await conn.close()
 

@@ -1,4 +1,5 @@
-"""`serve --migrate` on many replicas at once: every process succeeds, the schema is migrated once."""
+"""`serve --migrate` on many replicas at once (as the owner role): every process succeeds, the schema
+is migrated once."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from app.cli import ROOT
+from app.core import roles
+from tests.conftest import on_database
 
 REPLICAS = 4
 
@@ -23,7 +26,7 @@ from app.cli import migrate
 import alembic.command, app.catalog.models, app.consents.models, app.webhooks.models
 print("ready", flush=True)
 sys.stdin.readline()
-migrate(sys.argv[1])
+migrate(sys.argv[1], sys.argv[2])
 """
 
 
@@ -53,16 +56,16 @@ def _head() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def test_replicas_migrating_at_once_all_succeed_and_migrate_once(database_url):
+def test_replicas_migrating_at_once_all_succeed_and_migrate_once(superuser_url, owner_url):
     name = f"cl_race_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(database_url, f'CREATE DATABASE "{name}"'))
-    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(_admin(superuser_url, f'CREATE DATABASE "{name}" OWNER {roles.OWNER_ROLE}'))
+    url = on_database(owner_url, name)
     replicas: list[subprocess.Popen] = []
     try:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         for _ in range(REPLICAS):
             replicas.append(subprocess.Popen(
-                [sys.executable, "-c", REPLICA, url], cwd=ROOT, env=env, text=True,
+                [sys.executable, "-c", REPLICA, url, roles.RUNTIME_ROLE], cwd=ROOT, env=env, text=True,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         for replica in replicas:
             assert replica.stdout.readline().strip() == "ready"
@@ -76,4 +79,4 @@ def test_replicas_migrating_at_once_all_succeed_and_migrate_once(database_url):
         for replica in replicas:
             if replica.poll() is None:
                 replica.kill()
-        asyncio.run(_admin(database_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+        asyncio.run(_admin(superuser_url, f'DROP DATABASE "{name}" WITH (FORCE)'))

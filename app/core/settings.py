@@ -15,6 +15,11 @@ def _csv(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    # Least privilege (README, "Database roles"): migrations run as the owner role (DATABASE_OWNER_URL;
+    # unset: DATABASE_URL, one account for everything, with a warning); the API and the worker run
+    # as the runtime role (DATABASE_URL), named here so the migrations know whom to grant to.
+    database_owner_url: str | None = None
+    db_runtime_role: str = "consent_ledger_runtime"
     data_dir: Path = Path(".data")
     embedded_pg_port: int = 54329
 

@@ -105,16 +105,19 @@ class Server:
 
 @asynccontextmanager
 async def served(settings, *, durable: bool, **env: str) -> AsyncIterator[tuple[EmbeddedPostgres, Server]]:
-    """A PostgreSQL of its own (migrated, demo tenants seeded) and `consent-ledger serve` on it with
-    the test settings' JWT and `env`; everything stopped and removed at exit."""
+    """A PostgreSQL of its own (its database owned and migrated by the owner role, demo tenants
+    seeded) and `consent-ledger serve` on it as the runtime role, with the test settings' JWT and
+    `env`; `pg.url` is a superuser on that database. Everything stopped and removed at exit."""
     tmp = Path(tempfile.mkdtemp(prefix="cl-served-"))
-    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=not durable)
+    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=not durable, database="consent_ledger")
     server: Server | None = None
     try:
         await asyncio.to_thread(pg.start)
-        await asyncio.to_thread(migrate, pg.url)
-        await asyncio.to_thread(seed, dataclasses.replace(settings, database_url=pg.url))
-        server = Server({"DATABASE_URL": pg.url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
+        owner_url, runtime_url = await asyncio.to_thread(pg.ensure_roles, pg.database)
+        await asyncio.to_thread(migrate, owner_url, "consent_ledger_runtime")
+        await asyncio.to_thread(seed, dataclasses.replace(settings, database_url=runtime_url))
+        server = Server({"DATABASE_URL": runtime_url, "DATABASE_OWNER_URL": owner_url,
+                         "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
                          "JWT_AUDIENCE": settings.jwt_audience, **env})
         await server.ready()
         yield pg, server
