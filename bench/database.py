@@ -1,16 +1,17 @@
-"""The benchmark's own database on the embedded server: created, migrated, catalogs loaded."""
+"""The benchmark's own database on the embedded server: created (owned by the owner role), migrated
+(as the owner), catalogs loaded; the service under test runs as the runtime role (servers.start)."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
-
-import asyncpg
 
 from app.auth.deps import Principal
 from app.catalog import service as catalog_service
 from app.catalog.schemas import CollectionPointCreate
 from app.cli import migrate
+from app.core import roles
 from app.core.db import create_engine, session_factory
 from app.core.settings import Settings
 from app.demo.loader import load_tenant
@@ -28,21 +29,28 @@ def dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+# The superuser URL create() returned -> the runtime role's URL on the same database (servers.start
+# serves the project with it).
+RUNTIME_URLS: dict[str, str] = {}
+
+
 def create(server_url: str) -> str:
-    """A fresh database on the server, migrated to head; returns its SQLAlchemy URL."""
+    """A fresh database on the server (a superuser's URL), owned by the owner role and migrated to head
+    as that role (both roles made if missing, with fresh passwords: the bench's cluster is its own).
+    Returns the superuser's SQLAlchemy URL on it, for seeding and statistics; runtime_url() has the
+    API's."""
     name = f"cl_bench_{uuid.uuid4().hex[:8]}"
-
-    async def run() -> None:
-        conn = await asyncpg.connect(dsn(server_url))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+    passwords = {role: secrets.token_hex(16) for role in (roles.OWNER_ROLE, roles.RUNTIME_ROLE)}
+    asyncio.run(roles.ensure(dsn(server_url), name, passwords))
+    migrate(roles.with_login(server_url, roles.OWNER_ROLE, passwords[roles.OWNER_ROLE], name), roles.RUNTIME_ROLE)
     url = server_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
+    RUNTIME_URLS[url] = roles.with_login(server_url, roles.RUNTIME_ROLE, passwords[roles.RUNTIME_ROLE], name)
     return url
+
+
+def runtime_url(url: str) -> str:
+    """The runtime role's URL on a database create() made (`url` itself for any other)."""
+    return RUNTIME_URLS.get(url, url)
 
 
 async def load_catalog(url: str, tenant: str) -> Catalog:

@@ -38,7 +38,12 @@ class Server:
 
 
 def start(name: str, factory: str, port: int, env: dict[str, str], log_dir: Path) -> Server:
-    """`factory` is a module:function returning the ASGI app; waits until /healthz answers."""
+    """`factory` is a module:function returning the ASGI app; waits until /healthz answers. A
+    DATABASE_URL that database.create() returned is served as its runtime role, as in production."""
+    from bench.database import runtime_url
+
+    if "DATABASE_URL" in env:
+        env = {**env, "DATABASE_URL": runtime_url(env["DATABASE_URL"])}
     log = log_dir / f"{name}.log"
     command = [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--no-access-log", "--log-level", "warning"]
