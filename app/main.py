@@ -13,11 +13,14 @@ from fastapi.responses import JSONResponse
 from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
 from app.catalog.tenants import KnownTenants
+from app.consents.receipt_routes import router as receipts_router
 from app.consents.router import router as consents_router
 from app.core import errors, metrics
 from app.core.db import create_engine, create_pool, session_factory
 from app.core.http import Edge
 from app.core.settings import Settings, get_settings
+from app.proof.context import Proof
+from app.proof.router import router as proof_router
 from app.webhooks.router import router as webhooks_router
 
 API_DESCRIPTION = """\
@@ -42,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before anything connects: a service that cannot seal or sign must not record (docs/proof.md).
+        app.state.proof = Proof.from_settings(settings)
         engine = create_engine(settings.database_url, settings)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
@@ -77,8 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Edge, max_body_bytes=settings.max_request_body_bytes)
     app.add_api_route("/metrics", metrics.endpoint(settings), methods=["GET"], include_in_schema=False)
     app.include_router(consents_router)
+    app.include_router(receipts_router)
     app.include_router(catalog_router)
     app.include_router(webhooks_router)
+    app.include_router(proof_router)
 
     @app.get("/healthz", tags=["health"], operation_id="health-live")
     async def healthz() -> dict[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -119,9 +120,31 @@ def database_url(test_database: DatabaseUrls) -> str:
     return test_database.runtime
 
 
+@pytest.fixture(scope="session", autouse=True)
+def proof_keys() -> Iterator[tuple[Path, Path]]:
+    """A signing key and a ledger secret for this run, in files as production keeps them; also in
+    this process's environment, so every `consent-ledger serve` / `worker` a test starts has them."""
+    from app.proof import keys
+
+    directory = Path(tempfile.mkdtemp(prefix="cl-test-keys-"))
+    paths = directory / "signing-key.pem", directory / "ledger-secret"
+    keys.generate_key_file(paths[0])
+    keys.generate_secret_file(paths[1])
+    saved = {name: os.environ.get(name) for name in ("SIGNING_KEY_FILE", "LEDGER_SECRET_FILE")}
+    os.environ.update(SIGNING_KEY_FILE=str(paths[0]), LEDGER_SECRET_FILE=str(paths[1]))
+    yield paths
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, proof_keys: tuple[Path, Path]) -> Settings:
     return Settings(database_url=database_url, jwt_secret=TEST_SECRET, jwt_issuer="test-issuer",
+                    signing_key_file=proof_keys[0], ledger_secret_file=proof_keys[1],
                     jwt_audience="consent-ledger-test", db_pool_size=40, db_catalog_pool_size=10,
                     # Webhooks: loopback receivers allowed explicitly, a retry schedule in tenths of seconds.
                     webhook_allowed_hosts=("127.0.0.1",), webhook_retry_schedule=(0, 0.2, 0.3, 0.4),

@@ -19,13 +19,11 @@ def decisions_for(form_body: dict[str, Any], granted: set[str] | None = None, *,
     granted = granted or set()
     items = []
     for p in form_body["purposes"]:
-        item = {
+        items.append({
             "purpose": p["key"],
             "decision": "granted" if all_granted or p["required"] or p["key"] in granted else "refused",
-        }
-        if p["kind"] == "third_party":
-            item["disclosure_hash"] = p["disclosure_hash"]
-        items.append(item)
+            "disclosure_hash": p["disclosure_hash"],  # what the form showed, echoed for every decision
+        })
     return {"collection_point": form_body["collection_point"], "notice_id": form_body["notice"]["id"],
             "decisions": items}
 

@@ -1,7 +1,11 @@
-"""The per-subject hash chain: each event's hash covers its content and the previous event's hash.
+"""The per-subject hash chain: each event's hash covers its document and the previous event's hash.
 
 One chain per subject (not per tenant) so that writes of different subjects never wait on each
 other; the subject row holds the head (last_seq, last_hash) and is the lock for appends.
+
+Chain version 2 (docs/proof.md): the hash is SHA-256 over the RFC 8785 form of the event's
+*document*, which is exactly what the API and exports print for the event minus its `hash`, so
+anyone can recompute it. Version 1 (before) hashed internal ids; `legacy_hash` keeps it checkable.
 """
 
 from __future__ import annotations
@@ -12,15 +16,58 @@ from typing import Any, Mapping
 
 from app.core.hashing import canonical_json, sha256_hex
 
-CHAIN_VERSION = 1
-HASHED_FIELDS = (
+CHAIN_VERSION = 2
+
+
+def format_time(value: datetime | None) -> str | None:
+    """The one printed form of an instant: UTC, six fractional digits, `Z`."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def document(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> dict[str, Any]:
+    """The event as printed, from its stored columns. `tenant` and `subject_ref` (the member id)
+    come from the subject row, so the chain binds the member id: swap two ids and both break."""
+    notice = None
+    if event["notice_id"] is not None:
+        notice = {"id": str(event["notice_id"]), "key": event["notice_key"], "version": event["notice_version"],
+                  "sha256": event["notice_sha256"], "superseded_at": format_time(event["notice_superseded_at"])}
+    evidence = None
+    if event["evidence_id"] is not None:
+        evidence = {"id": str(event["evidence_id"]), "commitment": event["evidence_commitment"]}
+    return {
+        "chain_version": event["chain_version"], "tenant": tenant, "subject_id": subject_ref,
+        "id": str(event["id"]), "seq": event["seq"], "request_id": str(event["request_id"]),
+        "purpose": event["purpose_key"], "version": event["version"], "action": event["action"],
+        "status": event["status"], "previous_status": event["previous_status"],
+        "collection_point": event["collection_point_key"], "notice": notice,
+        "disclosure_hash": event["disclosure_hash"], "method": event["method"],
+        "actor": {"type": event["actor_type"], "ref": event["actor_ref"]}, "evidence": evidence,
+        "occurred_at": format_time(event["occurred_at"]), "recorded_at": format_time(event["recorded_at"]),
+        "reason": event["reason"], "prev_hash": event["prev_hash"],
+    }
+
+
+def document_hash(doc: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the RFC 8785 form of a printed event without its `hash` member."""
+    return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "hash"}))
+
+
+# --- chain version 1 (events recorded before docs/proof.md) -----------------------------------------
+
+LEGACY_FIELDS = (
     "id", "tenant_id", "subject_id", "seq", "purpose_id", "version", "action", "status", "previous_status",
     "collection_point_id", "notice_id", "disclosure_hash", "method", "actor_type", "actor_ref", "guardian",
     "ip", "user_agent", "occurred_at", "recorded_at", "request_id", "reason", "prev_hash",
 )
 
 
-def _plain(value: Any) -> Any:
+def _legacy_plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
     if isinstance(value, str) or value is None or isinstance(value, (int, bool, dict, list)):
@@ -28,31 +75,23 @@ def _plain(value: Any) -> Any:
     return str(value)  # UUIDs (stdlib or asyncpg's own type)
 
 
-def event_hash(event: Mapping[str, Any]) -> str:
+def legacy_payload(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What a version 1 hash covered: internal ids, raw evidence, isoformat times."""
     guardian = event.get("guardian")
     if isinstance(guardian, str):
         guardian = json.loads(guardian)
-    payload = {name: _plain(event.get(name)) for name in HASHED_FIELDS}
+    payload = {name: _legacy_plain(event.get(name)) for name in LEGACY_FIELDS}
     payload["guardian"] = guardian
-    payload["chain_version"] = CHAIN_VERSION
-    return sha256_hex(canonical_json(payload))
+    payload["chain_version"] = 1
+    return payload
 
 
-def find_break(events: list[Mapping[str, Any]], head_hash: str | None, head_seq: int) -> dict[str, Any] | None:
-    """Walk events in seq order; return the first place the chain does not hold, or None."""
-    previous_hash: str | None = None
-    for expected_seq, event in enumerate(events, start=1):
-        if event["seq"] != expected_seq:
-            return {"seq": expected_seq, "event_id": None, "reason": f"event seq {expected_seq} is missing"}
-        if event["prev_hash"] != previous_hash:
-            return {"seq": event["seq"], "event_id": event["id"],
-                    "reason": "prev_hash does not match the previous event's hash"}
-        if event_hash(event) != event["hash"]:
-            return {"seq": event["seq"], "event_id": event["id"],
-                    "reason": "content does not match its hash (the event was altered)"}
-        previous_hash = event["hash"]
-    if len(events) != head_seq or previous_hash != head_hash:
-        return {"seq": len(events) + 1, "event_id": None,
-                "reason": f"the subject's head records {head_seq} events ending in another hash "
-                          f"than the {len(events)} stored (events were removed)"}
-    return None
+def legacy_hash(payload: Mapping[str, Any]) -> str:
+    return sha256_hex(json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+
+
+def stored_hash(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> str:
+    """The hash a stored row should carry, by its chain version."""
+    if event["chain_version"] == 1:
+        return legacy_hash(legacy_payload(event))
+    return document_hash(document(event, tenant=tenant, subject_ref=subject_ref))

@@ -1,4 +1,4 @@
-"""Appending to the ledger: lock the subject, chain the events, write events + state at once.
+"""Appending to the ledger: lock the subject, chain and seal the events, write them at once.
 
 Hot path: plain asyncpg (see app/core/db.py, LedgerWriter); the caller owns the transaction.
 """
@@ -12,12 +12,15 @@ from typing import Any
 
 import asyncpg
 
-from app.consents.chain import event_hash
+from app.consents import chain
+from app.consents.chain import CHAIN_VERSION
+from app.proof import keys
 
 
 @dataclass
 class Head:
-    """The locked subject: where its chain ends and the server time taken under the lock."""
+    """The locked subject: where its chain ends and the server time taken under the lock (never
+    earlier than its last event's)."""
 
     id: uuid.UUID
     last_seq: int
@@ -26,24 +29,26 @@ class Head:
     created: bool = False
 
 
-LOCK_OR_CREATE = """
-INSERT INTO subjects (id, tenant_id, external_id) VALUES (gen_random_uuid(), $1, $2)
-ON CONFLICT (tenant_id, external_id) DO UPDATE SET last_seq = subjects.last_seq
-RETURNING id, last_seq, last_hash, clock_timestamp() AS now, (xmax = 0) AS created
-"""
-LOCK_EXISTING = """
-SELECT id, last_seq, last_hash, clock_timestamp() AS now, false AS created
-FROM subjects WHERE tenant_id = $1 AND external_id = $2 FOR UPDATE
-"""
+# A SECURITY DEFINER function (alembic 0004): the runtime role may not update subjects itself.
+LOCK = "SELECT id, last_seq, last_hash, now, created FROM ledger_lock_subject($1, $2, $3)"
 
 
 async def lock_subject(conn: asyncpg.Connection, tenant: str, external_id: str, *, create: bool) -> Head | None:
     """Serialise writers of one subject (invariant 7); other subjects are not blocked."""
-    row = await conn.fetchrow(LOCK_OR_CREATE if create else LOCK_EXISTING, tenant, external_id)
+    row = await conn.fetchrow(LOCK, tenant, external_id, create)
     if row is None:
         return None
     return Head(id=row["id"], last_seq=row["last_seq"], last_hash=row["last_hash"],
                 now=row["now"], created=row["created"])
+
+
+@dataclass
+class NoticeShown:
+    id: uuid.UUID
+    key: str
+    version: str
+    sha256: str
+    superseded_at: datetime | None = None
 
 
 @dataclass
@@ -56,13 +61,15 @@ class Evidence:
     user_agent: str | None
     occurred_at: datetime | None
     collection_point_id: uuid.UUID | None = None
-    notice_id: uuid.UUID | None = None
+    collection_point_key: str | None = None
+    notice: NoticeShown | None = None
     reason: str | None = None
 
 
 @dataclass
 class Change:
     purpose_id: uuid.UUID
+    purpose_key: str
     action: str
     status: str
     previous_status: str | None
@@ -70,73 +77,105 @@ class Change:
     disclosure_hash: str | None = None
 
 
+# Events only: the statement trigger behind this insert (alembic 0004) checks the batch against
+# the subject's head and moves the head, the current state and the log queue. The evidence row,
+# if any, goes in the same statement (its foreign key is checked at the statement's end).
 APPEND = """
-WITH input AS (
-    SELECT * FROM unnest(
-        $1::uuid[], $2::bigint[], $3::uuid[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[],
-        $9::text[], $10::text[]
-    ) AS u(id, seq, purpose_id, version, action, status, previous_status, disclosure_hash, prev_hash, hash)
-), events AS (
-    INSERT INTO consent_events (
-        id, tenant_id, subject_id, seq, purpose_id, version, action, status, previous_status,
-        collection_point_id, notice_id, disclosure_hash, method, actor_type, actor_ref, guardian,
-        ip, user_agent, occurred_at, recorded_at, request_id, reason, prev_hash, hash
-    )
-    SELECT id, $11, $12, seq, purpose_id, version, action, status, previous_status,
-           $13, $14, disclosure_hash, $15, $16, $17, $18::jsonb,
-           $19, $20, $21, $22, $23, $24, prev_hash, hash
-    FROM input
+WITH evidence AS (
+    INSERT INTO consent_evidence (id, tenant_id, subject_id, ip, user_agent, guardian, commitment, created_at)
+    SELECT $15, $13, $14, $16, $17, $18::jsonb, $19, $20 WHERE $15::uuid IS NOT NULL
     RETURNING 1
-), states AS (
-    INSERT INTO consent_states (
-        subject_id, purpose_id, tenant_id, status, version, since, last_event_id, notice_id, collection_point_id
-    )
-    SELECT $12, purpose_id, $11, status, version, $22, id, $14, $13 FROM input
-    ON CONFLICT (subject_id, purpose_id) DO UPDATE SET
-        status = EXCLUDED.status, version = EXCLUDED.version, since = EXCLUDED.since,
-        last_event_id = EXCLUDED.last_event_id, notice_id = EXCLUDED.notice_id,
-        collection_point_id = EXCLUDED.collection_point_id
+), receipt AS (
+    INSERT INTO receipts (id, tenant_id, subject_id, request_id, event_ids, jws, created_at)
+    SELECT $34, $13, $14, $32, $1, $35, $20 WHERE $34::uuid IS NOT NULL
     RETURNING 1
 )
-UPDATE subjects SET last_seq = $25, last_hash = $26 WHERE id = $12
+INSERT INTO consent_events (
+    id, seq, purpose_id, purpose_key, version, action, status, previous_status, disclosure_hash, prev_hash, hash,
+    seal, tenant_id, subject_id, evidence_id, evidence_commitment, recorded_at, collection_point_id,
+    collection_point_key, notice_id, notice_key, notice_version, notice_sha256, notice_superseded_at, method,
+    actor_type, actor_ref, occurred_at, request_id, reason, chain_version
+)
+SELECT u.*, $13, $14, $15, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, 2
+FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::text[], $11::text[], $12::text[]) AS u
 """
 
 
-async def append(
-    conn: asyncpg.Connection, *, tenant: str, head: Head, changes: list[Change], evidence: Evidence,
-    request_id: uuid.UUID,
-) -> list[dict[str, Any]]:
-    """Chain `changes` onto the subject's head and write events, state and head in one statement.
+def _evidence_row(secret: bytes, evidence: Evidence) -> tuple[uuid.UUID | None, str | None]:
+    if evidence.ip is None and evidence.user_agent is None and evidence.guardian is None:
+        return None, None
+    evidence_id = uuid.uuid4()
+    return evidence_id, keys.commitment(secret, {
+        "id": str(evidence_id), "ip": evidence.ip, "user_agent": evidence.user_agent, "guardian": evidence.guardian,
+    })
 
-    (PostgreSQL runs every data-modifying CTE to completion even when the outer query ignores it.)
-    """
+
+@dataclass
+class Batch:
+    """Events chained onto a head, not yet written: `printed` is what the API shows (and hashes)."""
+
+    head: Head
+    request_id: uuid.UUID
+    evidence: Evidence
+    occurred_at: datetime
+    evidence_id: uuid.UUID | None
+    commitment: str | None
+    rows: list[dict[str, Any]]
+    printed: list[dict[str, Any]]
+
+
+def chain_onto(
+    head: Head, *, tenant: str, subject_ref: str, changes: list[Change], evidence: Evidence,
+    request_id: uuid.UUID, secret: bytes,
+) -> Batch:
+    """Chain and seal `changes` onto the subject's head (nothing is written yet)."""
     occurred_at = evidence.occurred_at or head.now
-    events: list[dict[str, Any]] = []
+    evidence_id, commitment = _evidence_row(secret, evidence)
+    notice = evidence.notice
+    rows: list[dict[str, Any]] = []
+    printed: list[dict[str, Any]] = []
     prev_hash, seq = head.last_hash, head.last_seq
     for change in changes:
         seq += 1
-        event = {
-            "id": uuid.uuid4(), "tenant_id": tenant, "subject_id": head.id, "seq": seq,
-            "purpose_id": change.purpose_id, "version": change.previous_version + 1, "action": change.action,
-            "status": change.status, "previous_status": change.previous_status,
-            "collection_point_id": evidence.collection_point_id, "notice_id": evidence.notice_id,
-            "disclosure_hash": change.disclosure_hash, "method": evidence.method,
-            "actor_type": evidence.actor_type, "actor_ref": evidence.actor_ref, "guardian": evidence.guardian,
-            "ip": evidence.ip, "user_agent": evidence.user_agent, "occurred_at": occurred_at,
-            "recorded_at": head.now, "request_id": request_id, "reason": evidence.reason, "prev_hash": prev_hash,
+        row = {
+            "id": uuid.uuid4(), "seq": seq, "request_id": request_id, "chain_version": CHAIN_VERSION,
+            "purpose_id": change.purpose_id, "purpose_key": change.purpose_key,
+            "version": change.previous_version + 1, "action": change.action, "status": change.status,
+            "previous_status": change.previous_status, "collection_point_key": evidence.collection_point_key,
+            "notice_id": notice.id if notice else None, "notice_key": notice.key if notice else None,
+            "notice_version": notice.version if notice else None, "notice_sha256": notice.sha256 if notice else None,
+            "notice_superseded_at": notice.superseded_at if notice else None,
+            "disclosure_hash": change.disclosure_hash, "method": evidence.method, "actor_type": evidence.actor_type,
+            "actor_ref": evidence.actor_ref, "evidence_id": evidence_id, "evidence_commitment": commitment,
+            "occurred_at": occurred_at, "recorded_at": head.now, "reason": evidence.reason, "prev_hash": prev_hash,
         }
-        event["hash"] = prev_hash = event_hash(event)
-        events.append(event)
-    columns = ("id", "seq", "purpose_id", "version", "action", "status", "previous_status", "disclosure_hash",
-               "prev_hash", "hash")
-    arrays = [[e[c] for e in events] for c in columns]
+        doc = chain.document(row, tenant=tenant, subject_ref=subject_ref)
+        row["hash"] = prev_hash = chain.document_hash(doc)
+        row["seal"] = keys.seal(secret, row["hash"])
+        rows.append(row)
+        printed.append({**doc, "hash": row["hash"]})
+    return Batch(head=head, request_id=request_id, evidence=evidence, occurred_at=occurred_at,
+                 evidence_id=evidence_id, commitment=commitment, rows=rows, printed=printed)
+
+
+async def write(conn: asyncpg.Connection, tenant: str, batch: Batch,
+                receipt: tuple[uuid.UUID, str] | None = None) -> None:
+    """One statement: the evidence row, the events (the trigger moves head, state and log queue)
+    and the receipt `(id, jws)` if any."""
+    head, evidence, notice, rows = batch.head, batch.evidence, batch.evidence.notice, batch.rows
+    columns = ("id", "seq", "purpose_id", "purpose_key", "version", "action", "status", "previous_status",
+               "disclosure_hash", "prev_hash", "hash", "seal")
+    arrays = [[r[c] for r in rows] for c in columns]
     await conn.execute(
-        APPEND, *arrays, tenant, head.id, evidence.collection_point_id, evidence.notice_id, evidence.method,
-        evidence.actor_type, evidence.actor_ref, evidence.guardian, evidence.ip, evidence.user_agent, occurred_at,
-        head.now, request_id, evidence.reason, seq, prev_hash,
+        APPEND, *arrays, tenant, head.id, batch.evidence_id, evidence.ip, evidence.user_agent, evidence.guardian,
+        batch.commitment, head.now, evidence.collection_point_id, evidence.collection_point_key,
+        notice.id if notice else None, notice.key if notice else None, notice.version if notice else None,
+        notice.sha256 if notice else None, notice.superseded_at if notice else None, evidence.method,
+        evidence.actor_type, evidence.actor_ref, batch.occurred_at, batch.request_id, evidence.reason,
+        receipt[0] if receipt else None, receipt[1] if receipt else None,
     )
-    head.last_seq, head.last_hash = seq, prev_hash
-    return events
+    head.last_seq, head.last_hash = rows[-1]["seq"], rows[-1]["hash"]
 
 
 async def current_states(conn: asyncpg.Connection, subject_id: uuid.UUID) -> dict[uuid.UUID, tuple[str, int]]:

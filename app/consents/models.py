@@ -6,11 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy import (
+    BigInteger, CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, SmallInteger, Text, UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
-from app.core.models import jsonb_object, sql_in, timestamp, uuid_pk
+from app.core.models import jsonb_object, optional_timestamp, sql_in, timestamp, uuid_pk
 
 ACTIONS = ("granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked")
 STATUSES = ("granted", "refused", "withdrawn", "expired", "revoked")
@@ -28,11 +30,37 @@ class Subject(SQLModel, table=True):
     external_id: str = Field(sa_column=Column(Text, nullable=False))
     last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     last_hash: str | None = Field(default=None, sa_column=Column(Text))
+    last_recorded_at: datetime | None = optional_timestamp()
     created_at: datetime = timestamp()
 
 
+class ConsentEvidence(SQLModel, table=True):
+    """What the server saw of the person's act (IP, user agent, guardian verification): personal
+    data with a retention, so outside the chain, which commits to it by a keyed hash. Purged rows
+    keep the commitment (docs/proof.md)."""
+
+    __tablename__ = "consent_evidence"
+    __table_args__ = (
+        Index("ix_consent_evidence_subject", "subject_id"),
+        Index("ix_consent_evidence_created", "created_at", postgresql_using="brin"),
+    )
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    subject_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("subjects.id"), nullable=False))
+    ip: str | None = Field(default=None, sa_column=Column(Text))
+    user_agent: str | None = Field(default=None, sa_column=Column(Text))
+    guardian: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    commitment: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = timestamp()
+    purged_at: datetime | None = optional_timestamp()
+
+
 class ConsentEvent(SQLModel, table=True):
-    """One decision, append-only; the database refuses UPDATE and DELETE (see the migration)."""
+    """One decision, append-only; the database refuses UPDATE and DELETE (see the migrations).
+
+    Chain version 2 rows carry the keys their document prints (docs/proof.md); `ip`,
+    `user_agent` and `guardian` are only ever set on version 1 rows.
+    """
 
     __tablename__ = "consent_events"
     __table_args__ = (
@@ -42,7 +70,9 @@ class ConsentEvent(SQLModel, table=True):
         CheckConstraint(sql_in("status", STATUSES), name="status"),
         CheckConstraint(sql_in("method", METHODS), name="method"),
         CheckConstraint(sql_in("actor_type", ACTOR_TYPES), name="actor_type"),
-        CheckConstraint("actor_type <> 'guardian' OR guardian IS NOT NULL", name="guardian_evidence"),
+        CheckConstraint("actor_type <> 'guardian' OR guardian IS NOT NULL OR evidence_id IS NOT NULL",
+                        name="guardian_evidence"),
+        CheckConstraint("chain_version IN (1, 2)", name="chain_version"),
     )
     id: uuid.UUID = uuid_pk()
     tenant_id: str = Field(sa_column=Column(Text, nullable=False))
@@ -70,6 +100,18 @@ class ConsentEvent(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text))
     prev_hash: str | None = Field(default=None, sa_column=Column(Text))
     hash: str = Field(sa_column=Column(Text, nullable=False))
+    chain_version: int = Field(default=2, sa_column=Column(SmallInteger, nullable=False, server_default="1"))
+    purpose_key: str = Field(sa_column=Column(Text, nullable=False))
+    collection_point_key: str | None = Field(default=None, sa_column=Column(Text))
+    notice_key: str | None = Field(default=None, sa_column=Column(Text))
+    notice_version: str | None = Field(default=None, sa_column=Column(Text))
+    notice_sha256: str | None = Field(default=None, sa_column=Column(Text))
+    notice_superseded_at: datetime | None = optional_timestamp()
+    evidence_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("consent_evidence.id"))
+    )
+    evidence_commitment: str | None = Field(default=None, sa_column=Column(Text))
+    seal: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class ConsentState(SQLModel, table=True):
@@ -104,3 +146,28 @@ class IdempotencyKey(SQLModel, table=True):
     status_code: int | None = Field(default=None, sa_column=Column(Integer))
     response: dict[str, Any] = jsonb_object()
     created_at: datetime = timestamp()
+
+
+class Receipt(SQLModel, table=True):
+    """The signed receipt (compact JWS) handed out for one recording or withdrawal."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (Index("ix_receipts_subject", "subject_id"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    subject_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("subjects.id"), nullable=False))
+    request_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    event_ids: list[uuid.UUID] = Field(sa_column=Column(ARRAY(UUID(as_uuid=True)), nullable=False))
+    jws: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = timestamp()
+
+
+class EvidencePurge(SQLModel, table=True):
+    """One `evidence purge` pass: raw evidence recorded before `before` destroyed, by whom."""
+
+    __tablename__ = "evidence_purges"
+    id: uuid.UUID = uuid_pk()
+    before: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    purged_count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    purged_by: str = Field(sa_column=Column(Text, nullable=False))
+    purged_at: datetime = timestamp()

@@ -6,8 +6,6 @@ dicts in the wire shape of `schemas.EventRead` / `schemas.StateRead` (documented
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -18,35 +16,9 @@ from app.core.errors import NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 
 
-@dataclass
-class Names:
-    """Keys to show for the ids an event carries, when the row does not bring them itself."""
-
-    purposes: dict[uuid.UUID, str] = field(default_factory=dict)
-    collection_points: dict[uuid.UUID, str] = field(default_factory=dict)
-    notices: dict[uuid.UUID, tuple[str, str]] = field(default_factory=dict)
-
-
-def event_json(event: Mapping[str, Any], names: Names | None = None) -> dict[str, Any]:
-    names = names or Names()
-    notice_id, cp_id = event["notice_id"], event["collection_point_id"]
-    notice = None
-    if notice_id is not None:
-        key, version = names.notices.get(notice_id) or (event.get("notice_key"), event.get("notice_version"))
-        notice = {"id": notice_id, "key": key, "version": version}
-    return {
-        "id": event["id"], "seq": event["seq"],
-        "purpose": names.purposes.get(event["purpose_id"]) or event.get("purpose_key"),
-        "action": event["action"], "status": event["status"], "previous_status": event["previous_status"],
-        "version": event["version"],
-        "collection_point": (names.collection_points.get(cp_id) or event.get("collection_point_key"))
-        if cp_id else None,
-        "notice": notice, "disclosure_hash": event["disclosure_hash"], "method": event["method"],
-        "actor": {"type": event["actor_type"], "ref": event["actor_ref"], "guardian": event["guardian"]},
-        "ip": event["ip"], "user_agent": event["user_agent"], "occurred_at": event["occurred_at"],
-        "recorded_at": event["recorded_at"], "request_id": event["request_id"], "reason": event["reason"],
-        "prev_hash": event["prev_hash"], "hash": event["hash"],
-    }
+def event_json(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> dict[str, Any]:
+    """An event as the API and exports print it: its document (what its hash covers) and the hash."""
+    return {**chain.document(event, tenant=tenant, subject_ref=subject_ref), "hash": event["hash"]}
 
 
 def _not_found(external_id: str) -> NotFound:
@@ -109,8 +81,7 @@ async def state(conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_i
 # The subject row comes first (`sub` with a NULL event when the page is empty), so one statement
 # tells "no such subject" from "no more events".
 HISTORY = """
-SELECT e.*, p.key AS purpose_key, cp.key AS collection_point_key, n.key AS notice_key,
-       n.version AS notice_version, fp.id AS filter_purpose_id
+SELECT e.*, fp.id AS filter_purpose_id
 FROM subjects sub
 LEFT JOIN purposes fp ON $4::text IS NOT NULL AND fp.tenant_id = sub.tenant_id AND fp.key = $4
 LEFT JOIN LATERAL (
@@ -119,9 +90,6 @@ LEFT JOIN LATERAL (
     ORDER BY ev.seq
     LIMIT $5
 ) e ON true
-LEFT JOIN purposes p ON p.id = e.purpose_id
-LEFT JOIN collection_points cp ON cp.id = e.collection_point_id
-LEFT JOIN notices n ON n.id = e.notice_id
 WHERE sub.tenant_id = $1 AND sub.external_id = $2
 ORDER BY e.seq
 """
@@ -144,22 +112,6 @@ async def history(
     if purpose is not None and rows[0]["filter_purpose_id"] is None:
         raise NotFound(f"no purpose with key {purpose!r}", errors=[{"field": "query.purpose", "reason": "unknown"}])
     events = [r for r in rows if r["id"] is not None]
-    items = [event_json(r) for r in events[:limit]]
+    items = [event_json(r, tenant=tenant, subject_ref=external_id) for r in events[:limit]]
     return {"subject_id": external_id, "items": items,
             "next_cursor": encode_cursor(f"seq:{items[-1]['seq']}") if len(events) > limit else None}
-
-
-async def verify(conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str) -> dict[str, Any]:
-    subject = await conn.fetchrow(
-        "SELECT id, last_seq, last_hash FROM subjects WHERE tenant_id = $1 AND external_id = $2", tenant, external_id
-    )
-    if subject is None:
-        raise _not_found(external_id)
-    # Bounded by the head read first, so an append racing this walk is not mistaken for damage.
-    events = [dict(r) for r in await conn.fetch(
-        "SELECT * FROM consent_events WHERE subject_id = $1 AND seq <= $2 ORDER BY seq",
-        subject["id"], subject["last_seq"],
-    )]
-    broken = chain.find_break(events, subject["last_hash"], subject["last_seq"])
-    return {"subject_id": external_id, "valid": broken is None, "events_checked": len(events),
-            "head_hash": subject["last_hash"], "first_break": broken}

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, status
 
 from app.auth.deps import AuditRead, ConsentsRead, ConsentsWrite
-from app.consents import queries, service
+from app.consents import evidence, queries, service, verification
 from app.consents.schemas import (
-    BulkWithdrawalIn, ChainVerification, ConsentRecord, HistoryPage, RecordResult, StatePage, WithdrawalIn,
+    BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, RecordResult, StatePage, WithdrawalIn,
     WithdrawalResult,
 )
 from app.core.db import LedgerReader, LedgerWriter
@@ -48,7 +48,7 @@ async def record_consents(
     return _respond(await service.record(
         conn, principal, subject_id=subject_id, body=body, client=_client(request),
         idempotency_key=idempotency_key, request_path=request.url.path,
-        key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
     ))
 
 
@@ -62,7 +62,7 @@ async def withdraw_many(
     return _respond(await service.withdraw(
         conn, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
         idempotency_key=idempotency_key, request_path=request.url.path,
-        key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
     ))
 
 
@@ -76,7 +76,7 @@ async def withdraw_one(
     return _respond(await service.withdraw(
         conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
         client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
-        key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
     ))
 
 
@@ -100,6 +100,17 @@ async def get_history(
 
 
 @router.get("/consents/verify", operation_id="consents-verify", response_model=ChainVerification)
-async def verify_chain(subject_id: SubjectId, principal: AuditRead, conn: LedgerReader):
-    """Walk the subject's hash chain and report the first break, if any."""
-    return json_response(await queries.verify(conn, principal.tenant, subject_id))
+async def verify_chain(subject_id: SubjectId, request: Request, principal: AuditRead, conn: LedgerReader):
+    """Check everything stored about the subject: every event row (the hash of its document, the
+    links, the seals, time order), the head, the current state against the fold of the events, the
+    notice and disclosure texts cited, the raw evidence against its commitments, and each event's
+    place in the Merkle log. Every break is listed with its kind and where it is."""
+    return json_response(await verification.verify(conn, principal.tenant, subject_id,
+                                                   request.app.state.proof.secret))
+
+
+@router.get("/evidence", operation_id="consents-evidence", response_model=EvidencePage)
+async def get_evidence(subject_id: SubjectId, principal: AuditRead, conn: LedgerReader):
+    """The raw evidence of the subject's acts (IP, user agent, guardian verification), kept apart from
+    the chain and erasable: each row's `commitment` is what the events carry; purged rows keep only it."""
+    return json_response(await evidence.for_subject(conn, principal.tenant, subject_id))

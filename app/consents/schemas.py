@@ -106,28 +106,48 @@ class NoticeRef(BaseModel):
 
 class EventActor(BaseModel):
     type: str
-    ref: str | None
-    guardian: dict | None
+    ref: str | None = Field(description="The operator's token `sub` when an operator recorded it")
+
+
+class EventNotice(BaseModel):
+    id: uuid.UUID
+    key: str
+    version: str
+    sha256: str | None = Field(description="SHA-256 of the notice text the person was shown")
+    superseded_at: str | None = Field(
+        description="Set when the form showed this version after a newer one took effect (within the grace "
+                    "window): when the newer one did")
+
+
+class EventEvidence(BaseModel):
+    id: uuid.UUID
+    commitment: str = Field(description="HMAC-SHA256 over the raw evidence (IP, user agent, guardian "
+                                        "verification), which is kept apart and erasable")
 
 
 class EventRead(BaseModel):
+    """An event exactly as its hash covers it: `hash` = SHA-256 of the RFC 8785 form of this object
+    without `hash` (chain_version 2; docs/proof.md). Times print as `YYYY-MM-DDTHH:MM:SS.ffffffZ`."""
+
+    chain_version: int
+    tenant: str
+    subject_id: str = Field(description="The tenant's member id")
     id: uuid.UUID
     seq: int
+    request_id: uuid.UUID
     purpose: str
+    version: int
     action: Action
     status: Status
     previous_status: Status | None
-    version: int
     collection_point: str | None
-    notice: NoticeRef | None
+    notice: EventNotice | None
     disclosure_hash: str | None
     method: str
     actor: EventActor
-    ip: str | None
-    user_agent: str | None
-    occurred_at: datetime
-    recorded_at: datetime
-    request_id: uuid.UUID
+    evidence: EventEvidence | None
+    occurred_at: str
+    recorded_at: str
     reason: str | None
     prev_hash: str | None
     hash: str
@@ -151,11 +171,18 @@ class StatePage(BaseModel):
     consents: list[StateRead]
 
 
+class ReceiptRef(BaseModel):
+    id: uuid.UUID = Field(description="GET /v1/receipts/{id} returns it later, with inclusion proofs")
+    jws: str = Field(description="The signed consent receipt (compact JWS, EdDSA; Kantara CR 1.1 / ISO/IEC TS "
+                                 "27560 shape): verify with the key from /.well-known/consent-ledger/jwks.json")
+
+
 class RecordResult(BaseModel):
     subject_id: str
     request_id: uuid.UUID
     recorded_at: datetime
     events: list[EventRead]
+    receipt: ReceiptRef
 
 
 class WithdrawalItem(BaseModel):
@@ -169,6 +196,7 @@ class WithdrawalItem(BaseModel):
 class WithdrawalResult(BaseModel):
     subject_id: str
     results: list[WithdrawalItem]
+    receipt: ReceiptRef | None = Field(description="null when nothing was withdrawn")
 
 
 class HistoryPage(BaseModel):
@@ -178,9 +206,20 @@ class HistoryPage(BaseModel):
 
 
 class ChainBreak(BaseModel):
-    seq: int
+    kind: Literal[
+        "missing_event", "extra_event", "altered_event", "broken_link", "unsealed_event", "time_reversed",
+        "head_mismatch", "broken_fold", "state_mismatch", "catalog_mismatch", "notice_mismatch",
+        "disclosure_mismatch", "evidence_mismatch", "not_in_log", "log_mismatch",
+    ]
+    seq: int | None
     event_id: uuid.UUID | None
-    reason: str
+    purpose: str | None
+    detail: str
+
+
+class LogCoverage(BaseModel):
+    logged: int = Field(description="Events with a place in the tenant's Merkle log")
+    pending: int = Field(description="Events queued for the next checkpoint")
 
 
 class ChainVerification(BaseModel):
@@ -188,4 +227,40 @@ class ChainVerification(BaseModel):
     valid: bool
     events_checked: int
     head_hash: str | None
+    log: LogCoverage
+    breaks: list[ChainBreak] = Field(description="Every break found (at most 100), in the order checked")
     first_break: ChainBreak | None
+
+
+class EvidenceRead(BaseModel):
+    id: uuid.UUID
+    recorded_at: datetime
+    ip: str | None
+    user_agent: str | None
+    guardian: dict | None
+    commitment: str = Field(description="HMAC-SHA256 the events carry as evidence.commitment")
+    purged_at: datetime | None = Field(description="When the raw values were destroyed (retention ended)")
+
+
+class EvidencePage(BaseModel):
+    subject_id: str
+    items: list[EvidenceRead]
+
+
+class ReceiptInclusion(BaseModel):
+    event_id: uuid.UUID
+    pending: bool = Field(description="True until a checkpoint covers the event (at most a minute or so)")
+    leaf_index: int | None = None
+    tree_size: int | None = None
+    event_hash: str | None = None
+    leaf_hash: str | None = None
+    audit_path: list[str] | None = Field(default=None, description="RFC 9162 inclusion proof, hex SHA-256 nodes")
+    checkpoint: dict | None = Field(default=None, description="The signed checkpoint the proof is against")
+
+
+class ReceiptRead(BaseModel):
+    id: uuid.UUID
+    subject_id: str
+    issued_at: datetime
+    jws: str
+    inclusion: list[ReceiptInclusion]

@@ -10,12 +10,13 @@ from typing import Any
 import asyncpg
 
 from app.auth.deps import Principal
-from app.consents import idempotency, ledger, queries
+from app.consents import idempotency, ledger, receipts
 from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, WithdrawalIn
 from app.core import metrics
 from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
 )
+from app.proof.context import Proof
 from app.webhooks import outbox
 
 CLOCK_SKEW = timedelta(minutes=5)
@@ -60,18 +61,55 @@ def _check_occurred_at(evidence: ledger.Evidence, head: ledger.Head) -> None:
             {"field": "body.occurred_at", "reason": "must not be later than the server's clock (5 min skew allowed)"}])
 
 
+# The notice the form shows now (the latest published version in force, as the form route picks
+# it) beside the version the request names, and the presented purposes with their disclosures.
 CATALOG_FOR_RECORD = """
-SELECT cp.id AS collection_point_id,
-       (SELECT n.version FROM notices n
-         WHERE n.id = $3 AND n.tenant_id = $1 AND n.key = cp.notice_key
-           AND n.published_at IS NOT NULL AND n.effective_at <= now()) AS notice_version,
-       cp.notice_key, p.id, p.key, p.kind, p.channel, p.disclosure_hash
+SELECT cp.id AS collection_point_id, cp.notice_key,
+       cur.id AS current_id, cur.version AS current_version, cur.sha256 AS current_sha256,
+       cur.effective_at AS current_effective_at,
+       shown.version AS shown_version, shown.sha256 AS shown_sha256, shown.effective_at AS shown_effective_at,
+       now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
+                      WHERE t.id = $1) AS controller,
+       p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures
 FROM collection_points cp
+LEFT JOIN LATERAL (
+    SELECT n.id, n.version, n.sha256, n.effective_at FROM notices n
+    WHERE n.tenant_id = $1 AND n.key = cp.notice_key AND n.published_at IS NOT NULL AND n.effective_at <= now()
+    ORDER BY n.effective_at DESC, n.published_at DESC LIMIT 1
+) cur ON true
+LEFT JOIN notices shown ON shown.id = $3 AND shown.tenant_id = $1 AND shown.key = cp.notice_key
+                       AND shown.published_at IS NOT NULL AND shown.effective_at <= now()
 LEFT JOIN collection_point_purposes cpp ON cpp.collection_point_id = cp.id
 LEFT JOIN purposes p ON p.id = cpp.purpose_id AND p.active
 WHERE cp.tenant_id = $1 AND cp.key = $2
 ORDER BY cpp.position
 """
+
+
+def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) -> ledger.NoticeShown:
+    """The version the request names must be the one the form shows now; an older one only within
+    `grace` after the newer took effect (a form loaded just before the switch), recorded as such."""
+    key = row["notice_key"]
+    if row["current_id"] is None:
+        raise Conflict(f"the collection point has no published notice {key!r} in force; publish one first")
+    current = f"{row['current_version']!r} (id {row['current_id']})"
+    if row["current_id"] == notice_id:
+        return ledger.NoticeShown(id=notice_id, key=key, version=row["current_version"], sha256=row["current_sha256"])
+    if row["shown_version"] is None:
+        raise ConsentRuleViolation(
+            "notice_id is not a published version of this collection point's notice in force",
+            errors=[{"field": "body.notice_id",
+                     "reason": f"must be the version the form shows: notice {key!r} version {current}"}],
+        )
+    if row["shown_effective_at"] < row["current_effective_at"] and row["now"] <= row["current_effective_at"] + grace:
+        return ledger.NoticeShown(id=notice_id, key=key, version=row["shown_version"], sha256=row["shown_sha256"],
+                                  superseded_at=row["current_effective_at"])
+    raise Conflict(
+        f"notice {key!r} version {row['shown_version']!r} is no longer the one the form shows; show the form "
+        f"again (current: version {current})",
+        errors=[{"field": "body.notice_id", "reason": f"superseded by version {current}"}],
+        extra={"current_notice": {"id": str(row["current_id"]), "key": key, "version": row["current_version"]}},
+    )
 
 
 def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) -> None:
@@ -90,10 +128,10 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
         if decision.prechecked:
             errors.append(FieldError(field=f"{where}.prechecked",
                                      reason="a pre-checked box is not consent; the person must tick it themself"))
-        if purpose["kind"] == "third_party" and decision.disclosure_hash is None:
+        if decision.disclosure_hash is None:
             errors.append(FieldError(field=f"{where}.disclosure_hash",
-                                     reason="a third-party decision must echo the disclosures it showed"))
-        if decision.disclosure_hash is not None and decision.disclosure_hash != purpose["disclosure_hash"]:
+                                     reason="echo the disclosure_hash the form showed for this purpose"))
+        elif decision.disclosure_hash != purpose["disclosure_hash"]:
             errors.append(FieldError(field=f"{where}.disclosure_hash",
                                      reason="the disclosures shown differ from the catalog's current ones"))
     for key in presented:
@@ -119,7 +157,8 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
 
 async def record(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
-    idempotency_key: str | None, request_path: str, key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
+    idempotency_key: str | None, request_path: str, proof: Proof,
+    key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
     replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
     if replay:
@@ -129,19 +168,15 @@ async def record(
     if not rows:
         raise NotFound(f"no collection point with key {body.collection_point!r}",
                        errors=[{"field": "body.collection_point", "reason": "unknown"}])
-    if rows[0]["notice_version"] is None:
-        raise ConsentRuleViolation(
-            "notice_id is not a published version of this collection point's notice in force",
-            errors=[{"field": "body.notice_id",
-                     "reason": f"must be a published, effective version of notice {rows[0]['notice_key']!r}"}],
-        )
+    notice = notice_shown(rows[0], body.notice_id, proof.notice_grace)
     presented = {r["key"]: r for r in rows if r["id"] is not None}
     _check_decisions(body, presented)
 
     head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=True)
     _check_occurred_at(evidence, head)
     evidence.collection_point_id = rows[0]["collection_point_id"]
-    evidence.notice_id = body.notice_id
+    evidence.collection_point_key = body.collection_point
+    evidence.notice = notice
     states = await ledger.current_states(conn, head.id) if not head.created else {}
     changes = []
     for decision in body.decisions:
@@ -154,32 +189,29 @@ async def record(
         else:
             action = status = "refused"
         changes.append(ledger.Change(
-            purpose_id=purpose["id"], action=action, status=status, previous_status=previous_status,
-            previous_version=previous_version, disclosure_hash=purpose["disclosure_hash"],
+            purpose_id=purpose["id"], purpose_key=purpose["key"], action=action, status=status,
+            previous_status=previous_status, previous_version=previous_version,
+            disclosure_hash=decision.disclosure_hash,
         ))
     request_id = uuid.uuid4()
-    events = await ledger.append(conn, tenant=principal.tenant, head=head, changes=changes, evidence=evidence,
-                                 request_id=request_id)
+    batch = ledger.chain_onto(head, tenant=principal.tenant, subject_ref=subject_id, changes=changes,
+                              evidence=evidence, request_id=request_id, secret=proof.secret)
+    receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
+                            purposes=presented, controller=rows[0]["controller"])
+    await ledger.write(conn, principal.tenant, batch, receipt)
+    events = batch.printed
     await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id, events=events,
-                         purposes={r["id"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
-    kinds = {r["id"]: r["kind"] for r in presented.values()}
-    metrics.consent_events_written((e["action"], kinds[e["purpose_id"]]) for e in events)
-    names = queries.Names(
-        purposes={r["id"]: r["key"] for r in presented.values()},
-        collection_points={evidence.collection_point_id: body.collection_point},
-        notices={body.notice_id: (rows[0]["notice_key"], rows[0]["notice_version"])},
-    )
-    result = {
-        "subject_id": subject_id, "request_id": request_id, "recorded_at": head.now,
-        "events": [queries.event_json(e, names) for e in events],
-    }
+                         purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
+    metrics.consent_events_written((e["action"], presented[e["purpose"]]["kind"]) for e in events)
+    result = {"subject_id": subject_id, "request_id": request_id, "recorded_at": head.now, "events": events,
+              "receipt": {"id": receipt[0], "jws": receipt[1]}}
     await idempotency.store(conn, principal.tenant, idempotency_key, 201, result)
     return Outcome(201, result)
 
 
 async def withdraw(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
-    purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str,
+    purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str, proof: Proof,
     key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
     """Withdraw granted purposes; what is not granted is reported unchanged, never written twice."""
@@ -196,7 +228,9 @@ async def withdraw(
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
     rows = await conn.fetch(
-        """SELECT p.id, p.key, p.kind, p.channel, s.status, s.version
+        """SELECT p.id, p.key, p.kind, p.channel, p.disclosures, s.status, s.version,
+                  (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
+                    WHERE t.id = $1) AS controller
            FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
            WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)""",
         principal.tenant, head.id, named, kind,
@@ -213,33 +247,37 @@ async def withdraw(
 
     to_change = [by_key[k] for k in keys if by_key[k]["status"] == "granted"]
     changes = [
-        ledger.Change(purpose_id=r["id"], action="withdrawn", status="withdrawn", previous_status="granted",
-                      previous_version=r["version"])
+        ledger.Change(purpose_id=r["id"], purpose_key=r["key"], action="withdrawn", status="withdrawn",
+                      previous_status="granted", previous_version=r["version"])
         for r in to_change
     ]
-    events = []
+    events, receipt = [], None
     if changes:
-        events = await ledger.append(conn, tenant=principal.tenant, head=head, changes=changes, evidence=evidence,
-                                     request_id=uuid.uuid4())
+        batch = ledger.chain_onto(head, tenant=principal.tenant, subject_ref=subject_id, changes=changes,
+                                  evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
+        receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
+                                purposes=by_key, controller=rows[0]["controller"])
+        await ledger.write(conn, principal.tenant, batch, receipt)
+        events = batch.printed
         await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id,
-                             events=events, purposes={r["id"]: (r["key"], r["kind"], r["channel"]) for r in rows})
+                             events=events, purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in rows})
         metrics.consent_events_written(("withdrawn", r["kind"]) for r in to_change)
-    names = queries.Names(purposes={r["id"]: r["key"] for r in rows})
-    by_purpose = {e["purpose_id"]: e for e in events}
+    by_purpose = {e["purpose"]: e for e in events}
     results = []
     for key in keys:
         row = by_key[key]
-        event = by_purpose.get(row["id"])
+        event = by_purpose.get(key)
         if event is not None:
             results.append({"purpose": key, "changed": True, "status": "withdrawn",
                             "detail": "consent withdrawn; processing for this purpose must stop",
-                            "event": queries.event_json(event, names)})
+                            "event": event})
         elif row["status"] is None:
             results.append({"purpose": key, "changed": False, "status": None,
                             "detail": "no consent was ever recorded for this purpose", "event": None})
         else:
             results.append({"purpose": key, "changed": False, "status": row["status"],
                             "detail": f"already {row['status']}; nothing new was written", "event": None})
-    result = {"subject_id": subject_id, "results": results}
+    result = {"subject_id": subject_id, "results": results,
+              "receipt": {"id": receipt[0], "jws": receipt[1]} if receipt else None}
     await idempotency.store(conn, principal.tenant, idempotency_key, 200, result)
     return Outcome(200, result)

@@ -61,6 +61,20 @@ class Settings:
     metrics_public: bool = False
     log_level: str = "INFO"
 
+    # Proof (docs/proof.md): keys kept outside the database. The Ed25519 key signs checkpoints and
+    # receipts (retired public keys stay listed in the JWKS from signing_public_keys_file); the
+    # ledger secret (32+ bytes) seals events and commits to raw evidence.
+    signing_key_file: Path | None = None
+    signing_key: str | None = None
+    signing_public_keys_file: Path | None = None
+    ledger_secret_file: Path | None = None
+    ledger_secret: str | None = None
+    # A form that showed a notice version superseded less than this long ago is still recorded.
+    notice_grace_seconds: float = 600
+    # A checkpoint at least this often while there are new events; each one also written here.
+    checkpoint_interval_seconds: float = 60
+    checkpoint_dir: Path | None = None
+
     # Webhooks. Delays (seconds) before attempt 1, 2, ...; one attempt per entry, then a dead letter.
     webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_retry_jitter: float = 0.1

@@ -270,7 +270,7 @@ def generate_secret_file(path: Path) -> bytes:
 
 def seal(secret: bytes, event_hash_hex: str) -> str:
     """An event's seal: only a holder of the secret can make one for a given event hash."""
-    return hmac.new(secret, SEAL_CONTEXT + event_hash_hex.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.new(secret, SEAL_CONTEXT + event_hash_hex.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def commitment(secret: bytes, obj: dict[str, Any]) -> str:

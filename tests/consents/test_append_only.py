@@ -47,7 +47,7 @@ async def test_verify_reports_an_altered_event(client, auth, demo, db):
     report = (await client.get("/v1/subjects/a-2/consents/verify", headers=headers)).json()
     assert report["valid"] is False
     assert report["first_break"]["seq"] == target["seq"]
-    assert "altered" in report["first_break"]["reason"]
+    assert report["first_break"]["kind"] == "altered_event"
 
 
 async def test_verify_reports_a_removed_event(client, auth, demo, db):
@@ -63,7 +63,7 @@ async def test_verify_reports_a_removed_event(client, auth, demo, db):
     report = (await client.get("/v1/subjects/a-3/consents/verify", headers=headers)).json()
     assert report["valid"] is False
     assert report["first_break"]["seq"] == 5
-    assert "missing" in report["first_break"]["reason"]
+    assert report["first_break"]["kind"] == "missing_event"
 
 
 async def test_each_event_links_to_the_previous_hash(client, auth, demo):

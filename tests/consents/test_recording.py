@@ -26,8 +26,11 @@ async def test_sign_up_records_events_and_state(client, auth, demo, db):
     assert by_purpose["marketing-sms"]["status"] == "granted"
     assert by_purpose["marketing-email"]["status"] == "refused"
     assert by_purpose["marketing-email"]["action"] == "refused"
-    assert events[0]["ip"] == "203.0.113.7"
-    assert events[0]["occurred_at"] == "2026-01-01T00:00:00Z"
+    # The IP is evidence kept apart (erasable); the chain carries a keyed commitment to it.
+    assert events[0]["evidence"]["commitment"] and "ip" not in events[0]
+    evidence = (await client.get("/v1/subjects/m-1/evidence", headers=headers)).json()["items"]
+    assert [(e["id"], e["ip"]) for e in evidence] == [(events[0]["evidence"]["id"], "203.0.113.7")]
+    assert events[0]["occurred_at"] == "2026-01-01T00:00:00.000000Z"
     assert events[0]["recorded_at"] != events[0]["occurred_at"]
     rows = await db.fetch(
         "SELECT s.status, p.key FROM consent_states s JOIN purposes p ON p.id = s.purpose_id "
@@ -124,7 +127,10 @@ async def test_guardian_consent_needs_verification_evidence(client, auth, demo):
     body["actor"] = {"type": "guardian", "guardian": {"verification_method": "mobile", "reference": "tx-1"}}
     response = await client.post("/v1/subjects/child-1/consents", json=body, headers=headers)
     assert response.status_code == 201
-    assert response.json()["events"][0]["actor"]["guardian"]["verification_method"] == "mobile"
+    assert response.json()["events"][0]["actor"] == {"type": "guardian", "ref": None}
+    evidence = (await client.get("/v1/subjects/child-1/evidence", headers=headers)).json()["items"]
+    assert evidence[0]["guardian"]["verification_method"] == "mobile"
+    assert evidence[0]["id"] == response.json()["events"][0]["evidence"]["id"]
 
 
 async def test_forwarded_evidence_needs_trusted_backend_scope(client, auth, demo):
@@ -135,8 +141,8 @@ async def test_forwarded_evidence_needs_trusted_backend_scope(client, auth, demo
     trusted = auth(demo, "consents:write", "evidence:forward")
     response = await client.post("/v1/subjects/m-9/consents", json=body, headers=trusted)
     assert response.status_code == 201
-    event = response.json()["events"][0]
-    assert (event["ip"], event["user_agent"]) == ("198.51.100.20", "Mozilla/5.0 (end user)")
+    evidence = (await client.get("/v1/subjects/m-9/evidence", headers=auth(demo))).json()["items"]
+    assert (evidence[0]["ip"], evidence[0]["user_agent"]) == ("198.51.100.20", "Mozilla/5.0 (end user)")
 
 
 async def test_operator_recording_by_phone_keeps_operator_ref(client, auth, demo):
@@ -145,7 +151,7 @@ async def test_operator_recording_by_phone_keeps_operator_ref(client, auth, demo
     body.update(method="phone", actor={"type": "operator"})
     response = await client.post("/v1/subjects/m-10/consents", json=body, headers=headers)
     assert response.status_code == 201
-    assert response.json()["events"][0]["actor"] == {"type": "operator", "ref": "agent-42", "guardian": None}
+    assert response.json()["events"][0]["actor"] == {"type": "operator", "ref": "agent-42"}
 
 
 async def test_future_occurred_at_is_refused(client, auth, demo):

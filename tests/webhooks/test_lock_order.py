@@ -173,7 +173,7 @@ async def test_a_send_in_flight_when_its_endpoint_is_deleted_ends_failed(client,
 def _event(purpose_id: uuid.UUID) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {"id": uuid.uuid4(), "seq": 1, "action": "withdrawn", "status": "withdrawn", "previous_status": "granted",
-            "version": 2, "purpose_id": purpose_id, "occurred_at": now, "recorded_at": now}
+            "version": 2, "purpose_id": purpose_id, "purpose": "marketing-sms", "occurred_at": now, "recorded_at": now}
 
 
 @pytest.mark.parametrize("action", ["disable", "delete"])
@@ -190,7 +190,7 @@ async def test_a_consent_committed_while_its_endpoint_is_switched_off_is_never_d
 
         async def enqueue() -> None:
             await outbox.enqueue(consent, tenant=tenant, subject_ref="race-1", subject_id=uuid.uuid4(),
-                                 events=[_event(purpose_id)], purposes={purpose_id: ("marketing-sms", "marketing", "sms")})
+                                 events=[_event(purpose_id)], purposes={"marketing-sms": ("marketing-sms", "marketing", "sms")})
 
         async def switch_off() -> None:
             if action == "delete":

@@ -40,8 +40,8 @@ def _plain(url: str) -> str:
 def _event(seq: int) -> dict:
     now = datetime.now(UTC)
     return {"id": uuid.uuid4(), "seq": seq, "action": "withdrawn", "status": "withdrawn",
-            "previous_status": "granted", "version": seq, "purpose_id": PURPOSE, "occurred_at": now,
-            "recorded_at": now}
+            "previous_status": "granted", "version": seq, "purpose_id": PURPOSE, "purpose": "marketing-sms",
+            "occurred_at": now, "recorded_at": now}
 
 
 def _arrived(receiver: Receiver, path: str) -> set[str]:
@@ -51,10 +51,11 @@ def _arrived(receiver: Receiver, path: str) -> set[str]:
 @pytest.fixture
 async def own_postgres():
     tmp = Path(tempfile.mkdtemp(prefix="cl-outage-pg-"))
-    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=True)
+    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=True, database="consent_ledger")
     try:
         await asyncio.to_thread(pg.start)
-        await asyncio.to_thread(migrate, pg.url)
+        owner_url, _ = await asyncio.to_thread(pg.ensure_roles, pg.database)
+        await asyncio.to_thread(migrate, owner_url, "consent_ledger_runtime")
         yield pg
     finally:
         await asyncio.to_thread(pg.stop, "immediate")
@@ -89,7 +90,7 @@ async def test_one_worker_process_delivers_everything_through_ten_fast_database_
                 async with conn.transaction():
                     await outbox.enqueue(conn, tenant=tenant, subject_ref=ref, subject_id=subject_id,
                                          events=[_event(next(seqs))],
-                                         purposes={PURPOSE: ("marketing-sms", "marketing", "sms")})
+                                         purposes={"marketing-sms": ("marketing-sms", "marketing", "sms")})
             except Exception:  # noqa: BLE001 - the database is restarting; the ledger would answer 503
                 if conn is not None:
                     conn.terminate()
