@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app.core.settings import Settings, get_settings
+from app.proof import cli as proof_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,6 +168,60 @@ def _dev_secret(data_dir: Path) -> str:
 DEV_DATABASE = "consent_ledger"
 
 
+def _dev_proof_keys(data_dir: Path) -> None:
+    """The signing key and the ledger secret `make run` keeps under ./.data (0600), made once: a
+    replaced key would orphan every seal and signature made with the old one. Checkpoints are also
+    written to ./.data/checkpoints, outside the database."""
+    from app.proof import keys
+
+    key, secret = data_dir / "signing-key.pem", data_dir / "ledger-secret"
+    if not key.exists():
+        keys.generate_key_file(key)
+    if not secret.exists():
+        keys.generate_secret_file(secret)
+    os.environ.setdefault("SIGNING_KEY_FILE", str(key))
+    os.environ.setdefault("LEDGER_SECRET_FILE", str(secret))
+    os.environ.setdefault("CHECKPOINT_DIR", str(data_dir / "checkpoints"))
+
+
+def evidence(settings: Settings, args: argparse.Namespace) -> int:
+    """`evidence purge --before T`: destroy raw evidence (IP, user agent, guardian verification)
+    recorded before T; the chain keeps its commitments, so every proof stays valid."""
+    import getpass
+    from datetime import datetime
+
+    import asyncpg
+
+    from app.consents.evidence import purge as purge_evidence
+
+    if not settings.database_url:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    try:
+        before = datetime.fromisoformat(args.before.replace("Z", "+00:00"))
+    except ValueError:
+        print(f"--before {args.before!r} is not an ISO 8601 instant", file=sys.stderr)
+        return 2
+    if before.tzinfo is None:
+        print("--before needs an offset (e.g. 2026-01-01T00:00:00+09:00 or ...Z)", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return await purge_evidence(conn, before, args.by or f"cli:{getpass.getuser()}")
+        finally:
+            await conn.close()
+
+    try:
+        count = asyncio.run(run())
+    except asyncpg.PostgresError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"purged the raw evidence of {count} act(s) recorded before {before.isoformat()}")
+    return 0
+
+
 def dev(host: str, port: int) -> None:
     """Embedded PostgreSQL under ./.data, migrations (as the owner role), demo tenants, a token, and
     the server and worker (as the runtime role)."""
@@ -177,6 +232,7 @@ def dev(host: str, port: int) -> None:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    _dev_proof_keys(data_dir)
     # The demo's processors run their receivers on this machine; a real deployment lists none.
     os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,::1,localhost")
     pg = None
@@ -247,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     p_tenant_create.add_argument("--name", required=True, help="the controller's name as notices show it")
     p_tenant_create.add_argument("--name-en", help="the name in English")
     tenant_actions.add_parser("list", help="print key, name, English name, creation time (tab-separated)")
+    p_evidence = commands.add_parser("evidence", help="raw evidence kept apart from the chain (DATABASE_URL)")
+    evidence_actions = p_evidence.add_subparsers(dest="action", required=True)
+    p_evidence_purge = evidence_actions.add_parser(
+        "purge", help="destroy raw IP, user agent and guardian evidence recorded before --before; proofs stay valid")
+    p_evidence_purge.add_argument("--before", required=True, help="ISO 8601 instant with offset")
+    p_evidence_purge.add_argument("--by", help="who purges (kept in evidence_purges; default: cli:<os user>)")
+    proof_cli.add_commands(commands)
     p_token = commands.add_parser("token", help="print a signed development token (HS256, JWT_SECRET)")
     p_token.add_argument("--tenant", default="smallticket")
     p_token.add_argument("--sub", default="dev-operator")
@@ -269,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         migrate_as_owner(settings)
     elif args.command == "purge":
         return purge(settings)
+    elif args.command == "evidence":
+        return evidence(settings, args)
+    elif args.command in proof_cli.COMMANDS:
+        return proof_cli.run(args, settings)
     elif args.command == "tenant":
         return tenant(settings, args)
     elif args.command == "seed":
