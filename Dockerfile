@@ -6,6 +6,10 @@
 # With `serve --migrate` the owner's password sits in the API container's environment too; to keep it out, run one
 # `consent-ledger migrate` job with only DATABASE_OWNER_URL, and the API with only DATABASE_URL and
 # CMD ["consent-ledger", "serve", "--host", "0.0.0.0", "--port", "8000"].
+# Keys kept outside the database (README, "Proof"): mount them read-only and point at them, e.g.
+#   -v /secrets:/secrets:ro -e SIGNING_KEY_FILE=/secrets/signing-key.pem -e LEDGER_SECRET_FILE=/secrets/ledger-secret
+#   -e CHECKPOINT_DIR=/checkpoints (a volume the database's administrators cannot write)
+# The API refuses to start without them.
 # Build stage: resolve and install dependencies into a virtualenv.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
