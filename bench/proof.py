@@ -90,7 +90,7 @@ def make(n: int, out: Path, every: int = CHECKPOINT_EVERY) -> None:
     started = time.perf_counter()
     writer = BundleWriter(out, TENANT)
     stack: list[bytes] = []
-    checkpoints = []
+    checkpoints = []  # written after the events, as the service does
     lines: list[bytes] = []
     size = 0
 
@@ -118,8 +118,11 @@ def make(n: int, out: Path, every: int = CHECKPOINT_EVERY) -> None:
             lines = []
     if lines:
         writer.events.write(b"\n".join(lines) + b"\n")
+    array = writer.start_checkpoints()
+    for checkpoint in checkpoints:
+        array.add(checkpoint)
     manifest = writer.finish(
-        tree_size=size, counts={"events": size, "chain_v1_events": 0}, checkpoints=checkpoints,
+        tree_size=size, root_hash=checkpoints[-1]["root_hash"], counts={"events": size, "chain_v1_events": 0},
         jwks={"keys": [signer.public_jwk()]}, filename=out.name,
         notices=[{"id": str(NOTICE_ID), "key": "privacy-policy", "version": "2026-01", "title": "벤치",
                   "language": "ko", "body": NOTICE_BODY, "sha256": sha256_hex(NOTICE_BODY),

@@ -43,7 +43,10 @@ PREFETCH = 5000  # rows per cursor round trip
 FLUSH = 1 << 20  # bytes of event lines handed to the compressor at once
 COMPRESSLEVEL = 6
 
-CHECKPOINTS_SQL = f"SELECT {proof_log.COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1 ORDER BY tree_size"
+LATEST_SQL = (f"SELECT {proof_log.COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1"
+              " ORDER BY tree_size DESC LIMIT 1")
+CHECKPOINTS_SQL = (f"SELECT {proof_log.COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1 AND tree_size <= $2"
+                   " ORDER BY tree_size")
 # The leaves of the tree the last checkpoint signed, with their events and the member ids the
 # documents print. An event row gone (a rogue DBA) leaves a gap in log_index, which the verifier names.
 EVENTS_SQL = """
@@ -167,32 +170,60 @@ class _Member:
         return {"name": self.name, "sha256": self.digest.hexdigest(), "size": self.size}
 
 
+class _Array(_Member):
+    """A JSON array written one element per line (`[`, then `{...},` lines, the last without its
+    comma, then `]`): valid JSON, and a reader can take it line by line (checkpoints.json may hold
+    hundreds of thousands of checkpoints)."""
+
+    def __init__(self, zf: Any, name: str) -> None:
+        super().__init__(zf, name)
+        self.count = 0
+        self.write(b"[")
+
+    def add(self, item: Any) -> None:
+        self.write((b",\n" if self.count else b"\n") + orjson.dumps(item))
+        self.count += 1
+
+    def close(self) -> dict[str, Any]:
+        self.write(b"\n]\n")
+        return super().close()
+
+
 class BundleWriter:
-    """The ZIP itself, with no database: events.ndjson is streamed through `events` (hashed as it
-    goes), then `finish` writes the other members and the manifest. bench/proof.py builds synthetic
-    bundles with it."""
+    """The ZIP itself, with no database: events.ndjson is streamed through `events` and
+    checkpoints.json through `checkpoints` (each hashed as it goes), then `finish` writes the other
+    members and the manifest. bench/proof.py builds synthetic bundles with it."""
 
     def __init__(self, path: Path, tenant: str) -> None:
         self.tenant = tenant
         self.zf = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL)
         self.events = _Member(self.zf, EVENTS)
+        self.checkpoints: _Array | None = None
+        self.files: list[dict[str, Any]] = []
 
-    def finish(self, *, tree_size: int, counts: dict[str, int], notices: list[dict[str, Any]],
-               disclosures: list[dict[str, Any]], checkpoints: list[dict[str, Any]], jwks: dict[str, Any],
-               filename: str, created_at: str | None = None) -> dict[str, Any]:
+    def start_checkpoints(self) -> _Array:
+        """Close events.ndjson and open checkpoints.json (ascending tree size; `add` each)."""
+        self.files.append(self.events.close())
+        self.checkpoints = _Array(self.zf, CHECKPOINTS)
+        return self.checkpoints
+
+    def finish(self, *, tree_size: int, root_hash: str | None, counts: dict[str, int], notices: list[dict[str, Any]],
+               disclosures: list[dict[str, Any]], jwks: dict[str, Any], filename: str,
+               created_at: str | None = None) -> dict[str, Any]:
         created_at = created_at or chain.format_time(datetime.now(UTC))
-        files = [self.events.close()]
-        for name, value in ((NOTICES, notices), (DISCLOSURES, disclosures), (CHECKPOINTS, checkpoints), (JWKS, jwks)):
-            files.append(_write(self.zf, name, _json(value)))
-        files.append(_write(self.zf, README, README_TEXT.format(
+        checkpoints = self.checkpoints or self.start_checkpoints()
+        self.files.append(checkpoints.close())
+        for name, value in ((NOTICES, notices), (DISCLOSURES, disclosures), (JWKS, jwks)):
+            self.files.append(_write(self.zf, name, _json(value)))
+        self.files.append(_write(self.zf, README, README_TEXT.format(
             tenant=self.tenant, events=counts["events"], tree_size=tree_size, created_at=created_at,
             filename=filename).encode("utf-8")))
         manifest = {
             "format": FORMAT, "tenant": self.tenant, "created_at": created_at, "tree_size": tree_size,
-            "root_hash": checkpoints[-1]["root_hash"] if checkpoints else None,
+            "root_hash": root_hash,
             "counts": {**counts, "notices": len(notices), "disclosures": len(disclosures),
-                       "checkpoints": len(checkpoints)},
-            "files": files,
+                       "checkpoints": checkpoints.count},
+            "files": self.files,
         }
         self.zf.writestr(MANIFEST, _json(manifest))
         self.zf.close()
@@ -273,15 +304,19 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, proof: Proof, tmp: Pa
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             if await conn.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant) is None:
                 raise LookupError(f"no tenant {tenant!r}")
-            checkpoints = [_checkpoint(r) for r in await conn.fetch(CHECKPOINTS_SQL, tenant)]
-            tree_size = checkpoints[-1]["tree_size"] if checkpoints else 0
+            last = await conn.fetchrow(LATEST_SQL, tenant)
+            tree_size = last["tree_size"] if last else 0
             counts, notice_ids, cited = await _write_events(conn, writer.events, tenant, tree_size)
+            checkpoints = writer.start_checkpoints()
+            async for row in conn.cursor(CHECKPOINTS_SQL, tenant, tree_size, prefetch=PREFETCH):
+                checkpoints.add(_checkpoint(row))
             notices = await conn.fetch(NOTICES_SQL, list(notice_ids))
             wanted = sorted(cited)
             found = {(r["purpose_id"], r["hash"]): r["content"] for r in await conn.fetch(
                 DISCLOSURES_SQL, [cited[k] for k in wanted], [k[1] for k in wanted])}
         return writer.finish(
-            tree_size=tree_size, counts=counts, checkpoints=checkpoints, jwks=proof.jwks(), filename=filename,
+            tree_size=tree_size, root_hash=last["root_hash"] if last else None, counts=counts, jwks=proof.jwks(),
+            filename=filename,
             notices=[{"id": str(n["id"]), "key": n["key"], "version": n["version"], "title": n["title"],
                       "language": n["language"], "body": n["body"], "sha256": n["sha256"],
                       "effective_at": chain.format_time(n["effective_at"]),

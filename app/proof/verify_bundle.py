@@ -68,6 +68,7 @@ MANIFEST = "manifest.json"
 MEMBERS = (EVENTS, NOTICES, DISCLOSURES, CHECKPOINTS, JWKS, README)
 
 MAX_LISTED = 1000  # breaks listed in full; all are counted by kind
+SIGNATURE_BATCH = 2000  # checkpoint signatures per worker task
 BLOCK = 4 << 20  # bytes of events.ndjson per block
 PARALLEL_FROM = 32 << 20  # events.ndjson this large (uncompressed) is checked by worker processes
 
@@ -583,6 +584,31 @@ def _hashable(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int)) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def _signature_failures(tokens: list[Any], keyset: dict[str, Any]) -> list[str | None]:
+    """Why each checkpoint's JWS does not verify with `keyset` (None: it does)."""
+    out: list[str | None] = []
+    for token in tokens:
+        if not isinstance(token, str):
+            out.append("no JWS (jws)")
+            continue
+        try:
+            keys.verify(token, keyset, typ=CHECKPOINT_TYP)
+            out.append(None)
+        except keys.ProofError as exc:
+            out.append(str(exc))
+    return out
+
+
+class _Later:
+    """A signature batch checked when asked (no worker processes)."""
+
+    def __init__(self, tokens: list[Any], keyset: dict[str, Any]) -> None:
+        self.tokens, self.keyset = tokens, keyset
+
+    def get(self) -> list[str | None]:
+        return _signature_failures(self.tokens, self.keyset)
+
+
 _worker: Checker | None = None
 
 
@@ -614,6 +640,46 @@ def _blocks(member: Any, digest: Any) -> Any:
         line += lines
     if rest:
         yield rest, line, rest.count(b"\n") + 1
+
+
+def _ahead(blocks: Any, depth: int = 2) -> Any:
+    """`blocks`, produced by a thread of their own up to `depth` ahead: inflating, the CRC and the
+    SHA-256 of the member run outside the GIL, beside the checks."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer is gone
+
+    def produce() -> None:
+        try:
+            for item in blocks:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="verify-bundle-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Log:
@@ -658,8 +724,8 @@ class _Log:
 
 class _Verification:
     def __init__(self, zf: zipfile.ZipFile, result: Result, keyset: dict[str, Any] | None,
-                 trusted_jws: str | None, jobs: int | None) -> None:
-        self.zf, self.result, self.keyset, self.trusted_jws, self.jobs = zf, result, keyset, trusted_jws, jobs
+                 trusted_jws: str | None) -> None:
+        self.zf, self.result, self.keyset, self.trusted_jws = zf, result, keyset, trusted_jws
         self.listed: dict[str, dict[str, Any]] = {}
 
     # -- members
@@ -767,24 +833,81 @@ class _Verification:
 
     # -- checkpoints
 
-    def checkpoints(self, keyset: dict[str, Any]) -> list[dict[str, Any]]:
-        """The checkpoints whose payload can be read (signature checked and reported here), in order."""
+    def _checkpoint_items(self) -> Any:
+        """The entries of checkpoints.json, streamed when it is laid out one per line (as bundles are
+        written: hundreds of thousands of checkpoints need not be in memory at once), parsed whole
+        otherwise. ("unparsable", reason) for an entry or a member that is not JSON."""
+        if CHECKPOINTS not in self.zf.namelist():
+            return
+        digest, size = hashlib.sha256(), 0
+        with self.zf.open(CHECKPOINTS) as member:
+            head = member.readline() + member.readline()
+            digest.update(head)
+            size += len(head)
+            first, _, second = head.partition(b"\n")
+            second = second.strip()
+            one_per_line = first.strip() == b"[" and (second == b"]" or _parses(second.removesuffix(b",")))
+            if one_per_line:
+                ended = comma = False
+                for n, line in enumerate(_chain_lines(second, member, digest)):
+                    text = line.strip()
+                    size += len(line) if n else 0
+                    if ended or not text:
+                        if text:
+                            yield ("unparsable", "text after the end of the array")
+                        continue
+                    if text == b"]":
+                        ended = True
+                        if comma:
+                            yield ("unparsable", "a comma before the end of the array")
+                        continue
+                    if n and not comma:
+                        yield ("unparsable", "entries not separated by a comma")
+                    comma = text.endswith(b",")
+                    try:
+                        yield orjson.loads(text[:-1] if comma else text)
+                    except orjson.JSONDecodeError:
+                        yield ("unparsable", "an entry is not JSON")
+                if not ended:
+                    yield ("unparsable", "the array does not end")
+            else:
+                rest = member.read()
+                digest.update(rest)
+                size += len(rest)
+                try:
+                    items = orjson.loads(head + rest)
+                except orjson.JSONDecodeError:
+                    items = ("unparsable", "not JSON")
+                if isinstance(items, list):
+                    yield from items
+                else:
+                    yield items if isinstance(items, tuple) else ("unparsable", "not a list of checkpoints")
+        self._member_digest(CHECKPOINTS, digest.hexdigest(), size)
+
+    def checkpoints(self, submit: Any) -> tuple[list[tuple[str, int, str]], list[tuple[str, Any]]]:
+        """(label, tree_size, root_hash) of every checkpoint whose payload can be read, in order, and
+        (labels, signature check handle) per batch: `submit(tokens)` checks the signatures, here or in
+        worker processes, while the events are checked; `signatures` reports them after."""
         r, tenant = self.result, self.result.tenant
-        items = self.read_json(CHECKPOINTS, [])
-        if not isinstance(items, list):
-            r.add("malformed_member", "not a list of checkpoints", file=CHECKPOINTS)
-            return []
-        out, last_size = [], -1
-        for n, item in enumerate(items):
-            token = item.get("jws") if isinstance(item, dict) else None
-            payload, why = _check_token(token, keyset)
-            label = f"checkpoint {n + 1}"
-            if payload is None:
-                r.add("checkpoint_signature", f"not a readable JWS ({why})", file=CHECKPOINTS, item=label)
+        out: list[tuple[str, int, str]] = []
+        batches: list[tuple[list[str], Any]] = []
+        labels: list[str] = []
+        tokens: list[Any] = []
+        last_size = -1
+        for n, item in enumerate(self._checkpoint_items()):
+            if isinstance(item, tuple):
+                r.add("malformed_member", item[1], file=CHECKPOINTS, item=f"checkpoint {n + 1}")
                 continue
-            label = f"checkpoint {n + 1} (tree_size {payload.get('tree_size')})"
-            if why is not None:
-                r.add("checkpoint_signature", why, file=CHECKPOINTS, item=label)
+            token = item.get("jws") if isinstance(item, dict) else None
+            payload = _unverified_payload(token)
+            label = f"checkpoint {n + 1}" + (f" (tree_size {payload.get('tree_size')})" if payload else "")
+            labels.append(label)
+            tokens.append(token)
+            if len(tokens) >= SIGNATURE_BATCH:
+                batches.append((labels, submit(tokens)))
+                labels, tokens = [], []
+            if payload is None:
+                continue  # its signature check says why
             if bad := _payload_ok(payload):
                 r.add("checkpoint_fields", bad, file=CHECKPOINTS, item=label)
                 continue
@@ -797,8 +920,21 @@ class _Verification:
             if payload["tree_size"] <= last_size:
                 r.add("checkpoint_order", f"does not come after tree_size {last_size}", file=CHECKPOINTS, item=label)
             last_size = max(last_size, payload["tree_size"])
-            out.append({**payload, "label": label})
-        return out
+            out.append((label, payload["tree_size"], payload["root_hash"]))
+        if tokens:
+            batches.append((labels, submit(tokens)))
+        return out, batches
+
+    def signatures(self, batches: list[tuple[list[str], Any]]) -> set[str]:
+        """Report the checkpoints whose signature failed; the labels of those that verified."""
+        good = set()
+        for labels, handle in batches:
+            for label, why in zip(labels, handle.get()):
+                if why is None:
+                    good.add(label)
+                else:
+                    self.result.add("checkpoint_signature", why, file=CHECKPOINTS, item=label)
+        return good
 
     def trusted(self, keyset: dict[str, Any]) -> dict[str, Any] | None:
         if self.trusted_jws is None:
@@ -823,7 +959,7 @@ class _Verification:
 
     # -- events
 
-    def events(self, checker: Checker, log: _Log) -> dict[str, int]:
+    def events(self, checker: Checker, log: _Log, pool: Any, jobs: int) -> dict[str, int]:
         r = self.result
         counts = {"events": 0, "chain_v1_events": 0, "subjects": 0}
         if EVENTS not in self.zf.namelist():
@@ -833,11 +969,8 @@ class _Verification:
         last_index: int | None = None
         with self.zf.open(EVENTS) as member:
             counted = _Counting(member)
-            blocks = _blocks(counted, digest)
-            jobs = self.jobs
-            if jobs is None:
-                jobs = (os.cpu_count() or 1) if self.zf.getinfo(EVENTS).file_size >= PARALLEL_FROM else 1
-            for block, lines in _run(checker, blocks, jobs, log.within):
+            blocks = _ahead(_blocks(counted, digest))
+            for block, lines in _run(checker, blocks, pool, log.within, jobs):
                 counts["events"] += block.events
                 counts["chain_v1_events"] += block.legacy
                 r.by_kind.update(block.kinds)
@@ -880,6 +1013,22 @@ class _Verification:
         return counts
 
 
+def _parses(text: bytes) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _chain_lines(first: bytes, member: Any, digest: Any) -> Any:
+    """`first` (already hashed), then the member's remaining lines, each hashed as it is read."""
+    yield first
+    for line in member:
+        digest.update(line)
+        yield line
+
+
 class _Counting:
     """A reader that counts the bytes read through it."""
 
@@ -892,27 +1041,32 @@ class _Counting:
         return data
 
 
-def _run(checker: Checker, blocks: Any, jobs: int, within: Any) -> Any:
-    """(result, number of lines) of each block in file order; with jobs > 1, checked by that many
-    worker processes, at most 2 x jobs blocks in flight (memory stays bounded whatever the size).
+def _run(checker: Checker, blocks: Any, pool: Any, within: Any, jobs: int) -> Any:
+    """(result, number of lines) of each block in file order; with a pool, checked by its worker
+    processes, at most 2 per worker in flight (memory stays bounded whatever the size).
     `within(start, lines)`: the checkpoint sizes ending in the block."""
-    if jobs <= 1:
+    if pool is None:
         for data, line, lines in blocks:
             yield checker.block(data, line, within(line - 1, lines)), lines
         return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # no fork of whatever threads the caller runs
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(checker,)) as pool:
-        pending: deque = deque()
-        for data, line, lines in blocks:
-            pending.append((pool.apply_async(_work, (data, line, within(line - 1, lines))), lines))
-            if len(pending) >= 2 * jobs:
-                task, n = pending.popleft()
-                yield task.get(), n
-        while pending:
+    pending: deque = deque()
+    for data, line, lines in blocks:
+        pending.append((pool.apply_async(_work, (data, line, within(line - 1, lines))), lines))
+        if len(pending) >= 2 * jobs:
             task, n = pending.popleft()
             yield task.get(), n
+    while pending:
+        task, n = pending.popleft()
+        yield task.get(), n
+
+
+def _jobs(zf: zipfile.ZipFile, jobs: int | None) -> int:
+    """Worker processes: as asked, else one per CPU for a large bundle and none for a small one."""
+    if jobs is not None:
+        return jobs
+    sizes = {info.filename: info.file_size for info in zf.infolist()}
+    large = sizes.get(EVENTS, 0) >= PARALLEL_FROM or sizes.get(CHECKPOINTS, 0) >= PARALLEL_FROM // 8
+    return (os.cpu_count() or 1) if large else 1
 
 
 def verify(path: Path, public_key: Path | None = None, trusted_checkpoint: Path | None = None, *,
@@ -930,7 +1084,7 @@ def verify(path: Path, public_key: Path | None = None, trusted_checkpoint: Path 
         raise Unreadable(f"{path}: not a readable ZIP file ({getattr(exc, 'strerror', None) or exc})") from None
     try:
         with zf:
-            run = _Verification(zf, result, own_keys, trusted_jws, jobs)
+            run = _Verification(zf, result, own_keys, trusted_jws)
             manifest = run.manifest()
             bundle_keys = run.read_json(JWKS, {"keys": []})
             if README in zf.namelist():
@@ -941,37 +1095,59 @@ def verify(path: Path, public_key: Path | None = None, trusted_checkpoint: Path 
                 result.keys_from = f"--public-key {public_key}"
             else:
                 keyset = bundle_keys if isinstance(bundle_keys, dict) else {"keys": []}
-            checkpoints = run.checkpoints(keyset)
-            trusted = run.trusted(keyset)
             notices, disclosures = run.notices(), run.disclosures()
-            targets = {cp["tree_size"] for cp in checkpoints}
-            if trusted is not None:
-                targets.add(trusted["tree_size"])
-            log = _Log(targets)
-            counts = run.events(Checker(result.tenant or "", notices, disclosures), log)
+            checker = Checker(result.tenant or "", notices, disclosures)
+            jobs = _jobs(zf, jobs)
+            pool = None
+            if jobs > 1:
+                import multiprocessing
+
+                # spawn: no fork of whatever threads the caller runs
+                pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker, initargs=(checker,))
+            try:
+                if pool is None:
+                    def submit(tokens: list[Any]) -> Any:
+                        return _Later(tokens, keyset)
+                else:
+                    def submit(tokens: list[Any]) -> Any:
+                        return pool.apply_async(_signature_failures, (tokens, keyset))
+                checkpoints, batches = run.checkpoints(submit)
+                trusted = run.trusted(keyset)
+                targets = {size for _, size, _ in checkpoints}
+                if trusted is not None:
+                    targets.add(trusted["tree_size"])
+                log = _Log(targets)
+                counts = run.events(checker, log, pool, jobs)
+                signed = run.signatures(batches)
+            finally:
+                if pool is not None:
+                    pool.terminate()
+                    pool.join()
     except zipfile.BadZipFile as exc:
         raise Unreadable(f"{path}: the ZIP is damaged ({exc})") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise Unreadable(f"{path}: cannot read ({exc})") from None
 
     n = log.size
-    for cp in checkpoints:
-        size = cp["tree_size"]
+    verified = 0
+    for label, size, root in checkpoints:
         if size > n:
             result.add("checkpoint_beyond_events", f"signed for {size} events, but the bundle has only {n}: "
-                                                   "leaves were removed", file=CHECKPOINTS, item=cp["label"])
-        elif log.roots[size].hex() != cp["root_hash"]:
+                                                   "leaves were removed", file=CHECKPOINTS, item=label)
+        elif log.roots[size].hex() != root:
             result.add("checkpoint_root", f"the first {size} events give root {log.roots[size].hex()}; the checkpoint "
-                                          f"signed {cp['root_hash']}", file=CHECKPOINTS, item=cp["label"])
-    last = checkpoints[-1]["tree_size"] if checkpoints else 0
+                                          f"signed {root}", file=CHECKPOINTS, item=label)
+        elif label in signed:
+            verified += 1
+    last = checkpoints[-1][1] if checkpoints else 0
     if not checkpoints and n:
         result.add("uncovered_events", "the bundle has no readable checkpoint", file=CHECKPOINTS)
     elif n > last:
         result.add("uncovered_events", f"{n - last} events after the last checkpoint (tree_size {last}): no signature "
                                        "covers them", file=EVENTS, log_index=last)
-    if checkpoints and manifest.get("root_hash") != checkpoints[-1]["root_hash"]:
+    if checkpoints and manifest.get("root_hash") != checkpoints[-1][2]:
         result.add("manifest", f"the manifest says root_hash {manifest.get('root_hash')!r}; the last checkpoint signed "
-                               f"{checkpoints[-1]['root_hash']}", file=MANIFEST)
+                               f"{checkpoints[-1][2]}", file=MANIFEST)
     if isinstance(manifest.get("tree_size"), int) and manifest["tree_size"] != n:
         result.add("manifest", f"the manifest says tree_size {manifest['tree_size']}; events.ndjson has {n} events",
                    file=MANIFEST)
@@ -989,9 +1165,8 @@ def verify(path: Path, public_key: Path | None = None, trusted_checkpoint: Path 
                                            f"checkpoint you trusted says {trusted['root_hash']}: history it covered was "
                                            "rewritten", file="--trusted-checkpoint")
     result.counts = {**counts, "notices": len(notices), "disclosures": len(disclosures),
-                     "checkpoints": len(checkpoints),
-                     "checkpoints_verified": sum(1 for cp in checkpoints if cp["tree_size"] <= n and
-                                                 log.roots[cp["tree_size"]].hex() == cp["root_hash"]),
+                     "checkpoints": sum(len(labels) for labels, _ in batches),
+                     "checkpoints_verified": verified,
                      "leaves": n}
     result.seconds = time.perf_counter() - started
     return result

@@ -443,8 +443,11 @@ def _offline_bundle(path: Path, edit: Callable[[list[dict]], None] = lambda line
         checkpoints.append({**payload, "key_id": signer.kid, "jws": signer.sign(payload, TYP)})
     writer = BundleWriter(path, "old")
     writer.events.write(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    writer.finish(tree_size=3, counts={"events": 3, "chain_v1_events": 2}, notices=[], disclosures=[],
-                  checkpoints=checkpoints, jwks={"keys": [signer.public_jwk()]}, filename=path.name)
+    array = writer.start_checkpoints()
+    for checkpoint in checkpoints:
+        array.add(checkpoint)
+    writer.finish(tree_size=3, root_hash=checkpoints[-1]["root_hash"], counts={"events": 3, "chain_v1_events": 2},
+                  notices=[], disclosures=[], jwks={"keys": [signer.public_jwk()]}, filename=path.name)
     return path
 
 
@@ -554,3 +557,24 @@ async def test_audit_bundle_command_writes_a_bundle_verify_bundle_accepts(client
     assert code == 0 and "VALID" in output, output
     code, output = await run("audit", "bundle", "--tenant", "t-no-such-tenant", "--out", str(tmp_path / "x.zip"))
     assert code == 2 and "no tenant" in output, output
+
+
+def test_checkpoints_json_is_read_line_by_line_or_whole(tmp_path):
+    path = _offline_bundle(tmp_path / "ok.zip")
+    members = _members(path)
+    text = members["checkpoints.json"]
+    assert text.startswith(b"[\n{") and text.endswith(b"}\n]\n") and text.count(b"\n") == 4  # one per line
+    assert json.loads(text) == json.loads(json.dumps(json.loads(text)))  # and valid JSON
+    whole = {**members, "checkpoints.json": json.dumps(json.loads(text), indent=1).encode()}
+    assert verify(_write_members(tmp_path / "whole.zip", whole)).valid  # laid out otherwise: parsed whole
+    for broken in (text.replace(b"},\n", b"}\n", 1), text.replace(b"\n]", b""), text + b"[]\n", b"{not json"):
+        result = verify(_write_members(tmp_path / "broken.zip", {**members, "checkpoints.json": broken}))
+        assert "malformed_member" in result.by_kind, broken
+
+
+def test_verify_bundle_needs_no_database_library():
+    """Offline means offline: the verifier and its command import neither asyncpg, SQLAlchemy nor FastAPI."""
+    code = ("import sys, app.proof.verify_bundle, app.proof.cli; "
+            "print(sorted(m for m in ('asyncpg', 'sqlalchemy', 'sqlmodel', 'fastapi') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
