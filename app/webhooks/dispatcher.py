@@ -28,6 +28,8 @@ from app.core import retention
 from app.core.db import asyncpg_dsn, release_as_is
 from app.core.errors import database_unavailable
 from app.core.settings import Settings
+from app.proof.checkpointer import run_checkpointer
+from app.proof.context import Proof
 from app.webhooks import claim, metrics, results
 from app.webhooks.outbox import CHANNEL
 from app.webhooks.sender import Result, Sender
@@ -307,22 +309,29 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = Worker(settings)
+    # The key that signs checkpoints (docs/proof.md), loaded before anything starts: missing keys
+    # stop the worker here, as they stop the API.
+    proof = Proof.from_settings(settings) if settings.checkpoint_interval_seconds > 0 else None
     served = metrics.serve(worker.metrics, settings)
     # Delivered messages, old dead letters and expired idempotency keys are purged from here, on its
     # own schedule and connection: every deployment runs a worker, so growth stays bounded without
     # a cron job to forget. Several workers purging at once skip each other's rows.
     purger = (asyncio.create_task(retention.run_purger(settings, stop))
               if settings.purge_interval_seconds > 0 else None)
+    # Signed checkpoints of each tenant's log (docs/proof.md), on their own schedule and connection.
+    checkpointer = asyncio.create_task(run_checkpointer(settings, stop, proof)) if proof is not None else None
     log.info("webhook worker %s started", worker.name)
     try:
         await worker.run(stop)
     finally:
         stop.set()
-        if purger is not None:
-            done, _ = await asyncio.wait({purger}, timeout=10)  # a batch in progress finishes, or is cut
-            if not done:
-                purger.cancel()
-                await asyncio.gather(purger, return_exceptions=True)
+        background = {task for task in (purger, checkpointer) if task is not None}
+        if background:
+            # a batch or checkpoint in progress finishes, or is cut (a cut checkpoint rolls back)
+            _, cut = await asyncio.wait(background, timeout=10)
+            for task in cut:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
         if served is not None:
             served[0].shutdown()
     log.info("webhook worker %s stopped after %d deliveries", worker.name, worker.delivered)

@@ -16,6 +16,7 @@ import asyncpg
 from app.core.responses import dumps
 
 TEST_TYPE = "webhook.test"
+CHECKPOINT_TYPE = "ledger.checkpoint"
 CHANNEL = "webhook_deliveries"  # LISTEN/NOTIFY channel
 
 # A disabled endpoint's deliveries wait, out of the claim's way, until it is enabled again.
@@ -139,3 +140,30 @@ async def enqueue_test(conn: asyncpg.Connection, *, tenant: str, endpoint_id: uu
         tenant, message_id, endpoint_id,
     )
     return message_id, delivery_id
+
+
+# A signed checkpoint (docs/proof.md) goes to every enabled endpoint of the tenant that lists
+# `ledger.checkpoint` in its event_types: explicitly, since an empty list means every *consent*
+# event type. One message, no subject (subject_ref, event_id and the deliveries' subject_id and seq
+# stay null: a checkpoint waits behind no one's consent changes). The endpoint rows are
+# key-share-locked as in ENQUEUE, so one being switched off right now is read as it ends up.
+ENQUEUE_CHECKPOINT = """
+WITH matched AS (
+    SELECT e.id FROM webhook_endpoints e
+    WHERE e.tenant_id = $1 AND e.deleted_at IS NULL AND e.enabled AND $2 = ANY(e.event_types)
+    FOR KEY SHARE OF e
+), message AS (
+    INSERT INTO webhook_messages (tenant_id, type, body, created_at)
+    SELECT $1, $2, $3, clock_timestamp() WHERE EXISTS (SELECT 1 FROM matched)
+    RETURNING id
+)
+INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id)
+SELECT $1, message.id, matched.id FROM message, matched
+"""
+
+
+async def enqueue_checkpoint(conn: asyncpg.Connection, *, tenant: str, checkpoint: dict[str, Any]) -> None:
+    """A `ledger.checkpoint` message in the checkpoint's own transaction; `checkpoint` is the dict
+    app/proof/log.py returns (tenant, tree_size, root_hash, issued_at, key_id, jws)."""
+    data = {name: checkpoint[name] for name in ("tenant", "tree_size", "root_hash", "issued_at", "key_id", "jws")}
+    await conn.execute(ENQUEUE_CHECKPOINT, tenant, CHECKPOINT_TYPE, body(CHECKPOINT_TYPE, checkpoint["issued_at"], data))

@@ -14,6 +14,8 @@ from app.core.schemas import Key, Url, UtcDatetime
 EventType = Literal[
     "consent.granted", "consent.refused", "consent.withdrawn", "consent.reconfirmed", "consent.expired",
     "consent.revoked",
+    # A signed checkpoint of the tenant's log (docs/proof.md); sent only to endpoints that list it.
+    "ledger.checkpoint",
 ]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
@@ -21,7 +23,9 @@ DeliveryStatus = Literal["pending", "delivered", "failed"]
 class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_types: list[EventType] = Field(default_factory=list, description="Empty: every consent event type")
+    event_types: list[EventType] = Field(
+        default_factory=list,
+        description="Empty: every consent event type; `ledger.checkpoint` (signed log checkpoints) only when listed")
     kinds: list[PurposeKind] = Field(default_factory=lambda: ["marketing"],
                                      description="Purpose kinds to hear about; default marketing only")
     purposes: list[Key] = Field(default_factory=list, description="Purpose keys; empty: every purpose")

@@ -367,7 +367,11 @@ async def test_missing_scope_is_403_problem(client, settings, demo, scopes, meth
 # --- every route but the health checks needs a token -----------------------------------------
 
 # /metrics takes no JWT: METRICS_TOKEN or a loopback client guards it (tests/core/test_metrics.py).
-UNAUTHENTICATED = {"/healthz", "/readyz", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect", "/metrics"}
+# The JWKS is public on purpose: whoever holds a signed checkpoint or receipt (a member, an auditor,
+# a webhook receiver) must be able to fetch the public keys that verify it, without an account here;
+# it holds public keys only (tests/proof/test_checkpoints.py fetches it without a token).
+UNAUTHENTICATED = {"/healthz", "/readyz", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect", "/metrics",
+                   "/.well-known/consent-ledger/jwks.json"}
 _SAMPLE_PARAMS = {"notice_id": str(uuid.UUID(int=1))}
 
 
