@@ -104,15 +104,16 @@ FROM matched JOIN messages m USING (event_id)
 
 async def enqueue(
     conn: asyncpg.Connection, *, tenant: str, subject_ref: str, subject_id: uuid.UUID, events: list[dict[str, Any]],
-    purposes: dict[uuid.UUID, tuple[str, str, str | None]],
+    purposes: dict[str, tuple[str, str, str | None]],
 ) -> None:
-    """`purposes` maps purpose id -> (key, kind, channel) for every purpose in `events`."""
+    """`events` as printed (app/consents/chain.py); `purposes` maps purpose key -> (key, kind,
+    channel) for every purpose in them."""
     changed = [e for e in events if is_change(e)]
     if not changed:
         return
     columns: list[list[Any]] = [[], [], [], [], [], [], []]
     for event in changed:
-        key, kind, channel = purposes[event["purpose_id"]]
+        key, kind, channel = purposes[event["purpose"]]
         type_ = f"consent.{event['action']}"
         data = {
             "tenant": tenant, "subject_id": subject_ref, "purpose": key, "channel": channel,
