@@ -44,8 +44,9 @@ NOTICE_ID = uuid.UUID(int=1)
 PURPOSE_IDS = {p: uuid.UUID(int=100 + i) for i, p in enumerate(PURPOSES)}
 
 
-def _rows(n: int) -> Iterator[dict[str, Any]]:
-    """n event rows: subjects of EVENTS_PER_SUBJECT events (a sign-up of 3 grants, then changes)."""
+def _rows(n: int, evidence: bool = True) -> Iterator[dict[str, Any]]:
+    """n printed events: subjects of EVENTS_PER_SUBJECT events (a sign-up of 3 grants, then changes);
+    `evidence`: with an evidence commitment (the database seeding leaves it out: no evidence rows)."""
     notice_sha = sha256_hex(NOTICE_BODY)
     disclosure = {p: sha256_hex(canonical_json(c)) for p, c in DISCLOSURES.items()}
     start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,8 +71,9 @@ def _rows(n: int) -> Iterator[dict[str, Any]]:
                    "status": action, "previous_status": before, "collection_point_key": "signup",
                    "notice_id": NOTICE_ID, "notice_key": "privacy-policy", "notice_version": "2026-01",
                    "notice_sha256": notice_sha, "notice_superseded_at": None, "disclosure_hash": disclosure[purpose],
-                   "method": "web", "actor_type": "subject", "actor_ref": None, "evidence_id": uuid.uuid4(),
-                   "evidence_commitment": os.urandom(32).hex(), "occurred_at": t, "recorded_at": t,
+                   "method": "web", "actor_type": "subject", "actor_ref": None,
+                   "evidence_id": uuid.uuid4() if evidence else None,
+                   "evidence_commitment": os.urandom(32).hex() if evidence else None, "occurred_at": t, "recorded_at": t,
                    "reason": None, "prev_hash": prev, "subject_ref": f"member-{subject:08d}"}
             status[purpose] = action
             doc = chain.document(row, tenant=TENANT, subject_ref=row["subject_ref"])
@@ -133,17 +135,29 @@ def make(n: int, out: Path, every: int = CHECKPOINT_EVERY) -> None:
           f"uncompressed, ZIP {out.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - started:.1f} s")
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def verify(path: Path, jobs: int | None) -> None:
+    """verify-bundle in this process; wall-clock events/s, and the CPU time per event of this process
+    (reading, inflating, stitching) and of the workers, which on a busy host says more than the clock:
+    with W idle cores the ceiling is about min(1 / main, W / (main + workers)) events per second."""
     from app.proof.cli import summary
     from app.proof.verify_bundle import verify as run
 
+    self_cpu, children_cpu = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     result = run(path, jobs=jobs)
+    main_cpu = _cpu(resource.RUSAGE_SELF) - self_cpu
+    workers_cpu = _cpu(resource.RUSAGE_CHILDREN) - children_cpu
+    n = result.counts.get("events", 0) or 1
     print(summary(result))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"jobs {jobs if jobs is not None else 'auto'} (CPUs: {os.cpu_count()}): "
-          f"{result.counts.get('events', 0) / result.seconds:,.0f} events/s; peak RSS {peak:.0f} MB "
-          f"(largest worker {children:.0f} MB)")
+    print(f"jobs {jobs if jobs is not None else 'auto'} (CPUs: {os.cpu_count()}, load {os.getloadavg()[0]:.1f}): "
+          f"{n / result.seconds:,.0f} events/s; CPU per event: this process {main_cpu / n * 1e6:.1f} us, "
+          f"workers {workers_cpu / n * 1e6:.1f} us; peak RSS {peak:.0f} MB (largest worker {children:.0f} MB)")
 
 
 # -- the writer against a real database ----------------------------------------------------------------
@@ -175,8 +189,8 @@ async def _seed(url: str, n: int) -> None:
                            NOTICE_ID, TENANT, NOTICE_BODY, sha256_hex(NOTICE_BODY))
         for p, content in DISCLOSURES.items():
             h = sha256_hex(canonical_json(content))
-            await conn.execute("INSERT INTO purposes (id, tenant_id, key, kind, disclosures, disclosure_hash) "
-                               "VALUES ($1, $2, $3, 'optional', $4::jsonb, $5)", PURPOSE_IDS[p], TENANT, p,
+            await conn.execute("INSERT INTO purposes (id, tenant_id, key, kind, disclosures, disclosure_hash, active) "
+                               "VALUES ($1, $2, $3, 'optional', $4::jsonb, $5, true)", PURPOSE_IDS[p], TENANT, p,
                                canonical_json(content).decode(), h)
             await conn.execute("INSERT INTO purpose_disclosures (tenant_id, purpose_id, hash, content) "
                                "VALUES ($1, $2, $3, $4::jsonb)", TENANT, PURPOSE_IDS[p], h, canonical_json(content).decode())
@@ -193,7 +207,7 @@ async def _seed(url: str, n: int) -> None:
             log.clear()
 
         subject_rows = []
-        for doc in _rows(n):
+        for doc in _rows(n, evidence=False):
             ref = doc["subject_id"]
             sid = subjects.get(ref)
             if sid is None:

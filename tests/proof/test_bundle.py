@@ -578,3 +578,12 @@ def test_verify_bundle_needs_no_database_library():
             "print(sorted(m for m in ('asyncpg', 'sqlalchemy', 'sqlmodel', 'fastapi') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_a_line_with_another_second_member_is_named(tmp_path):
+    members = _members(_offline_bundle(tmp_path / "ok.zip"))
+    lines = _lines(members)
+    line = orjson.loads(lines[2])
+    renamed = orjson.dumps({"event": line["event"], "index": line["log_index"]})  # two members, not log_index
+    result = verify(_write_members(tmp_path / "bad.zip", _with_lines(members, lines[:2] + [renamed])))
+    assert "malformed_line" in result.by_kind and "log_order" not in result.by_kind
