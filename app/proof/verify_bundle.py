@@ -291,7 +291,7 @@ def _check_token(token: Any, keyset: dict[str, Any]) -> tuple[dict[str, Any] | N
 @dataclass
 class Block:
     """What one block of events.ndjson says, for stitching in file order. Line k of the file is leaf
-    k - 1 of the log, whatever it holds (an unreadable line is a leaf of 32 zero bytes)."""
+    k - 1 of the log, whatever it holds (an unreadable line stands for leaf data of 32 zero bytes)."""
 
     first_line: int = 0
     events: int = 0
@@ -309,27 +309,37 @@ class Block:
     kinds: Counter = field(default_factory=Counter)
 
 
-def _subtrees(leaves: list[bytes], start: int, targets: list[int]) -> tuple[list, dict]:
-    """The leaf hashes of positions start, start + 1, ... as complete aligned subtrees, merged as they
-    arrive (a node is made when its right child completes), and the same for each size in `targets`."""
+def _subtrees(hashes: list[bytes], start: int, targets: list[int]) -> tuple[list, dict]:
+    """The leaves of event hashes (32 bytes each) at positions start, start + 1, ... as complete
+    aligned subtrees, left to right, (level, hash) each, the largest that fit: for the whole block and
+    for each size in `targets`. Every complete aligned node inside the block is made once, level by
+    level (a list comprehension per level: no per-node Python frame)."""
     sha = hashlib.sha256
-    stack: list[tuple[int, bytes]] = []
-    roots: dict[int, list[tuple[int, bytes]]] = {}
-    targets = iter(targets)
-    nxt = next(targets, -1)
-    pos = start
-    for h in leaves:
-        level, p = 0, pos
-        while p & 1 and stack and stack[-1][0] == level:
-            h = sha(b"\x01" + stack.pop()[1] + h).digest()
-            level += 1
-            p >>= 1
-        stack.append((level, h))
-        pos += 1
-        if pos == nxt:
-            roots[pos] = list(stack)
-            nxt = next(targets, -1)
-    return stack, roots
+    level = [sha(b"\x00" + h).digest() for h in hashes]
+    levels, firsts = [level], [start]  # firsts[L]: the index, at level L, of levels[L][0]
+    first = start
+    while True:
+        odd = first & 1  # a first node that is a right child has its left sibling before the block
+        pairs = level[odd:]
+        if len(pairs) < 2:
+            break
+        level = [sha(b"\x01" + a + b).digest() for a, b in zip(pairs[0::2], pairs[1::2])]
+        first = (first + odd) >> 1
+        levels.append(level)
+        firsts.append(first)
+    top = len(levels) - 1
+
+    def pieces(end: int) -> list[tuple[int, bytes]]:
+        out, pos = [], start
+        while pos < end:
+            lv = min((pos & -pos).bit_length() - 1, top) if pos else top
+            while pos + (1 << lv) > end:
+                lv -= 1
+            out.append((lv, levels[lv][(pos >> lv) - firsts[lv]]))
+            pos += 1 << lv
+        return out
+
+    return pieces(start + len(hashes)), {t: pieces(t) for t in targets}
 
 
 def _shape_ok(ev: Any) -> bool:
@@ -405,8 +415,8 @@ class Checker:
         line) goes through `_slow`, which names what is wrong. Both give the same values on."""
         out = Block(first_line=first_line)
         breaks, kinds, chains = out.breaks, out.kinds, out.chains
-        leaves: list[bytes] = []
-        push = leaves.append
+        hashes: list[bytes] = []  # the leaf data: each line's event hash, 32 bytes
+        push = hashes.append
         tenant, notices, disclosures = self.tenant, self.notices, self.disclosures
         loads, dumps, sort_keys, sha256, fromhex = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256, \
             bytes.fromhex
@@ -415,7 +425,7 @@ class Checker:
         text2 = (str, str)
         actors: set = set()  # (ref, type) pairs seen with valid types
         cited: dict[tuple, bool] = {}  # notice (id, key, sha256, superseded_at, version) -> in notices.json
-        none_leaf = b"\x00" * 32
+        none_leaf = b"\x00" * 32  # the leaf data of a line without a readable hash
         expected_index = None
         line_no = first_line - 1
         events = legacy_count = 0
@@ -461,12 +471,10 @@ class Checker:
                 pass
             if fast:
                 del ev["hash"]
-                digest = sha256(dumps(ev, option=sort_keys)).digest()
-                if digest.hex() == h:
-                    leaf = sha256(b"\x00" + digest).digest()
-                else:
+                leaf = sha256(dumps(ev, option=sort_keys)).digest()
+                if leaf.hex() != h:
                     add("event_hash", "the event does not hash to its hash: changed after it was recorded")
-                    leaf = sha256(b"\x00" + fromhex(h)).digest() if _HEX64(h) else none_leaf
+                    leaf = fromhex(h) if _HEX64(h) else none_leaf
             else:
                 index = ev_tenant = subject = seq = None
                 got = self._slow(raw, add)
@@ -518,7 +526,7 @@ class Checker:
             if dh is not None and (purpose, dh) not in disclosures:
                 add("disclosure_missing", f"no disclosure of purpose {purpose!r} with hash {dh} in {DISCLOSURES}")
         out.events, out.legacy = events, legacy_count
-        out.pieces, out.roots = _subtrees(leaves, first_line - 1, list(targets))
+        out.pieces, out.roots = _subtrees(hashes, first_line - 1, list(targets))
         return out
 
     def _slow(self, raw: bytes, add: Any) -> tuple | None:
@@ -570,7 +578,7 @@ class Checker:
                 add("malformed_event", "the printed event's members or their types are not an event's")
         else:
             add("malformed_event", f"chain_version {version!r} is not 1 or 2")
-        leaf = merkle.leaf_hash(bytes.fromhex(h)) if isinstance(h, str) and _HEX64(h) else b"\x00" * 32
+        leaf = bytes.fromhex(h) if isinstance(h, str) and _HEX64(h) else b"\x00" * 32  # leaf data
         notice = ev.get("notice")
         if isinstance(notice, dict):
             notice = tuple(_hashable(notice.get(k)) for k in ("id", "key", "sha256", "version"))

@@ -587,3 +587,26 @@ def test_a_line_with_another_second_member_is_named(tmp_path):
     renamed = orjson.dumps({"event": line["event"], "index": line["log_index"]})  # two members, not log_index
     result = verify(_write_members(tmp_path / "bad.zip", _with_lines(members, lines[:2] + [renamed])))
     assert "malformed_line" in result.by_kind and "log_order" not in result.by_kind
+
+
+def test_subtrees_of_a_block_fold_onto_the_leaves_before_it_into_every_root():
+    """A block's pieces (and its pieces up to each checkpoint size inside it), pushed onto the stack of
+    everything before it, give exactly the RFC 9162 root of each prefix, wherever the block starts."""
+    import os
+    import random
+
+    from app.proof.verify_bundle import _Log, _subtrees
+
+    rng = random.Random(9162)
+    hashes = [os.urandom(32) for _ in range(700)]
+    leaves = [merkle.leaf_hash(h) for h in hashes]
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(hashes)), rng.randint(0, 6)))
+        targets = set(rng.sample(range(0, len(hashes) + 1), 12))
+        log = _Log(targets)
+        for start, end in zip([0] + cuts, cuts + [len(hashes)]):
+            pieces, roots = _subtrees(hashes[start:end], start, log.within(start, end - start))
+            block = type("B", (), {"pieces": pieces, "roots": roots})
+            log.add(block, end - start)
+        assert log.size == len(hashes)
+        assert log.roots == {t: merkle.root(leaves[:t]) for t in targets}
