@@ -372,7 +372,7 @@ async def test_hanging_receiver_times_out_and_does_not_hold_up_others(client, au
 async def test_worker_survives_a_database_restart(settings):
     """A separate PostgreSQL, so restarting it cannot disturb the shared test database."""
     tmp = Path(tempfile.mkdtemp(prefix="cl-faults-pg-"))
-    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=True)
+    pg = EmbeddedPostgres(tmp / "pg", free_port(), fast_unsafe=True, database="consent_ledger")
     receiver = await Receiver().start()
     tenant = f"t-{uuid.uuid4().hex[:12]}"
     stop = asyncio.Event()
@@ -403,7 +403,8 @@ async def test_worker_survives_a_database_restart(settings):
 
     try:
         await asyncio.to_thread(pg.start)
-        await asyncio.to_thread(migrate, pg.url)
+        owner_url, _ = await asyncio.to_thread(pg.ensure_roles, pg.database)
+        await asyncio.to_thread(migrate, owner_url, "consent_ledger_runtime")
         worker = Worker(dataclasses.replace(settings, database_url=pg.url), name="restart-worker")
         task = asyncio.create_task(worker.run(stop))
 
