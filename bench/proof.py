@@ -1,7 +1,8 @@
 """Audit bundles at scale (issue 8 point 4): how fast `verify-bundle` checks one, how much memory
 `audit bundle` needs to write one. Not part of `make test`; prints figures, asserts nothing.
 
-    .venv/bin/python -m bench.proof make --events 1000000 --out /tmp/b.zip   # synthetic, no database
+    .venv/bin/python -m bench.proof make --events 1000000 --out /tmp/b.zip [--checkpoint-every N]
+                                                                              # synthetic, no database
     .venv/bin/python -m bench.proof verify /tmp/b.zip [--jobs N]              # events/s, peak memory
     .venv/bin/python -m bench.proof writer --events 1000000                   # embedded PostgreSQL:
         seed N valid events in SQL, then `audit bundle` in a child process, its peak RSS sampled;
@@ -304,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p_make = commands.add_parser("make")
     p_make.add_argument("--events", type=int, default=1_000_000)
     p_make.add_argument("--out", type=Path, required=True)
+    p_make.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                        help="events between two checkpoints (a tenant checkpointed every minute: a few)")
     p_verify = commands.add_parser("verify")
     p_verify.add_argument("file", type=Path)
     p_verify.add_argument("--jobs", type=int)
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p_writer.add_argument("--keep", type=Path, help="write the bundle here (default: a temporary directory)")
     args = parser.parse_args(argv)
     if args.command == "make":
-        make(args.events, args.out)
+        make(args.events, args.out, args.checkpoint_every)
     elif args.command == "verify":
         verify(args.file, args.jobs)
     else:

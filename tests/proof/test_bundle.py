@@ -610,3 +610,48 @@ def test_subtrees_of_a_block_fold_onto_the_leaves_before_it_into_every_root():
             log.add(block, end - start)
         assert log.size == len(hashes)
         assert log.roots == {t: merkle.root(leaves[:t]) for t in targets}
+
+
+def test_checkpoint_signatures_in_batches_agree_with_keys_verify_token_by_token():
+    """The batch check accepts a token with an already accepted header only when keys.verify would;
+    every other verdict is keys.verify's own."""
+    from app.proof.verify_bundle import _signature_failures
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    private = Ed25519PrivateKey.generate()
+    signer, other = keys.Signer(private), Ed25519PrivateKey.generate()
+    keyset = {"keys": [signer.public_jwk()]}
+    good = [signer.sign({"tenant": "t", "tree_size": n, "root_hash": "ab" * 32, "issued_at": "x"}, TYP)
+            for n in range(1, 4)]
+    head = good[0].split(".")[0]
+
+    def signed(payload: bytes, key=private) -> str:
+        signing_input = f"{head}.{b64(payload)}"
+        return f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
+
+    tokens = [
+        good[0], good[1],
+        signed(b'{"tenant":"t","tree_size":5,"tree_size":6}'),  # a repeated member, validly signed
+        signed(b'[1, 2]'),  # not an object
+        signed(b'{"tenant":"t"}', other),  # same header, another key
+        good[2][:-2] + ("AA" if not good[2].endswith("AA") else "BA"),  # a damaged signature
+        good[2] + "=",  # padding
+        ".".join(good[2].split(".")[:2]),  # two segments
+        good[2].replace(".", "..", 1),
+        None, good[2],
+    ]
+    batch = _signature_failures(tokens, keyset)
+
+    def one(token) -> str | None:
+        if not isinstance(token, str):
+            return "no JWS (jws)"
+        try:
+            keys.verify(token, keyset, typ=TYP)
+            return None
+        except keys.ProofError as exc:
+            return str(exc)
+
+    assert batch == [one(t) for t in tokens]
+    assert batch[0] is batch[1] is batch[-1] is None and all(why is not None for why in batch[2:-1])
