@@ -76,6 +76,7 @@ MAX_LISTED = 1000  # breaks listed in full; all are counted by kind
 SIGNATURE_BATCH = 2000  # checkpoint signatures per worker task
 BLOCK = 4 << 20  # bytes of events.ndjson per block
 PARALLEL_FROM = 32 << 20  # events.ndjson this large (uncompressed) is checked by worker processes
+MAX_JOBS = 8  # by default; past ~6 workers the reading process is the limit (bench/proof.py)
 
 # The printed event (chain.document() + "hash"), member by member.
 EVENT_KEYS = frozenset({
@@ -1124,7 +1125,10 @@ def _jobs(zf: zipfile.ZipFile, jobs: int | None) -> int:
         return jobs
     sizes = {info.filename: info.file_size for info in zf.infolist()}
     large = sizes.get(EVENTS, 0) >= PARALLEL_FROM or sizes.get(CHECKPOINTS, 0) >= PARALLEL_FROM // 8
-    return (os.cpu_count() or 1) if large else 1
+    if not large:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, MAX_JOBS)
 
 
 def verify(path: Path, public_key: Path | None = None, trusted_checkpoint: Path | None = None, *,
