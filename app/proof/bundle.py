@@ -106,7 +106,7 @@ created / 생성: {created_at}
   `tree_size`개 이벤트의 Merkle 루트(RFC 9162)입니다. `jwks.json`: 서비스의 공개 키.
 - `manifest.json`: 각 파일의 SHA-256과 크기.
 - IP 주소·사용자 에이전트 같은 원본 증거는 들어 있지 않습니다(버전 2 이벤트는 키가 있는 커밋먼트만
-  가집니다).
+  가집니다).{v1_ko}
 
 검증:
 
@@ -134,7 +134,7 @@ the service or its database.
 - `checkpoints.json`: signed checkpoints (Ed25519, compact JWS); each `root_hash` is the RFC 9162
   Merkle root of the first `tree_size` events. `jwks.json`: the service's public keys.
 - `manifest.json`: the SHA-256 and size of every file.
-- No raw evidence (IP address, user agent): version 2 events carry only a keyed commitment to it.
+- No raw evidence (IP address, user agent): version 2 events carry only a keyed commitment to it.{v1_en}
 
 To verify:
 
@@ -215,9 +215,14 @@ class BundleWriter:
         self.files.append(checkpoints.close())
         for name, value in ((NOTICES, notices), (DISCLOSURES, disclosures), (JWKS, jwks)):
             self.files.append(_write(self.zf, name, _json(value)))
+        v1 = counts.get("chain_v1_events", 0)
         self.files.append(_write(self.zf, README, README_TEXT.format(
             tenant=self.tenant, events=counts["events"], tree_size=tree_size, created_at=created_at,
-            filename=filename).encode("utf-8")))
+            filename=filename,
+            v1_ko=f"\n  단, 체인 버전 1 이벤트 {v1}건은 해시가 원본을 덮으므로 `legacy`에 IP·사용자 에이전트가 "
+                  "들어 있습니다." if v1 else "",
+            v1_en=f"\n  Except: the {v1} chain version 1 events carry their IP address and user agent in `legacy`, "
+                  "because their hash covers them." if v1 else "").encode("utf-8")))
         manifest = {
             "format": FORMAT, "tenant": self.tenant, "created_at": created_at, "tree_size": tree_size,
             "root_hash": root_hash,

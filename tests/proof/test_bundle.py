@@ -655,3 +655,8 @@ def test_checkpoint_signatures_in_batches_agree_with_keys_verify_token_by_token(
 
     assert batch == [one(t) for t in tokens]
     assert batch[0] is batch[1] is batch[-1] is None and all(why is not None for why in batch[2:-1])
+
+
+def test_the_readme_says_when_v1_events_carry_raw_evidence(tmp_path):
+    readme = _members(_offline_bundle(tmp_path / "v1.zip"))["README.md"].decode()
+    assert "chain version 1 events carry their IP address" in readme and "체인 버전 1 이벤트 2건" in readme
