@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -313,6 +314,7 @@ def writer(n: int, keep: Path | None) -> None:
         verify(out, None)
     finally:
         pg.stop(mode="immediate")
+        shutil.rmtree(work, ignore_errors=True)  # the database, keys and (without --keep) the bundle
 
 
 def main(argv: list[str] | None = None) -> int:
