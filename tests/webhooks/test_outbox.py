@@ -51,7 +51,7 @@ async def test_messages_written_in_a_rolled_back_transaction_never_exist(app, cl
         async with app.state.pool.acquire() as conn, conn.transaction():
             await service.record(conn, principal, subject_id="ghost", body=body,
                                  client=service.ClientInfo(ip=None, user_agent=None),
-                                 idempotency_key=None, request_path="/test")
+                                 idempotency_key=None, request_path="/test", proof=app.state.proof)
             assert await conn.fetchval("SELECT count(*) FROM webhook_messages WHERE tenant_id = $1", tenant) > 0
             raise Abort
     await asyncio.sleep(1.0)
