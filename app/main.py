@@ -27,8 +27,9 @@ API_DESCRIPTION = """\
 Proof of consent for Korean online services: granular opt-in consents (never pre-checked),
 refusals and withdrawals, per-recipient third-party consents, with a tamper-evident history.
 
-Every route except the health checks needs `Authorization: Bearer <JWT>` with the claims
-`tenant`, `sub`, `scope`, `iss`, `aud`, `exp`. Errors are RFC 9457 `application/problem+json`.
+Every route except the health checks and the public keys (`/.well-known/consent-ledger/jwks.json`,
+which verifiers of checkpoints and receipts must fetch) needs `Authorization: Bearer <JWT>` with the
+claims `tenant`, `sub`, `scope`, `iss`, `aud`, `exp`. Errors are RFC 9457 `application/problem+json`.
 """
 
 
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "recipients", "description": "Third parties (제3자) that receive data"},
             {"name": "processors", "description": "Outsourced processors (수탁사), disclosed"},
             {"name": "webhooks", "description": "Signed notifications to processors when consent changes"},
+            {"name": "proof", "description": "Signed checkpoints of the tenant's Merkle log, inclusion and "
+                                             "consistency proofs, the public keys (docs/proof.md)"},
             {"name": "health", "description": "Unauthenticated liveness and readiness"},
         ],
     )
