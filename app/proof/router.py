@@ -52,7 +52,8 @@ async def create_checkpoint(request: Request, principal: AuditRead, pool: Ledger
 @audit.get("/checkpoints", operation_id="checkpoints-list", response_model=CheckpointPage)
 async def list_checkpoints(
     principal: AuditRead, pool: LedgerReader,
-    after: Annotated[int, Query(ge=0, description="Only larger trees than this (next_after of the last page)")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**62,
+                                description="Only larger trees than this (next_after of the last page)")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
     """The tenant's checkpoints by tree size, oldest first."""
