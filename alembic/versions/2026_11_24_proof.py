@@ -80,6 +80,10 @@ FUNCTIONS = [
                     RAISE EXCEPTION 'event seq % of subject % does not continue its chain (head: seq %)',
                         e.seq, s.subject_id, next_seq - 1 USING ERRCODE = 'check_violation';
                 END IF;
+                IF e.recorded_at > clock_timestamp() + interval '1 minute' THEN
+                    RAISE EXCEPTION 'event seq % of subject % is recorded in the future', e.seq, s.subject_id
+                        USING ERRCODE = 'check_violation';
+                END IF;
                 IF last_time IS NOT NULL AND e.recorded_at < last_time THEN
                     RAISE EXCEPTION 'event seq % of subject % is recorded before the previous event',
                         e.seq, s.subject_id USING ERRCODE = 'check_violation';
@@ -299,6 +303,13 @@ def upgrade() -> None:
         _timestamp('purged_at'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_evidence_purges')),
     )
+    # Shapes the code relies on, enforced where the runtime role writes: a tenant id becomes a
+    # directory name (CHECKPOINT_DIR) and a hash a Merkle leaf. NOT VALID: rows from before are
+    # left as they are (the application always made them so).
+    op.execute(r"ALTER TABLE tenants ADD CONSTRAINT ck_tenants_key_shape "
+               r"CHECK (id ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$') NOT VALID")
+    op.execute(r"ALTER TABLE consent_events ADD CONSTRAINT ck_consent_events_hash_shape "
+               r"CHECK (hash ~ '^[0-9a-f]{64}$' AND (prev_hash IS NULL OR prev_hash ~ '^[0-9a-f]{64}$')) NOT VALID")
     for statement in FUNCTIONS:
         op.execute(statement)
     for table in APPEND_ONLY_TABLES:
@@ -310,6 +321,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE consent_events DROP CONSTRAINT ck_consent_events_hash_shape")
+    op.execute("ALTER TABLE tenants DROP CONSTRAINT ck_tenants_key_shape")
     for table in APPEND_ONLY_TABLES:
         op.execute(f"DROP TRIGGER {table}_no_truncate ON {table}")
         op.execute(f"DROP TRIGGER {table}_append_only ON {table}")

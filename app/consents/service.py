@@ -67,7 +67,7 @@ CATALOG_FOR_RECORD = """
 SELECT cp.id AS collection_point_id, cp.notice_key,
        cur.id AS current_id, cur.version AS current_version, cur.sha256 AS current_sha256,
        cur.effective_at AS current_effective_at,
-       shown.version AS shown_version, shown.sha256 AS shown_sha256, shown.effective_at AS shown_effective_at,
+       shown.version AS shown_version, shown.sha256 AS shown_sha256, prev.id AS previous_id,
        now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                       WHERE t.id = $1) AS controller,
        p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures
@@ -77,6 +77,12 @@ LEFT JOIN LATERAL (
     WHERE n.tenant_id = $1 AND n.key = cp.notice_key AND n.published_at IS NOT NULL AND n.effective_at <= now()
     ORDER BY n.effective_at DESC, n.published_at DESC LIMIT 1
 ) cur ON true
+LEFT JOIN LATERAL (
+    SELECT n.id FROM notices n
+    WHERE n.tenant_id = $1 AND n.key = cp.notice_key AND n.published_at IS NOT NULL
+      AND n.effective_at < cur.effective_at
+    ORDER BY n.effective_at DESC, n.published_at DESC LIMIT 1
+) prev ON true
 LEFT JOIN notices shown ON shown.id = $3 AND shown.tenant_id = $1 AND shown.key = cp.notice_key
                        AND shown.published_at IS NOT NULL AND shown.effective_at <= now()
 LEFT JOIN collection_point_purposes cpp ON cpp.collection_point_id = cp.id
@@ -87,8 +93,8 @@ ORDER BY cpp.position
 
 
 def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) -> ledger.NoticeShown:
-    """The version the request names must be the one the form shows now; an older one only within
-    `grace` after the newer took effect (a form loaded just before the switch), recorded as such."""
+    """The version the request names must be the one the form shows now; the one in force right
+    before it only within `grace` after the switch (a form loaded just before), recorded as such."""
     key = row["notice_key"]
     if row["current_id"] is None:
         raise Conflict(f"the collection point has no published notice {key!r} in force; publish one first")
@@ -101,7 +107,7 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
             errors=[{"field": "body.notice_id",
                      "reason": f"must be the version the form shows: notice {key!r} version {current}"}],
         )
-    if row["shown_effective_at"] < row["current_effective_at"] and row["now"] <= row["current_effective_at"] + grace:
+    if notice_id == row["previous_id"] and row["now"] <= row["current_effective_at"] + grace:
         return ledger.NoticeShown(id=notice_id, key=key, version=row["shown_version"], sha256=row["shown_sha256"],
                                   superseded_at=row["current_effective_at"])
     raise Conflict(

@@ -43,6 +43,14 @@ UNION ALL
 SELECT 'disclosure', d.purpose_id, d.hash, d.tenant_id, NULL, NULL, NULL, d.content
 FROM purpose_disclosures d WHERE d.purpose_id = ANY($1::uuid[])
 """
+# Version 1 events are only ever the tenant's oldest history (the migration queued them first): the
+# first version 2 leaf of the tenant's log bounds where any version 1 event may sit.
+FIRST_V2_LEAF = """
+SELECT l.idx FROM ledger_log l
+WHERE l.tenant_id = $1
+  AND EXISTS (SELECT 1 FROM consent_events e WHERE e.id = l.event_id AND e.chain_version = 2)
+ORDER BY l.idx LIMIT 1
+"""
 EVIDENCE = "SELECT id, ip, user_agent, guardian, commitment, purged_at FROM consent_evidence WHERE subject_id = $1"
 # Both ways: each event's place in the log, and each log entry (or queued one) of this subject.
 LOG = """
@@ -67,8 +75,12 @@ class Report:
 
 def _chain(report: Report, subject: Mapping[str, Any], events: list[Mapping[str, Any]], secret: bytes) -> None:
     tenant, member = subject["tenant_id"], subject["external_id"]
-    previous_hash, previous_time, expected = None, None, 1
+    previous_hash, previous_time, expected, seen_v2 = None, None, 1, False
     for event in events:
+        if event["chain_version"] == 1 and seen_v2:
+            report.add("legacy_after_v2", "a version 1 event (no seal) after version 2 events: version 1 is only "
+                                          "history from before the upgrade", event)
+        seen_v2 = seen_v2 or event["chain_version"] != 1
         if event["seq"] > expected:
             report.add("missing_event", f"events {expected} to {event['seq'] - 1} are missing", seq=expected)
         elif event["seq"] < expected:
@@ -153,10 +165,15 @@ def _cited(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[s
                 report.add("evidence_mismatch", "the raw evidence does not match the event's commitment", event)
 
 
-def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[str, Any]]) -> dict[str, int]:
+def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[str, Any]],
+            first_v2: int | None) -> dict[str, int]:
     found = {r["event_id"]: r for r in rows}
     for event in events:
         entry = found.get(event["id"])
+        if event["chain_version"] == 1 and first_v2 is not None and entry is not None and \
+                (entry["idx"] is None or entry["idx"] > first_v2):
+            report.add("legacy_after_v2", f"a version 1 event placed in the log after its first version 2 event "
+                                          f"(leaf {first_v2}): not history from before the upgrade", event)
         if entry is None:
             report.add("not_in_log", "the event is neither in the Merkle log nor queued for it", event)
         elif entry["event_hash"] != event["hash"]:
@@ -184,11 +201,13 @@ async def verify(pool: asyncpg.Pool, tenant: str, external_id: str, secret: byte
             list({e["notice_id"] for e in events if e["notice_id"]}))
         evidence = await conn.fetch(EVIDENCE, subject["id"])
         logged = await conn.fetch(LOG, subject["id"])
+        first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
+            else None
     report = Report()
     _chain(report, subject, events, secret)
     _state(report, events, states)
     _cited(report, events, cited, evidence, secret, tenant)
-    log = _logged(report, events, logged)
+    log = _logged(report, events, logged, first_v2)
     return {"subject_id": external_id, "valid": not report.breaks, "events_checked": len(events),
             "head_hash": subject["last_hash"], "log": log, "breaks": report.breaks,
             "first_break": report.breaks[0] if report.breaks else None}

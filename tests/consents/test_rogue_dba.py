@@ -204,3 +204,34 @@ def test_event_hash_is_sha256_of_rfc8785_of_the_printed_event():
     event = {"chain_version": 2, "tenant": "t", "subject_id": "회원-1", "seq": 1, "reason": None, "prev_hash": None}
     assert chain.document_hash({**event, "hash": "ignored"}) == hashlib.sha256(rfc8785.dumps(event)).hexdigest()
     assert json.loads(rfc8785.dumps(event)) == event
+
+
+async def test_events_forged_as_version_1_are_reported(client, db, demo, subject):
+    """Version 1 events carry no seal; they may only be the oldest history. A DBA who writes new ones
+    (after version 2 events, or for a new member once the log holds version 2 events) is caught."""
+    assert (await client.post("/v1/audit/checkpoints", headers=subject)).status_code == 201
+    head = await subject_row(db, demo)
+    last = dict(await db.fetchrow("SELECT * FROM consent_events WHERE subject_id = $1 AND seq = $2",
+                                  head["id"], head["last_seq"]))
+
+    def legacy(base: dict, **changes) -> dict:
+        event = {**base, "id": __import__("uuid").uuid4(), "chain_version": 1, "seal": None, **changes}
+        event["hash"] = chain.legacy_hash(chain.legacy_payload(event))
+        return event
+
+    forged = legacy(last, seq=last["seq"] + 1, prev_hash=last["hash"], action="granted", status="granted",
+                    previous_status="withdrawn", version=last["version"] + 1, evidence_id=None,
+                    evidence_commitment=None)
+    columns = list(forged)
+    await as_rogue(
+        db, (f"INSERT INTO consent_events ({', '.join(columns)}) VALUES "
+             f"({', '.join(f'${i + 1}' for i in range(len(columns)))})", *forged.values()),
+        ("UPDATE subjects SET last_seq = $2, last_hash = $3 WHERE id = $1", head["id"], forged["seq"], forged["hash"]),
+        ("UPDATE consent_states SET status = 'granted', version = $3, last_event_id = $4 "
+         "WHERE subject_id = $1 AND purpose_id = $2", head["id"], forged["purpose_id"], forged["version"],
+         forged["id"]),
+        ("INSERT INTO ledger_log_queue (event_id, tenant_id, subject_id, event_hash) VALUES ($1, $2, $3, $4)",
+         forged["id"], demo, head["id"], forged["hash"]),
+    )
+    report = await verify(client, subject)
+    assert kinds(report) == {"legacy_after_v2"}, report["breaks"]

@@ -55,6 +55,16 @@ async def test_within_the_grace_window_the_older_notice_is_recorded_as_supersede
     assert datetime.fromisoformat(notice["superseded_at"]) == datetime.fromisoformat(newer["effective_at"])
 
 
+async def test_the_grace_window_brings_back_only_the_version_just_replaced(client, auth, demo):
+    headers = auth(demo)
+    oldest = decisions_for(await form(client, headers))
+    await _newer_notice(client, headers, datetime.now(UTC) - timedelta(hours=1))  # replaced the oldest an hour ago
+    middle = decisions_for(await form(client, headers))
+    await _newer_notice(client, headers, datetime.now(UTC) - timedelta(seconds=5))
+    assert (await client.post("/v1/subjects/n-3/consents", json=oldest, headers=headers)).status_code == 409
+    assert (await client.post("/v1/subjects/n-3/consents", json=middle, headers=headers)).status_code == 201
+
+
 async def test_every_decision_echoes_the_disclosures_it_showed(client, auth, demo, db):
     headers = auth(demo)
     shown = await form(client, headers)
