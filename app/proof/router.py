@@ -37,13 +37,16 @@ async def jwks(request: Request):
 async def create_checkpoint(request: Request, principal: AuditRead, pool: LedgerReader):
     """Checkpoint the tenant's log now: every event recorded so far is placed and the tree head
     signed (201). With nothing new since the latest checkpoint, that one (200). 409 when the log is
-    empty, or when it no longer extends a checkpoint already signed (history was rewritten: nothing
-    is signed then, and the problem says which checkpoint)."""
+    empty, or when nothing may be signed; the problem then says why and names what: the log no
+    longer extends a checkpoint already signed (history was rewritten; `log-inconsistent`), its
+    stored subtrees are not those of its entries (`log-inconsistent`), it holds events the service
+    did not seal (`log-unsealed`), or a checkpoint row the service did not sign holds the tree size
+    (`checkpoint-forged`)."""
     made = await log.make_checkpoint(pool, principal.tenant, request.app.state.proof, force=True,
                                      checkpoint_dir=request.app.state.settings.checkpoint_dir)
     if made is not None:
         return json_response(made, status_code=status.HTTP_201_CREATED)
-    latest = await log.latest(pool, principal.tenant)
+    latest = await log.latest(pool, principal.tenant, request.app.state.proof)
     if latest is None:
         raise Conflict("the log is empty: nothing has been recorded for this tenant yet")
     return json_response(latest)
@@ -51,21 +54,22 @@ async def create_checkpoint(request: Request, principal: AuditRead, pool: Ledger
 
 @audit.get("/checkpoints", operation_id="checkpoints-list", response_model=CheckpointPage)
 async def list_checkpoints(
-    principal: AuditRead, pool: LedgerReader,
+    request: Request, principal: AuditRead, pool: LedgerReader,
     after: Annotated[int, Query(ge=0, le=2**62,
                                 description="Only larger trees than this (next_after of the last page)")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
-    """The tenant's checkpoints by tree size, oldest first."""
-    items = await log.list_after(pool, principal.tenant, after, limit)
+    """The tenant's checkpoints by tree size, oldest first (only rows whose JWS verifies: a row the
+    service did not sign is never listed)."""
+    items = await log.list_after(pool, principal.tenant, after, limit, request.app.state.proof)
     return json_response({"items": items, "next_after": items[-1]["tree_size"] if len(items) == limit else None})
 
 
 @audit.get("/checkpoints/latest", operation_id="checkpoints-latest", response_model=Checkpoint,
            responses=problem_responses(404))
-async def latest_checkpoint(principal: AuditRead, pool: LedgerReader):
+async def latest_checkpoint(request: Request, principal: AuditRead, pool: LedgerReader):
     """The newest checkpoint (404 before the first one)."""
-    found = await log.latest(pool, principal.tenant)
+    found = await log.latest(pool, principal.tenant, request.app.state.proof)
     if found is None:
         raise NotFound("no checkpoint yet: the worker makes one within CHECKPOINT_INTERVAL_SECONDS of the first "
                        "event, or POST /v1/audit/checkpoints")
@@ -74,9 +78,9 @@ async def latest_checkpoint(principal: AuditRead, pool: LedgerReader):
 
 @audit.get("/checkpoints/{tree_size}", operation_id="checkpoints-get", response_model=Checkpoint,
            responses=problem_responses(404))
-async def get_checkpoint(tree_size: TreeSize, principal: AuditRead, pool: LedgerReader):
+async def get_checkpoint(request: Request, tree_size: TreeSize, principal: AuditRead, pool: LedgerReader):
     """The checkpoint of one tree size."""
-    found = await log.get(pool, principal.tenant, tree_size)
+    found = await log.get(pool, principal.tenant, tree_size, request.app.state.proof)
     if found is None:
         raise NotFound(f"no checkpoint of tree size {tree_size}")
     return json_response(found)
@@ -85,27 +89,29 @@ async def get_checkpoint(tree_size: TreeSize, principal: AuditRead, pool: Ledger
 @audit.get("/proofs/inclusion", operation_id="proofs-inclusion", response_model=InclusionProof,
            responses=problem_responses(404, 409))
 async def inclusion_proof(
-    principal: AuditRead, pool: LedgerReader,
+    request: Request, principal: AuditRead, pool: LedgerReader,
     event_id: Annotated[uuid.UUID, Query(description="The event (id as printed in its history)")],
     tree_size: Annotated[int | None, Query(ge=1, le=2**62, description="A checkpointed size; default: the latest")] = None,
 ):
     """That the event is in the log the checkpoint signs: its leaf index, leaf hash and RFC 9162
     audit path. 404 for an event this tenant does not have, or one no checkpoint covers yet (then
     `pending` is true); 422 when no checkpoint has that tree size."""
-    return json_response(await log.inclusion(pool, principal.tenant, event_id, tree_size))
+    return json_response(await log.inclusion(pool, principal.tenant, event_id, tree_size,
+                                             proof=request.app.state.proof))
 
 
 @audit.get("/proofs/consistency", operation_id="proofs-consistency", response_model=ConsistencyProof,
            responses=problem_responses(409))
 async def consistency_proof(
-    principal: AuditRead, pool: LedgerReader,
+    request: Request, principal: AuditRead, pool: LedgerReader,
     first: Annotated[int, Query(ge=1, le=2**62, description="The older checkpoint's tree size")],
     second: Annotated[int, Query(ge=1, le=2**62, description="The newer checkpoint's tree size")],
 ):
     """That the log at checkpoint `second` extends the log at checkpoint `first` (nothing in it was
     changed or removed): the RFC 9162 consistency proof and both signed checkpoints. 422 when either
     size has no checkpoint, or first > second."""
-    return json_response(await log.consistency(pool, principal.tenant, first, second))
+    return json_response(await log.consistency(pool, principal.tenant, first, second,
+                                               proof=request.app.state.proof))
 
 
 router.include_router(audit)

@@ -4,6 +4,7 @@ subtrees, the one-query node fetch, concurrent extenders, and checkpoint signing
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -135,23 +136,47 @@ async def test_checkpoint_signs_the_root_of_the_log_and_writes_its_webhook_in_th
     payload = keys.verify(made["jws"], proof.jwks(), log.CHECKPOINT_TYP)
     assert payload == {k: made[k] for k in ("tenant", "tree_size", "root_hash", "issued_at")}
     assert made["key_id"] == proof.signer.kid
+    assert await log.latest(app.state.pool, demo, proof) == made == await log.get(app.state.pool, demo, made["tree_size"],
+                                                                               proof)
     assert await log.latest(app.state.pool, demo) == made == await log.get(app.state.pool, demo, made["tree_size"])
     # Nothing new: nothing signed, with or without force.
     assert await log.make_checkpoint(app.state.pool, demo, proof) is None
     assert await log.make_checkpoint(app.state.pool, demo, proof, force=True) is None
 
 
-async def test_checkpoint_refuses_a_checkpoint_row_that_is_not_what_was_signed(app, client, auth, demo, db, caplog):
-    """The previous checkpoint is read from its signature: a DBA who edits the row's root (to match a
-    rewritten log) gains nothing."""
+async def test_a_checkpoint_row_that_is_not_what_was_signed_is_skipped_but_its_signature_still_binds(
+        app, client, auth, demo, db, caplog):
+    """A row whose columns no longer say what its JWS signs (a DBA edited its root to match a
+    rewritten log) is neither served nor used as the previous checkpoint, and is logged at ERROR once;
+    but what its JWS does sign still binds: a rewritten log is refused against it."""
     await _sign_ups(client, auth(demo), "r", 2)
-    first = await log.make_checkpoint(app.state.pool, demo, app.state.proof)
+    proof = app.state.proof
+    first = await log.make_checkpoint(app.state.pool, demo, proof)
+    n = first["tree_size"]
     async with db.transaction():
         await db.execute("SET LOCAL session_replication_role = replica")
         await db.execute("UPDATE ledger_checkpoints SET root_hash = $3 WHERE tenant_id = $1 AND tree_size = $2",
-                         demo, first["tree_size"], "00" * 32)
+                         demo, n, "00" * 32)
+    caplog.set_level(logging.ERROR, logger="consent_ledger.proof")
+    assert await log.latest(app.state.pool, demo, proof) is None
+    assert await log.get(app.state.pool, demo, n, proof) is None
+    assert await log.list_after(app.state.pool, demo, 0, 10, proof) == []
+    assert await log.latest(app.state.pool, demo) is not None  # without keys: as stored (the bundle checks it)
+    reported = [r for r in caplog.records if f"tree_size {n}) is not a checkpoint this service signed" in r.getMessage()]
+    assert len(reported) == 1 and reported[0].levelno == logging.ERROR  # once per row, however often it is met
+
+    # The DBA rewrites the log (leaf 0 becomes another hash, every node recomputed): refused, from
+    # the signature in the edited row.
+    leaves = await _leaves(db, demo)
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute("UPDATE ledger_log SET event_hash = $2 WHERE tenant_id = $1 AND idx = 0", demo, "ab" * 32)
+        await db.execute("DELETE FROM ledger_log_nodes WHERE tenant_id = $1", demo)
+        leaves[0] = merkle.leaf_hash(bytes.fromhex("ab" * 32))
+        await db.executemany("INSERT INTO ledger_log_nodes (tenant_id, level, idx, hash) VALUES ($1, $2, $3, $4)",
+                             [(demo, lv, ix, h) for lv, ix, h in merkle.new_nodes(0, leaves, lambda lv, ix: b"")])
     await _sign_ups(client, auth(demo), "s", 1)
-    with pytest.raises(log.LogInconsistent, match="does not match its signature"):
-        await log.make_checkpoint(app.state.pool, demo, app.state.proof)
-    assert await db.fetchval("SELECT max(tree_size) FROM ledger_checkpoints WHERE tenant_id = $1", demo) \
-        == first["tree_size"]
+    with pytest.raises(log.LogInconsistent, match=f"no longer extends checkpoint {n} \\(the signature in a "
+                                                  "ledger_checkpoints row that does not match it\\)"):
+        await log.make_checkpoint(app.state.pool, demo, proof)
+    assert await db.fetchval("SELECT max(tree_size) FROM ledger_checkpoints WHERE tenant_id = $1", demo) == n
