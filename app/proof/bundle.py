@@ -113,10 +113,12 @@ created / 생성: {created_at}
     consent-ledger verify-bundle {filename} [--public-key 공개키.pem|jwks.json] [--trusted-checkpoint 체크포인트.json]
 
 번들 안의 `jwks.json`은 번들을 만든 쪽이 준 것이므로, 감사인은 서비스가 따로 공개한 키를
-`--public-key`로 주는 것이 좋습니다. 예전에 받아 둔 체크포인트(CHECKPOINT_DIR의 파일이나
-`ledger.checkpoint` 웹훅 본문)를 `--trusted-checkpoint`로 주면, 그 뒤에 과거 기록이 고쳐졌는지(서비스의
-키로 다시 서명했더라도) 드러납니다. 종료 코드: 0 유효, 1 깨진 곳 있음(종류·위치·설명 출력),
-2 읽을 수 없는 입력.
+`--public-key`로 주는 것이 좋습니다(키를 바꾼 적이 있으면 쓰인 키 모두). 예전에 받아 둔 체크포인트
+(CHECKPOINT_DIR의 파일이나 `ledger.checkpoint` 웹훅 본문)를 `--trusted-checkpoint`로 주면, 그 뒤에 과거
+기록이 고쳐졌는지(서비스의 키로 다시 서명했더라도) 드러나고, `--public-key`가 없으면 모든 체크포인트가
+그 체크포인트에 서명한 키로 서명되어 있어야 합니다. 둘 다 없으면 번들 자신의 키를 믿었다는 경고가
+출력됩니다. 종료 코드: 0 유효, 1 깨진 곳 있음(종류·위치·설명 출력), 2 읽을 수 없는 입력(검증기의 크기
+제한을 넘는 번들 포함).
 
 직접 검증기를 만들려면 consent-ledger 저장소의 `docs/proof-test-vectors.md`(정규화 규칙, 바이트 단위
 정의, 시험 벡터)를 보십시오.
@@ -141,14 +143,33 @@ To verify:
     consent-ledger verify-bundle {filename} [--public-key KEY.pem|jwks.json] [--trusted-checkpoint CHECKPOINT.json]
 
 The bundle's own `jwks.json` comes from whoever made the bundle: an auditor should give the key the
-service published elsewhere with `--public-key`. A checkpoint saved earlier (a file from CHECKPOINT_DIR
-or a `ledger.checkpoint` webhook body) given with `--trusted-checkpoint` shows whether history it
-covered was rewritten since, even if re-signed with the service's own key. Exit status: 0 valid,
-1 breaks found (kind, where, detail printed), 2 unreadable input.
+service published elsewhere with `--public-key` (every key it used, if it changed keys). A checkpoint
+saved earlier (a file from CHECKPOINT_DIR or a `ledger.checkpoint` webhook body) given with
+`--trusted-checkpoint` shows whether history it covered was rewritten since, even if re-signed with the
+service's own key; without `--public-key`, every checkpoint must then be signed by the key that signed
+the saved one. With neither, verify-bundle warns that it trusted the bundle's own keys. Exit status:
+0 valid, 1 breaks found (kind, where, detail printed), 2 unreadable input (a bundle past the verifier's
+size limits included).
 
 To write your own verifier, see `docs/proof-test-vectors.md` in the consent-ledger repository
 (canonical form, byte-by-byte definitions, test vectors).
 """
+
+
+# Chain version 1 events (docs/proof-test-vectors.md section 8), said where they are in a bundle.
+V1_KO = """
+  단, 체인 버전 1 이벤트 {v1}건은 해시가 원본을 덮으므로 `legacy`에 IP·사용자 에이전트가 들어 있습니다.
+  이 이벤트들의 해시는 `legacy` 페이로드만 덮습니다. 출력된 이벤트 가운데 회원 ID(`subject_id`),
+  `purpose`, `collection_point`, 고지문(`notice`)의 `key`·`version`·`sha256`·`superseded_at`,
+  `evidence`는 해시가 덮지 않는 값입니다(페이로드에는 그 대신 내부 ID가 있습니다). 나머지 값은
+  페이로드와 값과 형식까지 같아야 하고, 버전 1 이벤트는 모든 버전 2 이벤트보다 앞에만 올 수 있습니다."""
+V1_EN = """
+  Except: the {v1} chain version 1 events carry their IP address and user agent in `legacy`, because
+  their hash covers them. Their hash covers that payload, not the printed event: of these events, the
+  member id (`subject_id`), `purpose`, `collection_point`, the notice's `key`, `version`, `sha256` and
+  `superseded_at`, and `evidence` are not covered by their hash (the payload holds internal ids
+  instead). Every other printed member must agree with the payload, value and type, and version 1
+  events may only come before every version 2 event."""
 
 
 class _Member:
@@ -219,10 +240,7 @@ class BundleWriter:
         self.files.append(_write(self.zf, README, README_TEXT.format(
             tenant=self.tenant, events=counts["events"], tree_size=tree_size, created_at=created_at,
             filename=filename,
-            v1_ko=f"\n  단, 체인 버전 1 이벤트 {v1}건은 해시가 원본을 덮으므로 `legacy`에 IP·사용자 에이전트가 "
-                  "들어 있습니다." if v1 else "",
-            v1_en=f"\n  Except: the {v1} chain version 1 events carry their IP address and user agent in `legacy`, "
-                  "because their hash covers them." if v1 else "").encode("utf-8")))
+            v1_ko=V1_KO.format(v1=v1) if v1 else "", v1_en=V1_EN.format(v1=v1) if v1 else "").encode("utf-8")))
         manifest = {
             "format": FORMAT, "tenant": self.tenant, "created_at": created_at, "tree_size": tree_size,
             "root_hash": root_hash,

@@ -7,7 +7,9 @@ in COMMANDS to `run(args, settings)`. `python -m app.proof.cli ...` runs them on
     consent-ledger verify-bundle FILE [--public-key KEY] [--trusted-checkpoint CP] [--json]
 
 verify-bundle needs neither a database nor any secret. Exit status: 0 valid, 1 breaks found (each
-printed as kind, where, detail), 2 unreadable input (bundle, key or checkpoint file).
+printed as kind, where, detail), 2 unreadable input (bundle, key or checkpoint file; a bundle past
+the verifier's size limits) or, never silently, a verifier that could not finish. With neither
+--public-key nor --trusted-checkpoint it warns that the bundle's own keys were trusted.
 `audit bundle`: 0 written, 1 the log no longer extends its signed checkpoints (nothing written),
 2 missing configuration or no such tenant.
 """
@@ -36,10 +38,12 @@ def add_commands(subparsers: Any) -> None:
                               "2 unreadable")
     p_verify.add_argument("file", type=Path)
     p_verify.add_argument("--public-key", type=Path,
-                          help="verify checkpoints with ONLY this key (PEM, JWK or JWKS), not the bundle's jwks.json")
+                          help="verify checkpoints with ONLY these keys (PEM, JWK or JWKS: list every key the service "
+                               "used), not the bundle's jwks.json")
     p_verify.add_argument("--trusted-checkpoint", type=Path,
                           help="a checkpoint saved earlier (JSON from CHECKPOINT_DIR or a webhook body, or a bare "
-                               "JWS): the bundle must extend it")
+                               "JWS): the bundle must extend it, and without --public-key every checkpoint must be "
+                               "signed by the key that signed it")
     p_verify.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p_verify.add_argument("--jobs", type=int, help="worker processes for the events (default: one per CPU for a "
                                                    "large bundle)")
@@ -61,6 +65,10 @@ def verify_bundle(args: argparse.Namespace) -> int:
     except Unreadable as exc:
         print(f"unreadable: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - never exit 1 ("breaks found") by accident, nor with a traceback
+        print(f"error: verify-bundle could not finish on this input ({type(exc).__name__}: {str(exc)[:300]}); "
+              "this is a bug in the verifier, please report it", file=sys.stderr)
+        return 2
     if args.json:
         import orjson
 
@@ -71,6 +79,8 @@ def verify_bundle(args: argparse.Namespace) -> int:
         print(f"{b.kind}\t{b.where()}\t{b.detail}")
     if result.breaks_total > len(result.breaks):
         print(f"... {result.breaks_total - len(result.breaks)} more breaks not listed")
+    for warning in result.warnings:
+        print(f"WARNING: {warning}")
     print(summary(result))
     return 0 if result.valid else 1
 

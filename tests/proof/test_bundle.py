@@ -294,8 +294,21 @@ async def test_only_the_auditors_own_key_is_trusted(app, bundle, tmp_path, setti
 
     forged = _checkpoints({**members, "jwks.json": json.dumps({"keys": [other.public_jwk()]}).encode()}, resign)
     forged_path = _write_members(tmp_path / "forged.zip", forged)
-    assert verify(forged_path).valid
+    alone = verify(forged_path)
+    assert alone.valid and alone.warnings and "jwks.json" in alone.warnings[0]  # ... and says so
     assert "checkpoint_signature" in _kinds(forged_path, public_key=pem)
+    assert verify(path, public_key=pem).warnings == []
+    # A checkpoint the auditor saved anchors the service's key: another key in jwks.json beside it
+    # signs nothing he accepts.
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(json.loads(members["checkpoints.json"])[0]))
+    both = _checkpoints({**members, "jwks.json": json.dumps(
+        {"keys": [app.state.proof.signer.public_jwk(), other.public_jwk()]}).encode()}, resign)
+    both_path = _write_members(tmp_path / "both.zip", both)
+    result = verify(both_path, trusted_checkpoint=saved)
+    assert dict(result.by_kind) == {"untrusted_key": 2} and result.warnings == [], result.by_kind
+    assert all(other.kid in b.detail for b in result.breaks)
+    assert verify(path, trusted_checkpoint=saved).valid
 
 
 async def _rogue_rewrite_without(db, tenant: str, event_id: uuid.UUID) -> None:
