@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.auth.deps import ConsentsRead
 from app.consents import receipts
@@ -17,8 +17,8 @@ router = APIRouter(prefix="/v1/receipts", tags=["consents"], responses=problem_r
 
 
 @router.get("/{receipt_id}", operation_id="receipts-get", response_model=ReceiptRead)
-async def get_receipt(receipt_id: uuid.UUID, principal: ConsentsRead, conn: LedgerReader):
+async def get_receipt(receipt_id: uuid.UUID, request: Request, principal: ConsentsRead, conn: LedgerReader):
     """The signed receipt (compact JWS) and, for each event it names, the RFC 9162 inclusion proof
     against the newest signed checkpoint: verify the JWS with the public key alone, then each
     event hash's audit path against the checkpoint's root (`pending` until the next checkpoint)."""
-    return json_response(await receipts.fetch(conn, principal.tenant, receipt_id))
+    return json_response(await receipts.fetch(conn, principal.tenant, receipt_id, request.app.state.proof))

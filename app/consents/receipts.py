@@ -96,7 +96,7 @@ WHERE r.id = $1 AND r.tenant_id = $2
 """
 
 
-async def fetch(pool: asyncpg.Pool, tenant: str, receipt_id: uuid.UUID) -> dict[str, Any]:
+async def fetch(pool: asyncpg.Pool, tenant: str, receipt_id: uuid.UUID, proof: Proof) -> dict[str, Any]:
     """The receipt as issued, with each event's inclusion proof against the newest checkpoint (or
     `pending` until a checkpoint covers it)."""
     row = await pool.fetchrow(RECEIPT, receipt_id, tenant)
@@ -105,7 +105,8 @@ async def fetch(pool: asyncpg.Pool, tenant: str, receipt_id: uuid.UUID) -> dict[
     inclusions = []
     for event_id in row["event_ids"]:
         try:
-            inclusions.append({"event_id": event_id, "pending": False, **await log.inclusion(pool, tenant, event_id)})
+            inclusions.append({"event_id": event_id, "pending": False,
+                               **await log.inclusion(pool, tenant, event_id, proof=proof)})
         except NotFound as exc:
             if not exc.extra.get("pending"):
                 raise
