@@ -1,9 +1,10 @@
 """Second part: read latency with millions of events in the ledger.
 
 Seeds subjects of EVENTS_PER_SUBJECT events each with COPY (indexes, foreign keys and triggers all
-in place), then times the project's own SQL (app.consents.queries.STATE_AS_OF and HISTORY, imported,
-not copied) one query at a time on one connection, and the same two calls through the running
-project service over HTTP, each for random subjects.
+in place: chain version 2 rows, sealed, through the statement trigger that moves heads, states and
+the log queue; bench/seed.py), then times the project's own SQL (app.consents.queries.STATE_AS_OF
+and HISTORY, imported, not copied) one query at a time on one connection, and the same two calls
+through the running project service over HTTP, each for random subjects.
 """
 
 from __future__ import annotations
@@ -124,13 +125,13 @@ async def _http(server: Server, headers: dict[str, str], probes: list[Probe], wa
 
 
 def run(dsn: str, catalog: Catalog, server: Server, headers: dict[str, str], events: int,
-        samples: int) -> dict[str, Any]:
+        samples: int, secret: bytes) -> dict[str, Any]:
     subjects = events // EVENTS_PER_SUBJECT
     workers = os.cpu_count() or 2
     print(f"\nseeding {subjects * EVENTS_PER_SUBJECT:,} events ({subjects:,} subjects x {EVENTS_PER_SUBJECT}) "
-          f"with COPY from {workers} processes ...", flush=True)
+          f"with COPY from {workers} processes, through the append trigger ...", flush=True)
     started = time.perf_counter()
-    seed_parallel(dsn, catalog, PREFIX, subjects, EVENTS_PER_SUBJECT, workers)
+    seed_parallel(dsn, catalog, PREFIX, subjects, EVENTS_PER_SUBJECT, workers, secret)
     seeded = time.perf_counter() - started
     started = time.perf_counter()
     stats = asyncio.run(_vacuum_and_count(dsn))
@@ -158,7 +159,8 @@ async def _vacuum_and_count(dsn: str) -> dict[str, int]:
     try:
         # VACUUM as well as ANALYZE: a table that has been live for a while has its hint bits and
         # visibility map set; a freshly COPYed one would pay for setting them on the first reads.
-        await conn.execute("VACUUM (ANALYZE) subjects, consent_events, consent_states")
+        await conn.execute("VACUUM (ANALYZE) subjects, consent_evidence, consent_events, consent_states, "
+                           "ledger_log_queue")
         return {"events": await conn.fetchval("SELECT count(*) FROM consent_events"),
                 "size": await conn.fetchval("SELECT pg_database_size(current_database())")}
     finally:

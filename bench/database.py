@@ -49,8 +49,14 @@ def create(server_url: str) -> str:
 
 
 def runtime_url(url: str) -> str:
-    """The runtime role's URL on a database create() made (`url` itself for any other)."""
-    return RUNTIME_URLS.get(url, url)
+    """The runtime role's URL on a database create() made (`url` itself for any other), in the
+    spelling `url` came in: SQLAlchemy's for the project, asyncpg's (dsn()) for the baseline."""
+    for made, runtime in RUNTIME_URLS.items():
+        if url == made:
+            return runtime
+        if url == dsn(made):
+            return dsn(runtime)
+    return url
 
 
 async def load_catalog(url: str, tenant: str) -> Catalog:
@@ -64,7 +70,9 @@ async def load_catalog(url: str, tenant: str) -> Catalog:
             point, purposes = await catalog_service.create_collection_point(session, principal, CollectionPointCreate(
                 key=POINT, name="벤치마크 가입", kind="signup", notice_key=NOTICE, purposes=list(PURPOSES)))
             notice = await catalog_service.current_notice(session, tenant, NOTICE)
-            return Catalog(tenant=tenant, collection_point_id=point.id, notice_id=notice.id,
-                           purposes=tuple((p.id, p.disclosure_hash) for p in purposes))
+            return Catalog(tenant=tenant, collection_point_id=point.id, collection_point_key=point.key,
+                           notice_id=notice.id, notice_key=notice.key, notice_version=notice.version,
+                           notice_sha256=notice.sha256,
+                           purposes=tuple((p.id, p.key, p.disclosure_hash) for p in purposes))
     finally:
         await engine.dispose()

@@ -13,7 +13,8 @@ Environment: BENCH_SECONDS (seconds per measured run, 10), BENCH_WARMUP (2), BEN
 per service and scenario, alternating, best reported, 2), BENCH_CONNECTIONS (32),
 BENCH_EVENTS (events seeded for the second part, 5000000), BENCH_SAMPLES (subjects timed, 2000),
 BENCH_LOADGEN=python (use the Python generator even when wrk is installed), BENCH_DURABLE=1 (run
-PostgreSQL with fsync and synchronous commit on; by default they are off).
+PostgreSQL with fsync and synchronous commit on; by default they are off), BASELINE_EVENT_STATEMENTS=each
+(the baseline inserts a call's events one statement each instead of in one).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -40,11 +42,14 @@ import asyncpg
 import httpx
 
 from app.auth.tokens import issue
+from app.consents.verification import verify
+from app.core.db import create_pool
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
+from app.proof import keys
 from bench import big, database, servers
 from bench.load import Result, Scenario, generator_name, run_load
-from bench.seed import Catalog, seed_range
+from bench.seed import Catalog, seed_parallel
 
 PROJECT_TENANT = "bench-project"
 BASELINE_TENANT = "bench-raw"
@@ -71,6 +76,7 @@ class Config:
     big: bool
     durable: bool
     generator: str
+    baseline_events: str  # "one" INSERT for a call's events, or "each" event its own (BASELINE_EVENT_STATEMENTS)
 
     @classmethod
     def load(cls, only_big: bool) -> "Config":
@@ -82,6 +88,7 @@ class Config:
             samples=int(env.get("BENCH_SAMPLES", "2000")), compare=not only_big,
             big=only_big or env.get("BENCH_SKIP_BIG") != "1", durable=env.get("BENCH_DURABLE") == "1",
             generator="python" if env.get("BENCH_LOADGEN") == "python" else generator_name(),
+            baseline_events="each" if env.get("BASELINE_EVENT_STATEMENTS") == "each" else "one",
         )
 
 
@@ -91,12 +98,16 @@ def _abort(signum: int, _frame: Any) -> None:
     raise SystemExit(f"bench: stopped ({reason})")
 
 
+DECISIONS = {"membership": "granted", "marketing-sms": "granted", "marketing-email": "refused"}
+
+
 def _scenarios(catalog: Catalog) -> list[Scenario]:
+    # every decision echoes the disclosure_hash the form showed for its purpose, as the project requires
+    shown = {key: disclosure_hash for _, key, disclosure_hash in catalog.purposes}
     body = {
         "collection_point": database.POINT, "notice_id": str(catalog.notice_id),
-        "decisions": [{"purpose": "membership", "decision": "granted"},
-                      {"purpose": "marketing-sms", "decision": "granted"},
-                      {"purpose": "marketing-email", "decision": "refused"}],
+        "decisions": [{"purpose": purpose, "decision": decision, "disclosure_hash": shown[purpose]}
+                      for purpose, decision in DECISIONS.items()],
     }
     return [
         Scenario("record 3 decisions", "POST", "/v1/subjects/", "/consents", fresh=True,
@@ -106,9 +117,9 @@ def _scenarios(catalog: Catalog) -> list[Scenario]:
     ]
 
 
-def _check(server: servers.Server, scenario: Scenario, headers: dict[str, str]) -> int:
+def _check(server: servers.Server, scenario: Scenario, headers: dict[str, str], subject: str | None = None) -> int:
     """One request before the load, so a broken setup fails loudly instead of timing errors."""
-    subject = "check-0" if scenario.fresh else "seed-0"
+    subject = subject or ("check-0" if scenario.fresh else "seed-0")
     response = httpx.request(scenario.method, f"http://127.0.0.1:{server.port}{scenario.path(subject)}",
                              headers=headers, content=scenario.body or None, timeout=10)
     if response.status_code not in (200, 201):
@@ -117,14 +128,59 @@ def _check(server: servers.Server, scenario: Scenario, headers: dict[str, str]) 
     return len(response.content)
 
 
-async def _seed_readers(dsn: str, catalogs: list[Catalog]) -> None:
+def _seed_readers(dsn: str, catalogs: list[Catalog], secret: bytes) -> float:
+    """The readers' subjects, as valid chain version 2 rows (document hashes, seals, commitments)
+    through the append trigger, from one process per CPU; returns the seconds it took."""
+    started = time.perf_counter()
+    for catalog in catalogs:
+        seed_parallel(dsn, catalog, "seed-", SEEDED_SUBJECTS, SEEDED_EVENTS, os.cpu_count() or 2, secret,
+                      documents=True)
+    asyncio.run(_vacuum(dsn))
+    return time.perf_counter() - started
+
+
+async def _vacuum(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        for catalog in catalogs:
-            await seed_range(conn, catalog, "seed-", 0, SEEDED_SUBJECTS, SEEDED_EVENTS)
-        await conn.execute("VACUUM (ANALYZE) subjects, consent_events, consent_states")
+        await conn.execute("VACUUM (ANALYZE) subjects, consent_evidence, consent_events, consent_states, "
+                           "ledger_log_queue")
     finally:
         await conn.close()
+
+
+# What one record call left behind, per table, for a subject of each side: both must write alike.
+WRITTEN = """
+SELECT (SELECT count(*) FROM consent_evidence WHERE subject_id = s.id) AS evidence,
+       (SELECT count(*) FROM consent_events WHERE subject_id = s.id) AS events,
+       (SELECT count(*) FROM consent_states WHERE subject_id = s.id) AS states,
+       (SELECT count(*) FROM receipts WHERE subject_id = s.id) AS receipts,
+       (SELECT count(*) FROM ledger_log_queue WHERE subject_id = s.id) AS queued,
+       (SELECT array_agg(DISTINCT k ORDER BY k) FROM consent_events e, jsonb_each(to_jsonb(e)) AS j(k, v)
+        WHERE e.subject_id = s.id AND v <> 'null'::jsonb) AS event_columns_set
+FROM subjects s WHERE s.tenant_id = $1 AND s.external_id = $2
+"""
+
+
+async def _check_written(url: str, secret: bytes, tenants: dict[str, str], subject: str) -> None:
+    """After one POST on each side: the same tables hold the same number of rows with the same event
+    columns set, and the project's own verify finds both subjects' chains valid (hashes, seals,
+    commitments, state fold, log queue)."""
+    pool = await create_pool(url, Settings(database_url=url))
+    try:
+        written = {}
+        for target, tenant in tenants.items():
+            row = await pool.fetchrow(WRITTEN, tenant, subject)
+            report = await verify(pool, tenant, subject, secret)
+            if not report["valid"]:
+                raise RuntimeError(f"{target}'s {subject} does not verify: {report['breaks'][:3]}")
+            written[target] = dict(row)
+        if len({json.dumps(w, sort_keys=True) for w in written.values()}) != 1:
+            raise RuntimeError(f"the two services wrote different rows for one record call: {written}")
+        w = next(iter(written.values()))
+        print(f"one record call, both sides: {w['evidence']} evidence, {w['events']} events, {w['states']} states, "
+              f"{w['receipts']} receipt, {w['queued']} queued for the log; both verify", flush=True)
+    finally:
+        await pool.close()
 
 
 def compare(config: Config, targets: dict[str, tuple[servers.Server, Catalog]], headers: dict[str, str],
@@ -207,7 +263,9 @@ def _header(config: Config) -> None:
               "alternating, best round reported; both services one uvicorn worker")
         print(f"project: app.main:create_app, a JWT (HS256) on every request, pool settings at their defaults;\n"
               f"baseline: bench/baseline_app.py, plain FastAPI + asyncpg pool of {BASELINE_POOL}, no JWT check, "
-              f"no catalog lookup per request;\n"
+              f"no catalog lookup per request; both as the runtime role, both writing evidence, sealed chain "
+              f"version 2 events and a signed receipt with the same keys (baseline: "
+              f"{'one INSERT per event' if config.baseline_events == 'each' else 'one INSERT for the events'});\n"
               f"POSTs carry no Idempotency-Key (neither side stores a replay); "
               f"reads hit {SEEDED_SUBJECTS} seeded subjects of {SEEDED_EVENTS} events each", flush=True)
 
@@ -231,10 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         pg.start()
         url = database.create(pg.url)
         dsn = database.dsn(url)
+        proof_env = servers.proof_keys(workdir)  # the same keys for both services and the seeded rows
+        secret = keys.load_secret(Path(proof_env["LEDGER_SECRET_FILE"]), None)
         catalogs = {"project": asyncio.run(database.load_catalog(url, PROJECT_TENANT))}
         if config.compare:
             catalogs["baseline"] = asyncio.run(database.load_catalog(url, BASELINE_TENANT))
-            asyncio.run(_seed_readers(dsn, list(catalogs.values())))
+            seeded = _seed_readers(dsn, list(catalogs.values()), secret)
+            print(f"seeded {len(catalogs) * SEEDED_SUBJECTS:,} readers' subjects x {SEEDED_EVENTS} events "
+                  f"(chain version 2, through the append trigger) in {seeded:.0f} s", flush=True)
+            results["seed_readers_seconds"] = seeded
 
         settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), jwt_issuer="consent-ledger-bench",
                             jwt_audience="consent-ledger")
@@ -244,22 +307,27 @@ def main(argv: list[str] | None = None) -> int:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         project = servers.start("project", "app.main:create_app", free_port(), {
             "DATABASE_URL": url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
-            "JWT_AUDIENCE": settings.jwt_audience,
+            "JWT_AUDIENCE": settings.jwt_audience, **proof_env,
         }, workdir)
         cleanup.callback(project.stop)
 
         if config.compare:
             baseline = servers.start("baseline", "bench.baseline_app:create_app", free_port(), {
                 "DATABASE_URL": dsn, "BASELINE_TENANT": BASELINE_TENANT, "BASELINE_COLLECTION_POINT": database.POINT,
-                "BASELINE_POOL_SIZE": str(BASELINE_POOL),
+                "BASELINE_POOL_SIZE": str(BASELINE_POOL), **proof_env,
             }, workdir)
             cleanup.callback(baseline.stop)
+            for server, catalog in ((project, catalogs["project"]), (baseline, catalogs["baseline"])):
+                _check(server, _scenarios(catalog)[0], headers, subject="alike-0")
+            asyncio.run(_check_written(url, secret, {"project": PROJECT_TENANT, "baseline": BASELINE_TENANT},
+                                       "alike-0"))
             print("\nproject vs baseline, every measured round:", flush=True)
             results["compare"] = compare(config, {"project": (project, catalogs["project"]),
                                                   "baseline": (baseline, catalogs["baseline"])}, headers)
             baseline.stop()  # idle from here on; its pool connections need not linger during seeding
         if config.big:
-            results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples)
+            results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples,
+                                     secret)
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.now():%Y%m%d-%H%M%S}.json"

@@ -12,7 +12,20 @@ from pathlib import Path
 
 import httpx
 
+from app.proof import keys
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def proof_keys(directory: Path) -> dict[str, str]:
+    """The keys both services prove with (docs/proof.md): an Ed25519 signing key and a ledger
+    secret, made in `directory` (0600) on first call; returned as the environment they read."""
+    key, secret = directory / "signing-key.pem", directory / "ledger-secret"
+    if not key.exists():
+        keys.generate_key_file(key)
+    if not secret.exists():
+        keys.generate_secret_file(secret)
+    return {"SIGNING_KEY_FILE": str(key), "LEDGER_SECRET_FILE": str(secret)}
 
 
 @dataclass
@@ -39,7 +52,8 @@ class Server:
 
 def start(name: str, factory: str, port: int, env: dict[str, str], log_dir: Path) -> Server:
     """`factory` is a module:function returning the ASGI app; waits until /healthz answers. A
-    DATABASE_URL that database.create() returned is served as its runtime role, as in production."""
+    DATABASE_URL that database.create() returned (either spelling: SQLAlchemy's for the project,
+    asyncpg's for the baseline) is served as its runtime role, as in production."""
     from bench.database import runtime_url
 
     if "DATABASE_URL" in env:
