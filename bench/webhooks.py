@@ -150,7 +150,7 @@ class Api:
         for p in form["purposes"]:
             granted = p["required"] or p["key"] == PURPOSE
             decisions.append({"purpose": p["key"], "decision": "granted" if granted else "refused",
-                              **({"disclosure_hash": p["disclosure_hash"]} if p["kind"] == "third_party" else {})})
+                              "disclosure_hash": p["disclosure_hash"]})
         self.signup = {"collection_point": form["collection_point"], "notice_id": form["notice"]["id"],
                        "decisions": decisions}
 
@@ -332,7 +332,7 @@ async def measure(url: str, api_port: int, token: str, workdir: Path, cleanup: E
             await asyncio.sleep(0.1)
 
     def start_workers(count: int) -> list[servers.Server]:
-        env = {"DATABASE_URL": url, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_CONCURRENCY": str(CONCURRENCY),
+        env = {**servers.proof_keys(workdir), "DATABASE_URL": url, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_CONCURRENCY": str(CONCURRENCY),
                "WORKER_METRICS_PORT": "0"}  # two workers on one host would want the same port
         started = [start_process(f"worker-{next(serial)}", [sys.executable, "-m", "app.cli", "worker"], env, workdir)
                    for _ in range(count)]
@@ -401,7 +401,8 @@ def main() -> int:
         api_port = free_port()
         api = servers.start("project", "app.main:create_app", api_port, {
             "DATABASE_URL": url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
-            "JWT_AUDIENCE": settings.jwt_audience, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}, workdir)
+            "JWT_AUDIENCE": settings.jwt_audience, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+            **servers.proof_keys(workdir)}, workdir)
         cleanup.callback(api.stop)
         rows = asyncio.run(measure(url, api_port, token, workdir, cleanup))
     print_table(rows)
