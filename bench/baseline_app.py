@@ -153,7 +153,7 @@ def create_app() -> FastAPI:
         app.state.pool = pool
         app.state.collection_point_id = rows[0]["collection_point_id"]
         app.state.notice = dict(notice)
-        app.state.purposes = {r["key"]: {**dict(r), "disclosures": json.loads(r["disclosures"] or "null")}
+        app.state.purposes = {r["key"]: {**dict(r), "disclosure_ko": (json.loads(r["disclosures"] or "{}")).get("ko")}
                               for r in rows}
         app.state.controller = dict(await pool.fetchrow(CONTROLLER, tenant))
         try:

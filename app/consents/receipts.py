@@ -27,8 +27,7 @@ LEGAL_BASIS = "consent"
 CONSENT_TYPE = "EXPLICIT"
 
 def _purpose(event: Mapping[str, Any], purpose: Mapping[str, Any]) -> dict[str, Any]:
-    disclosures = purpose.get("disclosures") or {}
-    text = disclosures.get("ko") or {}
+    text = purpose.get("disclosure_ko") or {}  # the Korean disclosures shown (receipt language "ko")
     return {
         "purpose": event["purpose"],
         "purposeCategory": [purpose["kind"]],

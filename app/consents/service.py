@@ -70,7 +70,7 @@ SELECT cp.id AS collection_point_id, cp.notice_key,
        shown.version AS shown_version, shown.sha256 AS shown_sha256, prev.id AS previous_id,
        now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                       WHERE t.id = $1) AS controller,
-       p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures
+       p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures -> 'ko' AS disclosure_ko
 FROM collection_points cp
 LEFT JOIN LATERAL (
     SELECT n.id, n.version, n.sha256, n.effective_at FROM notices n
@@ -234,7 +234,7 @@ async def withdraw(
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
     rows = await conn.fetch(
-        """SELECT p.id, p.key, p.kind, p.channel, p.disclosures, s.status, s.version,
+        """SELECT p.id, p.key, p.kind, p.channel, p.disclosures -> 'ko' AS disclosure_ko, s.status, s.version,
                   (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                     WHERE t.id = $1) AS controller
            FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2

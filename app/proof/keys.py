@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from app.core.hashing import canonical_json  # RFC 8785 bytes, through its fast path
+
 ALG = "EdDSA"
 SECRET_MIN_BYTES = 32
 SEAL_CONTEXT = b"consent-ledger seal v1\n"
@@ -82,7 +84,8 @@ class Signer:
         return dict(self._jwk)
 
     def sign(self, payload: dict[str, Any], typ: str) -> str:
-        return jwt.PyJWS().encode(rfc8785.dumps(payload), self._key, algorithm=ALG, headers={"kid": self.kid, "typ": typ})
+        return jwt.PyJWS().encode(canonical_json(payload), self._key, algorithm=ALG,
+                                  headers={"kid": self.kid, "typ": typ})
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -276,4 +279,4 @@ def seal(secret: bytes, event_hash_hex: str) -> str:
 def commitment(secret: bytes, obj: dict[str, Any]) -> str:
     """A keyed commitment to raw evidence (RFC 8785 form), checkable while the evidence exists and
     not brute-forceable from the chain once it is erased."""
-    return hmac.new(secret, rfc8785.dumps(obj), hashlib.sha256).hexdigest()
+    return hmac.new(secret, canonical_json(obj), hashlib.sha256).hexdigest()
