@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import asyncpg
 
 from app.core.errors import NotFound
-from app.proof import log
+from app.proof import proofs
 from app.proof.context import Proof
 
 TYP = "consent-receipt+jwt"
@@ -105,7 +105,7 @@ async def fetch(pool: asyncpg.Pool, tenant: str, receipt_id: uuid.UUID, proof: P
     for event_id in row["event_ids"]:
         try:
             inclusions.append({"event_id": event_id, "pending": False,
-                               **await log.inclusion(pool, tenant, event_id, proof=proof)})
+                               **await proofs.inclusion(pool, tenant, event_id, proof=proof)})
         except NotFound as exc:
             if not exc.extra.get("pending"):
                 raise

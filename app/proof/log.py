@@ -13,41 +13,36 @@ Every function takes a connection; `extend` and `checkpoint` run in the caller's
   log still extends every checkpoint it can see: the previous one in the database, the genuine
   signature of any row in the way, and the newest file in CHECKPOINT_DIR (which the database cannot
   touch). Each of these is logged at ERROR and nothing is signed.
-- A checkpoint row is used or served only if its JWS verifies and says what the row says
-  (`latest`, `get`, `list_after`, the proofs' anchors, the previous checkpoint): the runtime role
-  may INSERT rows into ledger_checkpoints; it cannot sign them.
+
+Beside it: checkpoint_rows.py (a row is used or served only when its JWS verifies and says what
+the row says), checkpoint_files.py (CHECKPOINT_DIR), proofs.py (inclusion and consistency).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
-import os
-import tempfile
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import jwt
 
 from app.consents.chain import format_time
-from app.core.errors import InvalidRequest, NotFound, ProblemError
+from app.core.errors import ProblemError
 from app.proof import keys, merkle
 from app.proof.context import Proof
+from app.proof.checkpoint_files import newest_file, write_file
+from app.proof.checkpoint_rows import CHECKPOINT_TYP, COLUMNS, GET, Judge, connection, newest_valid, signed_head
 from app.webhooks import outbox
 
 log = logging.getLogger("consent_ledger.proof")
 
-CHECKPOINT_TYP = "consent-ledger-checkpoint+jwt"
 TAKE_LIMIT = 50000
 NAMED = 20  # at most this many events, nodes or rows named in one problem
-SCAN = 32  # checkpoint rows read at a time while looking for the newest valid one
 
 # ledger_log_take with limit 0 places nothing: it takes the tenant's log lock (to commit), alone.
 LOCK = "SELECT count(*) FROM ledger_log_take($1, 0)"
@@ -88,26 +83,8 @@ WITH stored AS (
 )
 SELECT count(*) FROM stored
 """
-COLUMNS = "tenant_id, tree_size, root_hash, issued_at, key_id, jws"
-NEWEST = (f"SELECT {COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1 AND ($2::bigint IS NULL OR tree_size < $2)"
-          " ORDER BY tree_size DESC LIMIT $3")
-GET = f"SELECT {COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1 AND tree_size = $2"
-LIST_AFTER = (f"SELECT {COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1 AND tree_size > $2"
-              " ORDER BY tree_size LIMIT $3")
-PAIR = f"SELECT {COLUMNS} FROM ledger_checkpoints WHERE tenant_id = $1 AND tree_size = ANY($2::bigint[])"
 INSERT = (f"INSERT INTO ledger_checkpoints ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
           " ON CONFLICT DO NOTHING RETURNING tree_size")
-# The event's place and the checkpoint it is proved against, in one round trip; {which} picks the
-# latest checkpoint or the one at $3.
-LEAF = """
-SELECT l.idx, l.event_hash, c.tenant_id, c.tree_size, c.root_hash, c.issued_at, c.key_id, c.jws,
-       l.idx IS NULL AND EXISTS (SELECT 1 FROM ledger_log_queue q WHERE q.event_id = $2 AND q.tenant_id = $1) AS queued
-FROM (SELECT 1) AS one
-LEFT JOIN ledger_log l ON l.tenant_id = $1 AND l.event_id = $2
-LEFT JOIN LATERAL (SELECT * FROM ledger_checkpoints c WHERE c.tenant_id = $1 {which}) c ON true
-"""
-LEAF_LATEST = LEAF.format(which="ORDER BY c.tree_size DESC LIMIT 1")
-LEAF_AT = LEAF.format(which="AND c.tree_size = $3")
 MAX_INT64 = 2**63 - 1
 
 
@@ -128,11 +105,6 @@ class CheckpointForged(ProblemError):
     """A checkpoint row the service did not sign occupies the tree size it is about to sign."""
 
     status, slug, title = 409, "checkpoint-forged", "A checkpoint row the service did not sign is in the way"
-
-
-class CheckpointFileError(OSError):
-    """A checkpoint file that must not be written or read: a tenant id that is no plain directory
-    name inside CHECKPOINT_DIR, or a file already there with other content."""
 
 
 # -- the log ----------------------------------------------------------------------------------------
@@ -246,215 +218,13 @@ async def extend(conn: asyncpg.Connection, tenant: str, limit: int = TAKE_LIMIT)
     return size if size is not None else await conn.fetchval(SIZE, tenant)
 
 
-# -- checkpoint rows: used and served only when they are what the service signed --------------------
-
-
-VERDICTS = 65536  # rows whose verdict is remembered (and, for bad ones, reported once), per process
-_verdicts: OrderedDict[bytes, tuple[str | None, tuple[int, bytes] | None]] = OrderedDict()
-_reported: set[bytes] = set()
-
-
-def _as_dict(row: asyncpg.Record) -> dict[str, Any]:
-    return {"tenant": row["tenant_id"], "tree_size": row["tree_size"], "root_hash": row["root_hash"],
-            "issued_at": format_time(row["issued_at"]), "key_id": row["key_id"], "jws": row["jws"]}
-
-
-def _signed_head(payload: dict[str, Any], tenant: str) -> tuple[int, bytes] | None:
-    """(tree_size, root) a verified checkpoint payload signs for `tenant`; None if it names another
-    tenant or no valid tree head."""
-    size, root = payload.get("tree_size"), payload.get("root_hash")
-    if payload.get("tenant") != tenant or type(size) is not int or size < 0 or not isinstance(root, str):
-        return None
-    try:
-        raw = bytes.fromhex(root)
-    except ValueError:
-        return None
-    return (size, raw) if len(raw) == merkle.HASH_SIZE and raw.hex() == root else None
-
-
-def _judge_row(row: asyncpg.Record, jwks: dict[str, Any]) -> tuple[str | None, tuple[int, bytes] | None]:
-    try:
-        payload = keys.verify(row["jws"], jwks, CHECKPOINT_TYP)
-        kid = jwt.get_unverified_header(row["jws"]).get("kid")
-    except (keys.ProofError, jwt.PyJWTError) as exc:
-        return f"its JWS does not verify ({exc})", None
-    head = _signed_head(payload, row["tenant_id"])
-    expected = {"tenant": row["tenant_id"], "tree_size": row["tree_size"], "root_hash": row["root_hash"],
-                "issued_at": format_time(row["issued_at"])}
-    if payload != expected or type(payload.get("tree_size")) is not int or kid != row["key_id"]:
-        return (f"the row does not say what its JWS signs (tenant {payload.get('tenant')!r}, tree_size "
-                f"{payload.get('tree_size')!r}, root_hash {payload.get('root_hash')!r}, kid {kid!r})"), head
-    return None, head
-
-
-class _Judge:
-    """Verdicts on checkpoint rows with one key set: (why the row is not a checkpoint the service
-    signed, or None; the tree head its JWS genuinely signs for the row's tenant, or None). A bad row
-    is logged at ERROR the first time this process meets it."""
-
-    def __init__(self, proof: Proof) -> None:
-        self.jwks = proof.jwks()
-        self.digest = hashlib.sha256(json.dumps(self.jwks, sort_keys=True).encode()).digest()
-
-    def __call__(self, row: asyncpg.Record) -> tuple[str | None, tuple[int, bytes] | None]:
-        key = hashlib.sha256(self.digest + json.dumps(
-            [row["tenant_id"], row["tree_size"], row["root_hash"], format_time(row["issued_at"]), row["key_id"],
-             row["jws"]]).encode()).digest()
-        verdict = _verdicts.get(key)
-        if verdict is not None:
-            _verdicts.move_to_end(key)
-            return verdict
-        verdict = _verdicts[key] = _judge_row(row, self.jwks)
-        if len(_verdicts) > VERDICTS:
-            _verdicts.popitem(last=False)
-        if verdict[0] is not None and key not in _reported and len(_reported) < VERDICTS:
-            _reported.add(key)
-            log.error("checkpoint row (tenant %r, tree_size %d) is not a checkpoint this service signed: %s; it is "
-                      "neither served nor used (someone with write access to ledger_checkpoints put it there)",
-                      row["tenant_id"], row["tree_size"], verdict[0])
-        return verdict
-
-    def valid(self, row: asyncpg.Record) -> bool:
-        return self(row)[0] is None
-
-
-async def _newest_valid(conn: asyncpg.Connection, tenant: str, judge: _Judge, below: int | None = None,
-                        ) -> tuple[asyncpg.Record | None, set[tuple[int, bytes]]]:
-    """The newest checkpoint row that verifies (below tree size `below`), and the tree heads the
-    JWS of the bad rows above it genuinely sign (a row edited by a DBA still carries its signature)."""
-    heads: set[tuple[int, bytes]] = set()
-    while True:
-        rows = await conn.fetch(NEWEST, tenant, below, SCAN)
-        for row in rows:
-            why, head = judge(row)
-            if why is None:
-                return row, heads
-            if head is not None:
-                heads.add(head)
-        if len(rows) < SCAN:
-            return None, heads
-        below = rows[-1]["tree_size"]
-
-
-async def latest(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, proof: Proof | None = None,
-                 ) -> dict[str, Any] | None:
-    """The newest checkpoint whose JWS verifies with `proof`'s keys and says what its row says.
-    Without `proof`, the newest row as stored: only for a caller that verifies the JWS itself."""
-    async with _connection(conn) as c:
-        if proof is None:
-            row = await c.fetchrow(NEWEST, tenant, None, 1)
-        else:
-            row, _ = await _newest_valid(c, tenant, _Judge(proof))
-    return _as_dict(row) if row else None
-
-
-async def get(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, tree_size: int, proof: Proof | None = None,
-              ) -> dict[str, Any] | None:
-    """The checkpoint of `tree_size`, None when there is none or (with `proof`) its row does not verify."""
-    row = await conn.fetchrow(GET, tenant, tree_size)
-    return _as_dict(row) if row and (proof is None or _Judge(proof).valid(row)) else None
-
-
-async def list_after(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, after_size: int, limit: int,
-                     proof: Proof | None = None) -> list[dict[str, Any]]:
-    """Checkpoints with tree_size > after_size, oldest first (keyset paging); with `proof`, only rows
-    that verify (a page is filled past the others)."""
-    if proof is None:
-        return [_as_dict(r) for r in await conn.fetch(LIST_AFTER, tenant, after_size, limit)]
-    judge, out = _Judge(proof), []
-    async with _connection(conn) as c:
-        while len(out) < limit:
-            want = limit - len(out)
-            rows = await c.fetch(LIST_AFTER, tenant, after_size, want)
-            out += [_as_dict(r) for r in rows if judge.valid(r)]
-            if len(rows) < want:
-                break
-            after_size = rows[-1]["tree_size"]
-    return out
-
-
-# -- CHECKPOINT_DIR ---------------------------------------------------------------------------------
-
-
-def _refuse_path(directory: Path, tenant: Any, why: str) -> CheckpointFileError:
-    log.error("refused a checkpoint file path for tenant %r in %s: %s", tenant, directory, why)
-    return CheckpointFileError(f"tenant {tenant!r} has no checkpoint directory in {directory}: {why}")
-
-
-def tenant_dir(directory: Path, tenant: str) -> Path:
-    """`<directory>/<tenant>`, or CheckpointFileError (logged) unless it is a plain directory name
-    directly inside `directory` once every symlink is resolved: a tenant id is not a path."""
-    base = Path(directory).resolve()
-    if not isinstance(tenant, str) or tenant in ("", ".", "..") or any(c in tenant for c in "/\\\0"):
-        raise _refuse_path(base, tenant, "a tenant id with a path separator, NUL, or that is '.' or '..'")
-    folder = (base / tenant).resolve()
-    if folder.parent != base or folder.name != tenant:
-        raise _refuse_path(base, tenant, f"it resolves to {folder}, not a directory of its own inside {base}")
-    return folder
-
-
-def newest_file(directory: Path, tenant: str) -> Path | None:
-    folder = tenant_dir(directory, tenant)
-    files = sorted(folder.glob("[0-9]*.json")) if folder.is_dir() else []
-    return files[-1] if files else None
-
-
-def write_file(directory: Path, checkpoint: dict[str, Any]) -> Path:
-    """`<dir>/<tenant>/<tree_size:012d>.json`, atomically (a temporary file hard-linked into place)
-    and never over another file: one already there with the same checkpoint is fine; with another
-    one, CheckpointFileError, logged at ERROR (someone else writes into CHECKPOINT_DIR)."""
-    tenant, size = checkpoint["tenant"], checkpoint["tree_size"]
-    if type(size) is not int or size < 0:
-        raise CheckpointFileError(f"tree_size {size!r} is not a tree size")
-    folder = tenant_dir(directory, tenant)
-    folder.mkdir(parents=True, exist_ok=True)
-    folder = tenant_dir(directory, tenant)  # again: it may have been there already, as a symlink
-    path = folder / f"{size:012d}.json"
-    data = (json.dumps(checkpoint, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails if the name exists, like O_EXCL, and never shows a partial file
-        except FileExistsError:
-            _same_or_refuse(path, checkpoint)
-        except OSError:  # no hard links on this file system: create it exclusively instead
-            try:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-            except FileExistsError:
-                _same_or_refuse(path, checkpoint)
-            else:
-                with os.fdopen(out, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return path
-
-
-def _same_or_refuse(path: Path, checkpoint: dict[str, Any]) -> None:
-    try:
-        existing = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        existing = f"unreadable ({exc})"
-    if existing != json.loads(json.dumps(checkpoint)):
-        log.error("the checkpoint file %s already exists with other content: not overwritten (someone else writes "
-                  "into CHECKPOINT_DIR, or two services sign for tenant %r)", path, checkpoint["tenant"])
-        raise CheckpointFileError(f"{path} already exists with another checkpoint: not overwritten")
-
-
 # -- signing ----------------------------------------------------------------------------------------
 
 
 def _signed(token: str, proof: Proof, tenant: str, where: str) -> tuple[int, bytes]:
     """(tree_size, root) of a checkpoint from its signature alone: its row or file may be edited."""
     try:
-        head = _signed_head(keys.verify(token, proof.jwks(), CHECKPOINT_TYP), tenant)
+        head = signed_head(keys.verify(token, proof.jwks(), CHECKPOINT_TYP), tenant)
     except keys.ProofError as exc:
         raise LogInconsistent(f"{where} of tenant {tenant!r} does not verify: {exc}") from None
     if head is None:
@@ -558,7 +328,7 @@ async def checkpoint(conn: asyncpg.Connection, tenant: str, proof: Proof, *, for
     when nothing new is to be signed. The row and its `ledger.checkpoint` webhook messages are
     written in the caller's transaction. Cost: proportional to the new entries, plus O(log n)."""
     await conn.fetchval(LOCK, tenant)
-    previous, heads = await _newest_valid(conn, tenant, _Judge(proof))
+    previous, heads = await newest_valid(conn, tenant, Judge(proof))
     previous_size = previous["tree_size"] if previous is not None else 0
     placed = await conn.fetchval(SIZE, tenant)
     if not force and placed == previous_size and not await conn.fetchval(QUEUED, tenant):
@@ -651,21 +421,11 @@ async def _occupied(conn: asyncpg.Connection, tenant: str, size: int) -> Checkpo
     return CheckpointForged(detail, extra={"tree_size": size})
 
 
-@contextlib.asynccontextmanager
-async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the pool for a few statements in a row (one acquire), or the one given."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
-            yield conn
-    else:
-        yield db
-
-
 async def make_checkpoint(pool: asyncpg.Pool | asyncpg.Connection, tenant: str, proof: Proof, *,
                           checkpoint_dir: Path | None = None, force: bool = False) -> dict[str, Any] | None:
     """`checkpoint` in a transaction of its own; after commit, the file in `checkpoint_dir` (a
     failed write is logged: the checkpoint stands, and webhooks carry it too)."""
-    async with _connection(pool) as conn, conn.transaction():
+    async with connection(pool) as conn, conn.transaction():
         made = await checkpoint(conn, tenant, proof, force=force, checkpoint_dir=checkpoint_dir)
     if made is not None and checkpoint_dir is not None:
         try:
@@ -676,67 +436,3 @@ async def make_checkpoint(pool: asyncpg.Pool | asyncpg.Connection, tenant: str, 
     return made
 
 
-# -- proofs -----------------------------------------------------------------------------------------
-
-
-async def inclusion(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, event_id: Any,
-                    tree_size: int | None = None, *, proof: Proof | None = None) -> dict[str, Any]:
-    """The RFC 9162 audit path of an event in a checkpointed tree (the latest by default). With
-    `proof`, only against a checkpoint row that verifies (pass it: without, the row is as stored)."""
-    async with _connection(conn) as c:
-        return await _inclusion(c, tenant, event_id, tree_size, proof)
-
-
-async def _inclusion(conn: asyncpg.Connection, tenant: str, event_id: Any, tree_size: int | None,
-                     proof: Proof | None) -> dict[str, Any]:
-    if tree_size is None:
-        row = await conn.fetchrow(LEAF_LATEST, tenant, event_id)
-    else:
-        row = await conn.fetchrow(LEAF_AT, tenant, event_id, tree_size)
-    anchor: asyncpg.Record | None = row if row["tree_size"] is not None else None
-    if anchor is not None and proof is not None:
-        judge = _Judge(proof)
-        if not judge.valid(anchor):
-            anchor = None if tree_size is not None else (await _newest_valid(conn, tenant, judge, row["tree_size"]))[0]
-    if tree_size is not None and anchor is None:
-        raise InvalidRequest(f"there is no checkpoint of tree size {tree_size}",
-                             errors=[{"field": "query.tree_size", "reason": "no checkpoint of this size"}])
-    if row["idx"] is None and not row["queued"]:
-        raise NotFound(f"no event {event_id} in this tenant's log")
-    if row["idx"] is None or anchor is None or row["idx"] >= anchor["tree_size"]:
-        if tree_size is not None and row["idx"] is not None:
-            raise NotFound(f"event {event_id} (leaf {row['idx']}) is not in the tree of size {tree_size}; "
-                           "ask for a later checkpoint", extra={"pending": False, "leaf_index": row["idx"]})
-        raise NotFound(f"event {event_id} is not in a checkpoint yet: it enters the next one",
-                       extra={"pending": True, "leaf_index": row["idx"]})
-    idx, size = row["idx"], anchor["tree_size"]
-    get = getter(tenant, await fetch_nodes(conn, tenant, merkle.inclusion_nodes(idx, size)))
-    return {"tenant": tenant, "event_id": str(event_id), "leaf_index": idx, "tree_size": size,
-            "event_hash": row["event_hash"], "leaf_hash": merkle.leaf_hash(bytes.fromhex(row["event_hash"])).hex(),
-            "audit_path": [h.hex() for h in merkle.inclusion_proof(idx, size, get)], "checkpoint": _as_dict(anchor)}
-
-
-async def consistency(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, first: int, second: int, *,
-                      proof: Proof | None = None) -> dict[str, Any]:
-    """The RFC 9162 consistency proof between two checkpointed tree sizes, with both checkpoints
-    (with `proof`, only rows that verify count as checkpoints)."""
-    if first > second:
-        raise InvalidRequest("first must not exceed second",
-                             errors=[{"field": "query.first", "reason": f"greater than second ({second})"}])
-    async with _connection(conn) as c:
-        return await _consistency(c, tenant, first, second, proof)
-
-
-async def _consistency(conn: asyncpg.Connection, tenant: str, first: int, second: int, proof: Proof | None,
-                       ) -> dict[str, Any]:
-    judge = _Judge(proof) if proof is not None else None
-    rows = {r["tree_size"]: r for r in await conn.fetch(PAIR, tenant, [first, second])
-            if judge is None or judge.valid(r)}
-    missing = [(name, size) for name, size in (("first", first), ("second", second)) if size not in rows]
-    if missing:
-        raise InvalidRequest("no checkpoint of tree size " + " or ".join(str(s) for _, s in missing),
-                             errors=[{"field": f"query.{n}", "reason": "no checkpoint of this size"} for n, _ in missing])
-    get = getter(tenant, await fetch_nodes(conn, tenant, merkle.consistency_nodes(first, second)))
-    return {"tenant": tenant, "first": first, "second": second,
-            "proof": [h.hex() for h in merkle.consistency_proof(first, second, get)],
-            "first_checkpoint": _as_dict(rows[first]), "second_checkpoint": _as_dict(rows[second])}

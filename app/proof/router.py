@@ -12,7 +12,7 @@ from app.auth.deps import AuditRead
 from app.core.db import LedgerReader
 from app.core.errors import Conflict, NotFound, problem_responses
 from app.core.responses import json_response
-from app.proof import log
+from app.proof import checkpoint_rows, log, proofs
 from app.proof.schemas import Checkpoint, CheckpointPage, ConsistencyProof, InclusionProof, Jwks
 
 JWKS_PATH = "/.well-known/consent-ledger/jwks.json"
@@ -46,7 +46,7 @@ async def create_checkpoint(request: Request, principal: AuditRead, pool: Ledger
                                      checkpoint_dir=request.app.state.settings.checkpoint_dir)
     if made is not None:
         return json_response(made, status_code=status.HTTP_201_CREATED)
-    latest = await log.latest(pool, principal.tenant, request.app.state.proof)
+    latest = await checkpoint_rows.latest(pool, principal.tenant, request.app.state.proof)
     if latest is None:
         raise Conflict("the log is empty: nothing has been recorded for this tenant yet")
     return json_response(latest)
@@ -61,7 +61,7 @@ async def list_checkpoints(
 ):
     """The tenant's checkpoints by tree size, oldest first (only rows whose JWS verifies: a row the
     service did not sign is never listed)."""
-    items = await log.list_after(pool, principal.tenant, after, limit, request.app.state.proof)
+    items = await checkpoint_rows.list_after(pool, principal.tenant, after, limit, request.app.state.proof)
     return json_response({"items": items, "next_after": items[-1]["tree_size"] if len(items) == limit else None})
 
 
@@ -69,7 +69,7 @@ async def list_checkpoints(
            responses=problem_responses(404))
 async def latest_checkpoint(request: Request, principal: AuditRead, pool: LedgerReader):
     """The newest checkpoint (404 before the first one)."""
-    found = await log.latest(pool, principal.tenant, request.app.state.proof)
+    found = await checkpoint_rows.latest(pool, principal.tenant, request.app.state.proof)
     if found is None:
         raise NotFound("no checkpoint yet: the worker makes one within CHECKPOINT_INTERVAL_SECONDS of the first "
                        "event, or POST /v1/audit/checkpoints")
@@ -80,7 +80,7 @@ async def latest_checkpoint(request: Request, principal: AuditRead, pool: Ledger
            responses=problem_responses(404))
 async def get_checkpoint(request: Request, tree_size: TreeSize, principal: AuditRead, pool: LedgerReader):
     """The checkpoint of one tree size."""
-    found = await log.get(pool, principal.tenant, tree_size, request.app.state.proof)
+    found = await checkpoint_rows.get(pool, principal.tenant, tree_size, request.app.state.proof)
     if found is None:
         raise NotFound(f"no checkpoint of tree size {tree_size}")
     return json_response(found)
@@ -96,7 +96,7 @@ async def inclusion_proof(
     """That the event is in the log the checkpoint signs: its leaf index, leaf hash and RFC 9162
     audit path. 404 for an event this tenant does not have, or one no checkpoint covers yet (then
     `pending` is true); 422 when no checkpoint has that tree size."""
-    return json_response(await log.inclusion(pool, principal.tenant, event_id, tree_size,
+    return json_response(await proofs.inclusion(pool, principal.tenant, event_id, tree_size,
                                              proof=request.app.state.proof))
 
 
@@ -110,7 +110,7 @@ async def consistency_proof(
     """That the log at checkpoint `second` extends the log at checkpoint `first` (nothing in it was
     changed or removed): the RFC 9162 consistency proof and both signed checkpoints. 422 when either
     size has no checkpoint, or first > second."""
-    return json_response(await log.consistency(pool, principal.tenant, first, second,
+    return json_response(await proofs.consistency(pool, principal.tenant, first, second,
                                                proof=request.app.state.proof))
 
 

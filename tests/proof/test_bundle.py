@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import subprocess
 import sys
@@ -24,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.consents import chain
 from app.core.hashing import canonical_json, sha256_hex
-from app.proof import keys, log, merkle
+from app.proof import checkpoint_files, checkpoint_rows, keys, log, merkle
 from app.proof.bundle import BundleWriter, write_bundle
 from app.proof.cli import main as cli
-from app.proof.verify_bundle import Unreadable, load_trusted_checkpoint, verify
+from app.proof.verify_bundle import load_trusted_checkpoint, verify
 from tests.helpers import sign_up
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -350,7 +349,7 @@ async def test_a_saved_checkpoint_catches_a_rewrite_the_service_itself_re_signed
     withdrawal = await _withdraw(client, headers, "v-0")  # v-0's last event
     first = tmp_path / "first.zip"
     await _bundle(app, demo, first)
-    saved = log.write_file(tmp_path / "checkpoints", await log.latest(app.state.pool, demo))  # CHECKPOINT_DIR's file
+    saved = checkpoint_files.write_file(tmp_path / "checkpoints", await checkpoint_rows.latest(app.state.pool, demo))  # CHECKPOINT_DIR's file
     n = json.loads(saved.read_text())["tree_size"]
     result = verify(first, trusted_checkpoint=saved)
     assert result.valid and result.trusted["consistent"] and result.trusted["tree_size"] == n
@@ -404,7 +403,7 @@ async def test_a_trusted_checkpoint_of_another_tenant_or_key_is_refused(app, cli
     other = await log.make_checkpoint(app.state.pool, other_tenant, app.state.proof)
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert "trusted_tenant" in _kinds(path, trusted_checkpoint=tmp_path / "other.json")
-    latest = await log.latest(app.state.pool, demo)
+    latest = await checkpoint_rows.latest(app.state.pool, demo)
     forged = keys.Signer(Ed25519PrivateKey.generate()).sign(
         {k: latest[k] for k in ("tenant", "tree_size", "root_hash", "issued_at")}, TYP)
     (tmp_path / "forged.jws").write_text(forged)

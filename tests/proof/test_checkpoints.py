@@ -15,7 +15,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import KeySet
 
-from app.proof import log, merkle
+from app.proof import checkpoint_files, log, merkle
 from app.proof.checkpointer import Checkpointer, run_checkpointer
 from app.webhooks.dispatcher import Worker
 from tests.helpers import sign_up
@@ -196,7 +196,7 @@ async def test_a_rewritten_history_is_refused_a_checkpoint_and_fails_the_saved_o
     await _sign_ups(client, auth(demo), "w", 1)  # the withdrawal is in the middle of the log
     saved = await _checkpoint_now(client, headers)  # what an auditor (or a webhook receiver) keeps
     saved_payload = await _verified(client, saved)
-    log.write_file(tmp_path, saved)  # and what the worker wrote to CHECKPOINT_DIR
+    checkpoint_files.write_file(tmp_path, saved)  # and what the worker wrote to CHECKPOINT_DIR
     n, saved_root = saved_payload["tree_size"], bytes.fromhex(saved_payload["root_hash"])
     assert any(e == withdrawal for e, _ in await _log(db, demo))
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from app.proof import keys, log, merkle
+from app.proof import checkpoint_rows, keys, log, merkle
 from tests.helpers import sign_up
 
 
@@ -133,12 +133,12 @@ async def test_checkpoint_signs_the_root_of_the_log_and_writes_its_webhook_in_th
     made = await log.make_checkpoint(app.state.pool, demo, proof)
     leaves = await _leaves(db, demo)
     assert made["tree_size"] == len(leaves) and made["root_hash"] == merkle.root(leaves).hex()
-    payload = keys.verify(made["jws"], proof.jwks(), log.CHECKPOINT_TYP)
+    payload = keys.verify(made["jws"], proof.jwks(), checkpoint_rows.CHECKPOINT_TYP)
     assert payload == {k: made[k] for k in ("tenant", "tree_size", "root_hash", "issued_at")}
     assert made["key_id"] == proof.signer.kid
-    assert await log.latest(app.state.pool, demo, proof) == made == await log.get(app.state.pool, demo, made["tree_size"],
+    assert await checkpoint_rows.latest(app.state.pool, demo, proof) == made == await checkpoint_rows.get(app.state.pool, demo, made["tree_size"],
                                                                                proof)
-    assert await log.latest(app.state.pool, demo) == made == await log.get(app.state.pool, demo, made["tree_size"])
+    assert await checkpoint_rows.latest(app.state.pool, demo) == made == await checkpoint_rows.get(app.state.pool, demo, made["tree_size"])
     # Nothing new: nothing signed, with or without force.
     assert await log.make_checkpoint(app.state.pool, demo, proof) is None
     assert await log.make_checkpoint(app.state.pool, demo, proof, force=True) is None
@@ -158,10 +158,10 @@ async def test_a_checkpoint_row_that_is_not_what_was_signed_is_skipped_but_its_s
         await db.execute("UPDATE ledger_checkpoints SET root_hash = $3 WHERE tenant_id = $1 AND tree_size = $2",
                          demo, n, "00" * 32)
     caplog.set_level(logging.ERROR, logger="consent_ledger.proof")
-    assert await log.latest(app.state.pool, demo, proof) is None
-    assert await log.get(app.state.pool, demo, n, proof) is None
-    assert await log.list_after(app.state.pool, demo, 0, 10, proof) == []
-    assert await log.latest(app.state.pool, demo) is not None  # without keys: as stored (the bundle checks it)
+    assert await checkpoint_rows.latest(app.state.pool, demo, proof) is None
+    assert await checkpoint_rows.get(app.state.pool, demo, n, proof) is None
+    assert await checkpoint_rows.list_after(app.state.pool, demo, 0, 10, proof) == []
+    assert await checkpoint_rows.latest(app.state.pool, demo) is not None  # without keys: as stored (the bundle checks it)
     reported = [r for r in caplog.records if f"tree_size {n}) is not a checkpoint this service signed" in r.getMessage()]
     assert len(reported) == 1 and reported[0].levelno == logging.ERROR  # once per row, however often it is met
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app.consents import chain
-from app.proof import log, merkle
+from app.proof import checkpoint_files, log, merkle
 from app.proof.checkpointer import Checkpointer
 from tests.helpers import sign_up
 
@@ -231,44 +231,44 @@ def test_a_tenant_id_that_is_not_a_plain_name_gets_no_checkpoint_file(tmp_path, 
     base.mkdir()
     before = sorted(p for p in tmp_path.rglob("*"))
     caplog.set_level(logging.ERROR, logger="consent_ledger.proof")
-    with pytest.raises(log.CheckpointFileError, match="has no checkpoint directory"):
-        log.write_file(base, _checkpoint_dict(tenant))
-    with pytest.raises(log.CheckpointFileError):
-        log.newest_file(base, tenant)
+    with pytest.raises(checkpoint_files.CheckpointFileError, match="has no checkpoint directory"):
+        checkpoint_files.write_file(base, _checkpoint_dict(tenant))
+    with pytest.raises(checkpoint_files.CheckpointFileError):
+        checkpoint_files.newest_file(base, tenant)
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
     assert any(r.levelno == logging.ERROR and "refused a checkpoint file path" in r.getMessage() for r in caplog.records)
 
 
 def test_a_tenant_directory_that_is_a_symlink_out_or_to_another_tenant_is_refused(tmp_path):
     base = tmp_path / "checkpoints"
-    victim = log.write_file(base, _checkpoint_dict("victim"))
+    victim = checkpoint_files.write_file(base, _checkpoint_dict("victim"))
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(outside, base / "out")
     os.symlink(base / "victim", base / "alias")
     for tenant in ("out", "alias"):
-        with pytest.raises(log.CheckpointFileError, match="resolves to"):
-            log.write_file(base, _checkpoint_dict(tenant, root="cd" * 32))
-        with pytest.raises(log.CheckpointFileError):
-            log.newest_file(base, tenant)
+        with pytest.raises(checkpoint_files.CheckpointFileError, match="resolves to"):
+            checkpoint_files.write_file(base, _checkpoint_dict(tenant, root="cd" * 32))
+        with pytest.raises(checkpoint_files.CheckpointFileError):
+            checkpoint_files.newest_file(base, tenant)
     assert list(outside.iterdir()) == []
     assert json.loads(victim.read_text())["root_hash"] == "ab" * 32
 
 
 def test_a_checkpoint_file_is_never_overwritten(tmp_path, caplog):
     made = _checkpoint_dict("t-1")
-    path = log.write_file(tmp_path, made)
+    path = checkpoint_files.write_file(tmp_path, made)
     assert path == tmp_path / "t-1" / "000000000007.json" and json.loads(path.read_text()) == made
-    assert log.write_file(tmp_path, made) == path  # the same checkpoint again: fine
+    assert checkpoint_files.write_file(tmp_path, made) == path  # the same checkpoint again: fine
     caplog.set_level(logging.ERROR, logger="consent_ledger.proof")
-    with pytest.raises(log.CheckpointFileError, match="already exists with another checkpoint"):
-        log.write_file(tmp_path, _checkpoint_dict("t-1", root="00" * 32))
+    with pytest.raises(checkpoint_files.CheckpointFileError, match="already exists with another checkpoint"):
+        checkpoint_files.write_file(tmp_path, _checkpoint_dict("t-1", root="00" * 32))
     assert json.loads(path.read_text()) == made
     assert any(r.levelno == logging.ERROR and "not overwritten" in r.getMessage() for r in caplog.records)
     assert [p.name for p in (tmp_path / "t-1").iterdir()] == [path.name]  # no temporary file left
-    assert log.newest_file(tmp_path, "t-1") == path and log.newest_file(tmp_path, "t-2") is None
-    with pytest.raises(log.CheckpointFileError):
-        log.write_file(tmp_path, _checkpoint_dict("t-1", size=True))
+    assert checkpoint_files.newest_file(tmp_path, "t-1") == path and checkpoint_files.newest_file(tmp_path, "t-2") is None
+    with pytest.raises(checkpoint_files.CheckpointFileError):
+        checkpoint_files.write_file(tmp_path, _checkpoint_dict("t-1", size=True))
 
 
 # -- 4. checkpoint rows it did not sign ---------------------------------------------------------------
