@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -40,3 +41,34 @@ async def event_count(db, tenant: str, subject: str) -> int:
     return await db.fetchval(
         "SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
         "WHERE s.tenant_id = $1 AND s.external_id = $2", tenant, subject)
+
+
+# --- forging events, as an attacker with a database account would --------------------------------
+
+async def last_event(db, tenant: str, member: str) -> dict:
+    return dict(await db.fetchrow(
+        "SELECT e.* FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
+        "WHERE s.tenant_id = $1 AND s.external_id = $2 ORDER BY e.seq DESC LIMIT 1", tenant, member))
+
+
+def next_event(event: dict, tenant: str, member: str, **changes) -> dict:
+    """The next event of the member's chain (a grant), correctly hashed and linked; the seal is
+    whatever `event` or `changes` carry: only the service can make a real one."""
+    from app.consents import chain
+
+    forged = {**event, "id": uuid.uuid4(), "seq": event["seq"] + 1, "prev_hash": event["hash"],
+              "action": "granted", "status": "granted", "previous_status": event["status"],
+              "version": event["version"] + 1, **changes}
+    forged["hash"] = chain.document_hash(chain.document(forged, tenant=tenant, subject_ref=member))
+    return forged
+
+
+def insert_event_sql(event: dict) -> tuple[str, list]:
+    columns = list(event)
+    return (f"INSERT INTO consent_events ({', '.join(columns)}) VALUES "
+            f"({', '.join(f'${i + 1}' for i in range(len(columns)))})", list(event.values()))
+
+
+async def insert_event(conn, event: dict) -> None:
+    sql, values = insert_event_sql(event)
+    await conn.execute(sql, *values)

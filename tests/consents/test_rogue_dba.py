@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import pytest
 
 from app.consents import chain
-from tests.helpers import sign_up
+from tests.helpers import insert_event_sql, last_event, next_event, sign_up
 
 
 @pytest.fixture
@@ -57,16 +58,8 @@ async def test_untouched_record_verifies(client, subject):
 
 
 async def test_event_inserted_past_the_head_is_reported(client, db, demo, subject):
-    head = await subject_row(db, demo)
-    last = await db.fetchrow("SELECT * FROM consent_events WHERE subject_id = $1 AND seq = $2",
-                             head["id"], head["last_seq"])
-    forged = dict(last)
-    forged.update(id=__import__("uuid").uuid4(), seq=last["seq"] + 1, action="granted", status="granted",
-                  previous_status="withdrawn", version=last["version"] + 1, prev_hash=last["hash"])
-    forged["hash"] = chain.document_hash(chain.document(forged, tenant=demo, subject_ref="victim"))
-    columns = list(forged)
-    await as_rogue(db, (f"INSERT INTO consent_events ({', '.join(columns)}) VALUES "
-                        f"({', '.join(f'${i + 1}' for i in range(len(columns)))})", *forged.values()))
+    sql, values = insert_event_sql(next_event(await last_event(db, demo, "victim"), demo, "victim"))
+    await as_rogue(db, (sql, *values))
     history = (await client.get("/v1/subjects/victim/consents/history?limit=500", headers=subject)).json()
     assert history["items"][-1]["seq"] == 13  # it shows in the history...
     report = await verify(client, subject)
@@ -215,17 +208,16 @@ async def test_events_forged_as_version_1_are_reported(client, db, demo, subject
                                   head["id"], head["last_seq"]))
 
     def legacy(base: dict, **changes) -> dict:
-        event = {**base, "id": __import__("uuid").uuid4(), "chain_version": 1, "seal": None, **changes}
+        event = {**base, "id": uuid.uuid4(), "chain_version": 1, "seal": None, **changes}
         event["hash"] = chain.legacy_hash(chain.legacy_payload(event))
         return event
 
     forged = legacy(last, seq=last["seq"] + 1, prev_hash=last["hash"], action="granted", status="granted",
                     previous_status="withdrawn", version=last["version"] + 1, evidence_id=None,
                     evidence_commitment=None)
-    columns = list(forged)
+    sql, values = insert_event_sql(forged)
     await as_rogue(
-        db, (f"INSERT INTO consent_events ({', '.join(columns)}) VALUES "
-             f"({', '.join(f'${i + 1}' for i in range(len(columns)))})", *forged.values()),
+        db, (sql, *values),
         ("UPDATE subjects SET last_seq = $2, last_hash = $3 WHERE id = $1", head["id"], forged["seq"], forged["hash"]),
         ("UPDATE consent_states SET status = 'granted', version = $3, last_event_id = $4 "
          "WHERE subject_id = $1 AND purpose_id = $2", head["id"], forged["purpose_id"], forged["version"],

@@ -14,7 +14,7 @@ from joserfc.jwk import KeySet
 
 from app.consents import chain
 from app.proof import keys, merkle
-from tests.helpers import decisions_for, form, sign_up
+from tests.helpers import decisions_for, form, insert_event, last_event, next_event, sign_up
 
 # RFC 9864 renames EdDSA to Ed25519; PyJWT (our signer) does not speak the new name yet (docs/proof.md)
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
@@ -94,25 +94,6 @@ async def test_every_decision_echoes_the_disclosures_it_showed(client, auth, dem
     assert response.json()["events"][2]["disclosure_hash"] == patched.json()["disclosure_hash"]
 
 
-async def _last_event(db, tenant: str, member: str) -> dict:
-    row = await db.fetchrow(
-        "SELECT e.* FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
-        "WHERE s.tenant_id = $1 AND s.external_id = $2 ORDER BY e.seq DESC LIMIT 1", tenant, member)
-    return dict(row)
-
-
-def _next(event: dict, tenant: str, member: str, **changes) -> dict:
-    forged = {**event, "id": uuid.uuid4(), "seq": event["seq"] + 1, "prev_hash": event["hash"],
-              "action": "granted", "status": "granted", "previous_status": event["status"],
-              "version": event["version"] + 1, **changes}
-    forged["hash"] = chain.document_hash(chain.document(forged, tenant=tenant, subject_ref=member))
-    return forged
-
-
-async def _insert(conn, event: dict) -> None:
-    columns = list(event)
-    await conn.execute(f"INSERT INTO consent_events ({', '.join(columns)}) VALUES "
-                       f"({', '.join(f'${i + 1}' for i in range(len(columns)))})", *event.values())
 
 
 @pytest.mark.parametrize("case", ["wrong-seq", "wrong-link", "earlier-time", "other-tenant", "version-1", "unsealed"])
@@ -121,8 +102,8 @@ async def test_the_runtime_role_cannot_append_out_of_chain(client, auth, demo, d
     exactly (seq, link, time, tenant, chain version, a seal present) is refused by the database."""
     headers = auth(demo)
     assert (await sign_up(client, headers, "r-1")).status_code == 201
-    last = await _last_event(db, demo, "r-1")
-    forged = _next(last, demo, "r-1")
+    last = await last_event(db, demo, "r-1")
+    forged = next_event(last, demo, "r-1")
     if case == "wrong-seq":
         forged["seq"] += 1
     elif case == "wrong-link":
@@ -136,7 +117,7 @@ async def test_the_runtime_role_cannot_append_out_of_chain(client, auth, demo, d
     else:
         forged["seal"] = None
     with pytest.raises((asyncpg.CheckViolationError, asyncpg.ForeignKeyViolationError)):
-        await _insert(runtime_db, forged)
+        await insert_event(runtime_db, forged)
     assert (await client.get("/v1/subjects/r-1/consents/verify", headers=headers)).json()["valid"]
 
 
@@ -146,8 +127,8 @@ async def test_an_in_chain_insert_by_the_runtime_role_is_reported_as_not_the_ser
     seal can: that key is not in the database. The event stays in the log, so it cannot vanish."""
     headers = auth(demo)
     assert (await sign_up(client, headers, "r-2")).status_code == 201
-    last = await _last_event(db, demo, "r-2")
-    await _insert(runtime_db, _next(last, demo, "r-2", seal="0" * 64))
+    last = await last_event(db, demo, "r-2")
+    await insert_event(runtime_db, next_event(last, demo, "r-2", seal="0" * 64))
     report = (await client.get("/v1/subjects/r-2/consents/verify", headers=headers)).json()
     assert [b["kind"] for b in report["breaks"]] == ["unsealed_event"]
     assert report["breaks"][0]["seq"] == last["seq"] + 1

@@ -22,10 +22,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.consents import chain
 from app.proof import checkpoint_files, log, merkle
 from app.proof.checkpointer import Checkpointer
-from tests.helpers import sign_up
+from tests.helpers import insert_event, last_event, next_event, sign_up
 
 
 async def _sign_ups(client, headers, prefix: str, n: int) -> None:
@@ -63,34 +62,15 @@ def _type(response) -> str:
 # -- 1. events the service did not write --------------------------------------------------------------
 
 
-async def _last_event(db, tenant: str, member: str) -> dict:
-    return dict(await db.fetchrow(
-        "SELECT e.* FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
-        "WHERE s.tenant_id = $1 AND s.external_id = $2 ORDER BY e.seq DESC LIMIT 1", tenant, member))
-
-
-def _next(event: dict, tenant: str, member: str, **changes) -> dict:
-    """The next event of the member's chain, correctly hashed and linked (tests/consents/test_shown_and_sealed.py)."""
-    forged = {**event, "id": uuid.uuid4(), "seq": event["seq"] + 1, "prev_hash": event["hash"],
-              "action": "granted", "status": "granted", "previous_status": event["status"],
-              "version": event["version"] + 1, **changes}
-    forged["hash"] = chain.document_hash(chain.document(forged, tenant=tenant, subject_ref=member))
-    return forged
-
-
-async def _insert(conn, event: dict) -> None:
-    columns = list(event)
-    await conn.execute(f"INSERT INTO consent_events ({', '.join(columns)}) VALUES "
-                       f"({', '.join(f'${i + 1}' for i in range(len(columns)))})", *event.values())
 
 
 async def test_an_event_with_a_bogus_seal_is_never_signed_into_a_checkpoint(app, client, auth, demo, db, runtime_db,
                                                                             caplog):
     await _sign_ups(client, auth(demo), "u", 2)
     first = await _checkpoint(client, auth, demo)
-    last = await _last_event(db, demo, "u-0")
-    forged = _next(last, demo, "u-0", seal="f" * 64)
-    await _insert(runtime_db, forged)  # the database takes it: in chain, sealed with *something*
+    last = await last_event(db, demo, "u-0")
+    forged = next_event(last, demo, "u-0", seal="f" * 64)
+    await insert_event(runtime_db, forged)  # the database takes it: in chain, sealed with *something*
     await _sign_ups(client, auth(demo), "v", 1)  # the service's own events after it
 
     caplog.set_level(logging.ERROR, logger="consent_ledger.proof")
@@ -114,10 +94,10 @@ async def test_an_event_with_a_bogus_seal_is_never_signed_into_a_checkpoint(app,
 
 async def test_at_most_twenty_unsealed_events_are_named_and_all_are_counted(client, auth, demo, db, runtime_db):
     assert (await sign_up(client, auth(demo), "w-1")).status_code == 201
-    event, forged = await _last_event(db, demo, "w-1"), []
+    event, forged = await last_event(db, demo, "w-1"), []
     for _ in range(21):
-        event = _next(event, demo, "w-1", seal="0" * 64)
-        await _insert(runtime_db, event)
+        event = next_event(event, demo, "w-1", seal="0" * 64)
+        await insert_event(runtime_db, event)
         forged.append(event["id"])
     response = await client.post("/v1/audit/checkpoints", headers=auth(demo, "audit:read"))
     assert response.status_code == 409 and _type(response) == "log-unsealed"
