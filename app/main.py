@@ -33,6 +33,9 @@ claims `tenant`, `sub`, `scope`, `iss`, `aud`, `exp`. Errors are RFC 9457 `appli
 """
 
 
+GC_YOUNG_THRESHOLD = 20_000
+
+
 def _consume(task: asyncio.Future) -> None:
     """Retrieve an abandoned probe's outcome, so asyncio does not log it as never retrieved."""
     if not task.cancelled():
@@ -58,6 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # of a request's latency now and then (the p99 in bench/).
         gc.collect()
         gc.freeze()
+        # A request allocates thousands of short-lived containers; with the default threshold (700)
+        # the young generation is scanned several times per request and objects of the requests in
+        # flight get promoted and rescanned in older generations. A larger first threshold lets
+        # them die by reference count first (measured on a recording: GC time ~0.05 -> ~0.01 ms).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
         try:
             yield
         finally:

@@ -86,7 +86,7 @@ def test_version_1_events_stay_verifiable_and_new_ones_chain_onto_them(scratch, 
                     evidence=ledger.Evidence(method="app", actor_type="subject", actor_ref=None, guardian=None,
                                              ip=None, user_agent=None, occurred_at=None),
                     request_id=uuid.uuid4(), secret=secret)
-                await ledger.write(conn, tenant, batch)
+                await ledger.write(conn, tenant, "old-member", batch)
             report = await verification.verify(pool, tenant, "old-member", secret)
             assert report["valid"] and report["events_checked"] == 3, report["breaks"]
             third = await pool.fetchrow("SELECT chain_version, prev_hash FROM consent_events WHERE seq = 3")

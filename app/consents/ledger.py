@@ -14,7 +14,9 @@ import asyncpg
 
 from app.consents import chain
 from app.consents.chain import CHAIN_VERSION
+from app.core.responses import dumps
 from app.proof import keys
+from app.webhooks import outbox
 
 
 @dataclass
@@ -79,27 +81,49 @@ class Change:
 
 # Events only: the statement trigger behind this insert (alembic 0004) checks the batch against
 # the subject's head and moves the head, the current state and the log queue. The evidence row,
-# if any, goes in the same statement (its foreign key is checked at the statement's end).
+# the receipt and the webhook messages (outbox, invariant 8) go in the same statement: one round
+# trip, and all or nothing (foreign keys are checked and the trigger runs at the statement's end).
+# Locks: the subject row is already held (lock_subject); the endpoints' key-share locks come next,
+# then the trigger's state rows: the order docs/proof.md gives.
+# The statement's parameters, in order; the SQL names them. The events and the webhook messages
+# travel as one JSON array each, not a dozen arrays: asyncpg encodes an array parameter at ~13 us
+# of the API's CPU each (measured), PostgreSQL reads the JSON once.
+_PARAMS = ("events", "messages", "tenant", "subject_id", "subject_ref", "evidence_id", "ip", "user_agent", "guardian",
+           "commitment", "now", "collection_point_id", "collection_point_key", "notice_id", "notice_key",
+           "notice_version", "notice_sha256", "notice_superseded_at", "method", "actor_type", "actor_ref",
+           "occurred_at", "request_id", "reason", "receipt_id", "jws")
+_P = {name: f"${i}" for i, name in enumerate(_PARAMS, 1)}
+EVENT_COLUMNS = ("id", "seq", "purpose_id", "purpose_key", "version", "action", "status", "previous_status",
+                 "disclosure_hash", "prev_hash", "hash", "seal")
 APPEND = """
-WITH evidence AS (
+WITH batch AS MATERIALIZED (
+    SELECT * FROM json_to_recordset({events}::text::json) AS u(
+        id uuid, seq bigint, purpose_id uuid, purpose_key text, version int, action text, status text,
+        previous_status text, disclosure_hash text, prev_hash text, hash text, seal text)
+), evidence AS (
     INSERT INTO consent_evidence (id, tenant_id, subject_id, ip, user_agent, guardian, commitment, created_at)
-    SELECT $15, $13, $14, $16, $17, $18::jsonb, $19, $20 WHERE $15::uuid IS NOT NULL
+    SELECT {evidence_id}, {tenant}, {subject_id}, {ip}, {user_agent}, {guardian}::jsonb, {commitment}, {now}
+    WHERE {evidence_id}::uuid IS NOT NULL
     RETURNING 1
 ), receipt AS (
     INSERT INTO receipts (id, tenant_id, subject_id, request_id, event_ids, jws, created_at)
-    SELECT $34, $13, $14, $32, $1, $35, $20 WHERE $34::uuid IS NOT NULL
+    SELECT {receipt_id}, {tenant}, {subject_id}, {request_id}, (SELECT array_agg(id ORDER BY seq) FROM batch),
+           {jws}, {now}
+    WHERE {receipt_id}::uuid IS NOT NULL
     RETURNING 1
-)
+), {outbox}
 INSERT INTO consent_events (
     id, seq, purpose_id, purpose_key, version, action, status, previous_status, disclosure_hash, prev_hash, hash,
     seal, tenant_id, subject_id, evidence_id, evidence_commitment, recorded_at, collection_point_id,
     collection_point_key, notice_id, notice_key, notice_version, notice_sha256, notice_superseded_at, method,
     actor_type, actor_ref, occurred_at, request_id, reason, chain_version
 )
-SELECT u.*, $13, $14, $15, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, 2
-FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::text[], $12::text[]) AS u
-"""
+SELECT b.*, {tenant}, {subject_id}, {evidence_id}, {commitment}, {now}, {collection_point_id},
+       {collection_point_key}, {notice_id}, {notice_key}, {notice_version}, {notice_sha256}, {notice_superseded_at},
+       {method}, {actor_type}, {actor_ref}, {occurred_at}, {request_id}, {reason}, 2
+FROM batch b ORDER BY b.seq
+""".format(**_P, outbox=outbox.enqueue_ctes(messages=_P["messages"], tenant=_P["tenant"],
+                                             subject_ref=_P["subject_ref"], subject_id=_P["subject_id"]))
 
 
 def _evidence_row(secret: bytes, evidence: Evidence) -> tuple[uuid.UUID | None, str | None]:
@@ -159,21 +183,24 @@ def chain_onto(
                  evidence_id=evidence_id, commitment=commitment, rows=rows, printed=printed)
 
 
-async def write(conn: asyncpg.Connection, tenant: str, batch: Batch,
-                receipt: tuple[uuid.UUID, str] | None = None) -> None:
-    """One statement: the evidence row, the events (the trigger moves head, state and log queue)
-    and the receipt `(id, jws)` if any."""
+async def write(conn: asyncpg.Connection, tenant: str, subject_ref: str, batch: Batch,
+                receipt: tuple[uuid.UUID, str] | None = None,
+                purposes: dict[str, tuple[str, str, str | None]] | None = None) -> None:
+    """One statement: the evidence row, the events (the trigger moves head, state and log queue),
+    the receipt `(id, jws)` if any, and the webhook messages for the events' changes when
+    `purposes` maps their purpose keys to (key, kind, channel) (outbox.rows)."""
+    messages = (outbox.rows(tenant=tenant, subject_ref=subject_ref, events=batch.printed, purposes=purposes)
+                if purposes is not None else [])
+    # JSON text, whatever codecs the connection has (the API's decode json; a bare one does not)
     head, evidence, notice, rows = batch.head, batch.evidence, batch.evidence.notice, batch.rows
-    columns = ("id", "seq", "purpose_id", "purpose_key", "version", "action", "status", "previous_status",
-               "disclosure_hash", "prev_hash", "hash", "seal")
-    arrays = [[r[c] for r in rows] for c in columns]
     await conn.execute(
-        APPEND, *arrays, tenant, head.id, batch.evidence_id, evidence.ip, evidence.user_agent, evidence.guardian,
-        batch.commitment, head.now, evidence.collection_point_id, evidence.collection_point_key,
-        notice.id if notice else None, notice.key if notice else None, notice.version if notice else None,
-        notice.sha256 if notice else None, notice.superseded_at if notice else None, evidence.method,
-        evidence.actor_type, evidence.actor_ref, batch.occurred_at, batch.request_id, evidence.reason,
-        receipt[0] if receipt else None, receipt[1] if receipt else None,
+        APPEND, dumps([{c: r[c] for c in EVENT_COLUMNS} for r in rows]), dumps(messages), tenant, head.id, subject_ref,
+        batch.evidence_id, evidence.ip, evidence.user_agent, evidence.guardian, batch.commitment, head.now,
+        evidence.collection_point_id, evidence.collection_point_key, notice.id if notice else None,
+        notice.key if notice else None, notice.version if notice else None, notice.sha256 if notice else None,
+        notice.superseded_at if notice else None, evidence.method, evidence.actor_type, evidence.actor_ref,
+        batch.occurred_at, batch.request_id, evidence.reason, receipt[0] if receipt else None,
+        receipt[1] if receipt else None,
     )
     head.last_seq, head.last_hash = rows[-1]["seq"], rows[-1]["hash"]
 

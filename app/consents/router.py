@@ -12,7 +12,7 @@ from app.consents.schemas import (
     BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, RecordResult, StatePage, WithdrawalIn,
     WithdrawalResult,
 )
-from app.core.db import LedgerReader, LedgerWriter
+from app.core.db import LedgerReader, ledger_transaction
 from app.core.responses import json_response
 from app.core.errors import problem_responses
 from app.core.schemas import UtcDatetime
@@ -40,44 +40,50 @@ def _respond(outcome: service.Outcome):
 @router.post("/consents", operation_id="consents-record", status_code=status.HTTP_201_CREATED,
              response_model=RecordResult, responses=problem_responses(409))
 async def record_consents(
-    subject_id: SubjectId, body: ConsentRecord, request: Request, principal: ConsentsWrite, conn: LedgerWriter,
+    subject_id: SubjectId, body: ConsentRecord, request: Request, principal: ConsentsWrite,
     idempotency_key: IdempotencyKey = None,
 ):
     """Record one decision per presented purpose. Pre-checked, unpresented or missing decisions and
     refused required purposes fail the whole request; nothing is written then."""
-    return _respond(await service.record(
-        conn, principal, subject_id=subject_id, body=body, client=_client(request),
-        idempotency_key=idempotency_key, request_path=request.url.path,
-        proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
-    ))
+    async with ledger_transaction(request) as conn:  # committed before the response is sent
+        outcome = await service.record(
+            conn, principal, subject_id=subject_id, body=body, client=_client(request),
+            idempotency_key=idempotency_key, request_path=request.url.path,
+            proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        )
+    return _respond(outcome)
 
 
 @router.post("/consents/withdraw", operation_id="consents-withdraw-many", response_model=WithdrawalResult,
              responses=problem_responses(409))
 async def withdraw_many(
-    subject_id: SubjectId, body: BulkWithdrawalIn, request: Request, principal: ConsentsWrite, conn: LedgerWriter,
+    subject_id: SubjectId, body: BulkWithdrawalIn, request: Request, principal: ConsentsWrite,
     idempotency_key: IdempotencyKey = None,
 ):
     """Withdraw several purposes at once, e.g. `{"kind": "marketing"}` for every marketing consent."""
-    return _respond(await service.withdraw(
-        conn, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
-        idempotency_key=idempotency_key, request_path=request.url.path,
-        proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
-    ))
+    async with ledger_transaction(request) as conn:
+        outcome = await service.withdraw(
+            conn, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
+            idempotency_key=idempotency_key, request_path=request.url.path,
+            proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        )
+    return _respond(outcome)
 
 
 @router.post("/consents/{purpose}/withdraw", operation_id="consents-withdraw", response_model=WithdrawalResult,
              responses=problem_responses(409))
 async def withdraw_one(
-    subject_id: SubjectId, purpose: str, request: Request, principal: ConsentsWrite, conn: LedgerWriter,
+    subject_id: SubjectId, purpose: str, request: Request, principal: ConsentsWrite,
     body: WithdrawalIn | None = None, idempotency_key: IdempotencyKey = None,
 ):
     """Withdraw one purpose. Withdrawing again writes nothing and says it was already withdrawn."""
-    return _respond(await service.withdraw(
-        conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
-        client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
-        proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
-    ))
+    async with ledger_transaction(request) as conn:
+        outcome = await service.withdraw(
+            conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
+            client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
+            proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        )
+    return _respond(outcome)
 
 
 @router.get("/consents", operation_id="consents-state", response_model=StatePage)

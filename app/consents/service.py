@@ -17,7 +17,6 @@ from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
 )
 from app.proof.context import Proof
-from app.webhooks import outbox
 
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -61,16 +60,23 @@ def _check_occurred_at(evidence: ledger.Evidence, head: ledger.Head) -> None:
             {"field": "body.occurred_at", "reason": "must not be later than the server's clock (5 min skew allowed)"}])
 
 
-# The notice the form shows now (the latest published version in force, as the form route picks
-# it) beside the version the request names, and the presented purposes with their disclosures.
+# One round trip for the lock and the catalog: the subject is locked (or created) first, then the
+# notice the form shows now (the latest published version in force, as the form route picks it)
+# beside the version the request names, and the presented purposes with their disclosures. A
+# request the catalog then refuses rolls back, subject and all. The catalog reads do not depend on
+# the lock, so this statement's snapshot (taken before it waited for the lock) is current enough;
+# the subject's states are read by a later statement, after the lock (app/consents/ledger.py).
 CATALOG_FOR_RECORD = """
+WITH head AS MATERIALIZED (SELECT * FROM ledger_lock_subject($1, $4, true))
+SELECT head.id AS head_id, head.last_seq, head.last_hash, head.now AS head_now, head.created, catalog.*
+FROM head LEFT JOIN (
 SELECT cp.id AS collection_point_id, cp.notice_key,
        cur.id AS current_id, cur.version AS current_version, cur.sha256 AS current_sha256,
        cur.effective_at AS current_effective_at,
        shown.version AS shown_version, shown.sha256 AS shown_sha256, prev.id AS previous_id,
        now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                       WHERE t.id = $1) AS controller,
-       p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures -> 'ko' AS disclosure_ko
+       p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures -> 'ko' AS disclosure_ko, cpp.position
 FROM collection_points cp
 LEFT JOIN LATERAL (
     SELECT n.id, n.version, n.sha256, n.effective_at FROM notices n
@@ -88,7 +94,8 @@ LEFT JOIN notices shown ON shown.id = $3 AND shown.tenant_id = $1 AND shown.key 
 LEFT JOIN collection_point_purposes cpp ON cpp.collection_point_id = cp.id
 LEFT JOIN purposes p ON p.id = cpp.purpose_id AND p.active
 WHERE cp.tenant_id = $1 AND cp.key = $2
-ORDER BY cpp.position
+) catalog ON true
+ORDER BY catalog.position
 """
 
 
@@ -170,15 +177,15 @@ async def record(
     if replay:
         return Outcome(replay.status_code, replay.body, replayed=True)
     evidence = _evidence(principal, body, client)
-    rows = await conn.fetch(CATALOG_FOR_RECORD, principal.tenant, body.collection_point, body.notice_id)
-    if not rows:
+    rows = await conn.fetch(CATALOG_FOR_RECORD, principal.tenant, body.collection_point, body.notice_id, subject_id)
+    head = ledger.Head(id=rows[0]["head_id"], last_seq=rows[0]["last_seq"], last_hash=rows[0]["last_hash"],
+                       now=rows[0]["head_now"], created=rows[0]["created"])
+    if rows[0]["collection_point_id"] is None:
         raise NotFound(f"no collection point with key {body.collection_point!r}",
                        errors=[{"field": "body.collection_point", "reason": "unknown"}])
     notice = notice_shown(rows[0], body.notice_id, proof.notice_grace)
     presented = {r["key"]: r for r in rows if r["id"] is not None}
     _check_decisions(body, presented)
-
-    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=True)
     _check_occurred_at(evidence, head)
     evidence.collection_point_id = rows[0]["collection_point_id"]
     evidence.collection_point_key = body.collection_point
@@ -204,10 +211,9 @@ async def record(
                               evidence=evidence, request_id=request_id, secret=proof.secret)
     receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                             purposes=presented, controller=rows[0]["controller"])
-    await ledger.write(conn, principal.tenant, batch, receipt)
+    await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
+                       purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
     events = batch.printed
-    await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id, events=events,
-                         purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
     metrics.consent_events_written((e["action"], presented[e["purpose"]]["kind"]) for e in events)
     result = {"subject_id": subject_id, "request_id": request_id, "recorded_at": head.now, "events": events,
               "receipt": {"id": receipt[0], "jws": receipt[1]}}
@@ -263,10 +269,9 @@ async def withdraw(
                                   evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
         receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                                 purposes=by_key, controller=rows[0]["controller"])
-        await ledger.write(conn, principal.tenant, batch, receipt)
+        await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
+                           purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in rows})
         events = batch.printed
-        await outbox.enqueue(conn, tenant=principal.tenant, subject_ref=subject_id, subject_id=head.id,
-                             events=events, purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in rows})
         metrics.consent_events_written(("withdrawn", r["kind"]) for r in to_change)
     by_purpose = {e["purpose"]: e for e in events}
     results = []

@@ -70,14 +70,22 @@ ENDPOINT_OFF = "SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2
 # Anything else that changes an endpoint's deliveries (the worker recording a failure, an operator's
 # retry or recover) locks the endpoint first with this: it waits for a switch-off, never for consents.
 LOCK_ENDPOINT = "SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE"
-ENQUEUE = """
-WITH ev AS (
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-        AS u(event_id, seq, type, purpose, kind, channel, body)
-), matched AS (
+def enqueue_ctes(*, messages: str, tenant: str, subject_ref: str, subject_id: str) -> str:
+    """The enqueue as common table expressions, for a statement of its own (ENQUEUE) or inside the
+    ledger's append (app/consents/ledger.py: one round trip for events and their messages). The
+    arguments are the placeholders of the messages (a JSON array of `rows()`), the tenant, the
+    member id and the subject's uuid."""
+    return ENQUEUE_CTES.format(messages=messages, tenant=tenant, subject_ref=subject_ref, subject_id=subject_id)
+
+
+ENQUEUE_CTES = """
+outbox_ev AS (
+    SELECT * FROM json_to_recordset({messages}::text::json)
+        AS u(event_id uuid, seq bigint, type text, purpose text, kind text, channel text, body text)
+), outbox_matched AS (
     SELECT ev.event_id, ev.seq, e.id AS endpoint_id, e.enabled
-    FROM ev JOIN webhook_endpoints e
-      ON e.tenant_id = $8 AND e.deleted_at IS NULL
+    FROM outbox_ev ev JOIN webhook_endpoints e
+      ON e.tenant_id = {tenant} AND e.deleted_at IS NULL
      AND (cardinality(e.kinds) = 0 OR ev.kind = ANY(e.kinds))
      AND (cardinality(e.purposes) = 0 OR ev.purpose = ANY(e.purposes))
      AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels)
@@ -85,34 +93,33 @@ WITH ev AS (
      AND (cardinality(e.event_types) = 0 OR ev.type = ANY(e.event_types))
     -- an endpoint being disabled or deleted right now is read as it ends up (see docs/design.md)
     FOR KEY SHARE OF e
-), messages AS (
+), outbox_messages AS (
     INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, event_id, body, created_at)
-    SELECT gen_random_uuid(), $8, ev.type, $9, ev.event_id, ev.body, clock_timestamp()
-    FROM ev WHERE ev.event_id IN (SELECT event_id FROM matched)
+    SELECT gen_random_uuid(), {tenant}, ev.type, {subject_ref}, ev.event_id, ev.body, clock_timestamp()
+    FROM outbox_ev ev WHERE ev.event_id IN (SELECT event_id FROM outbox_matched)
     RETURNING id, event_id
-)
-INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq, next_attempt_at)
-SELECT $8, m.id, matched.endpoint_id, $10, matched.seq,
-       CASE WHEN NOT matched.enabled THEN 'infinity'
-            -- behind a predecessor waiting for a retry: due with it, not before (see SUCCESSORS)
-            ELSE GREATEST(now(), (SELECT max(p.next_attempt_at) FROM webhook_deliveries p
-                                  WHERE p.endpoint_id = matched.endpoint_id AND p.subject_id = $10
-                                    AND p.status = 'pending' AND p.lease_token IS NULL)) END
-FROM matched JOIN messages m USING (event_id)
-"""
+), outbox_deliveries AS (
+    INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, subject_id, seq, next_attempt_at)
+    SELECT {tenant}, m.id, matched.endpoint_id, {subject_id}, matched.seq,
+           CASE WHEN NOT matched.enabled THEN 'infinity'::timestamptz
+                -- behind a predecessor waiting for a retry: due with it, not before (see SUCCESSORS)
+                ELSE GREATEST(now(), (SELECT max(p.next_attempt_at) FROM webhook_deliveries p
+                                      WHERE p.endpoint_id = matched.endpoint_id AND p.subject_id = {subject_id}
+                                        AND p.status = 'pending' AND p.lease_token IS NULL)) END
+    FROM outbox_matched matched JOIN outbox_messages m USING (event_id)
+    RETURNING 1
+)"""
+ENQUEUE = f"WITH {enqueue_ctes(messages='$1', tenant='$2', subject_ref='$3', subject_id='$4')} SELECT 1"
 
 
-async def enqueue(
-    conn: asyncpg.Connection, *, tenant: str, subject_ref: str, subject_id: uuid.UUID, events: list[dict[str, Any]],
-    purposes: dict[str, tuple[str, str, str | None]],
-) -> None:
-    """`events` as printed (app/consents/chain.py); `purposes` maps purpose key -> (key, kind,
-    channel) for every purpose in them."""
-    changed = [e for e in events if is_change(e)]
-    if not changed:
-        return
-    columns: list[list[Any]] = [[], [], [], [], [], [], []]
-    for event in changed:
+def rows(*, tenant: str, subject_ref: str, events: list[dict[str, Any]],
+         purposes: dict[str, tuple[str, str, str | None]]) -> list[dict[str, Any]]:
+    """The messages for `events` as printed (app/consents/chain.py): one per change a receiver
+    must hear of (sent as JSON text: `dumps()`); `purposes` maps purpose key -> (key, kind, channel) for every purpose in them."""
+    messages = []
+    for event in events:
+        if not is_change(event):
+            continue
         key, kind, channel = purposes[event["purpose"]]
         type_ = f"consent.{event['action']}"
         data = {
@@ -120,10 +127,19 @@ async def enqueue(
             "status": event["status"], "previous_status": event["previous_status"], "version": event["version"],
             "event_id": event["id"], "occurred_at": event["occurred_at"],
         }
-        for column, value in zip(columns, (event["id"], event["seq"], type_, key, kind, channel,
-                                           body(type_, event["recorded_at"], data))):
-            column.append(value)
-    await conn.execute(ENQUEUE, *columns, tenant, subject_ref, subject_id)
+        messages.append({"event_id": event["id"], "seq": event["seq"], "type": type_, "purpose": key, "kind": kind,
+                         "channel": channel, "body": body(type_, event["recorded_at"], data)})
+    return messages
+
+
+async def enqueue(
+    conn: asyncpg.Connection, *, tenant: str, subject_ref: str, subject_id: uuid.UUID, events: list[dict[str, Any]],
+    purposes: dict[str, tuple[str, str, str | None]],
+) -> None:
+    """A statement of its own; a consent write enqueues inside its append instead (ledger.write)."""
+    messages = rows(tenant=tenant, subject_ref=subject_ref, events=events, purposes=purposes)
+    if messages:
+        await conn.execute(ENQUEUE, dumps(messages), tenant, subject_ref, subject_id)
 
 
 async def enqueue_test(conn: asyncpg.Connection, *, tenant: str, endpoint_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
