@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from app.proof import checkpoint_files, log, merkle
@@ -90,6 +91,34 @@ async def test_an_event_with_a_bogus_seal_is_never_signed_into_a_checkpoint(app,
     assert all(c["tenant"] != demo for c in await checkpointer.round())
     assert await _rows(db, demo) == [first["tree_size"]]
     assert (await client.get("/v1/audit/checkpoints/latest", headers=auth(demo, "audit:read"))).json() == first
+
+
+async def test_the_owner_unblocks_a_tenant_by_keeping_a_forged_event_out_of_the_log(client, auth, demo, db,
+                                                                                      runtime_db, owner_db):
+    """The recovery docs/proof.md gives: the owner role takes the forged event out of the log's
+    queue; the next checkpoint signs the service's own events, and the forgery stays reported by
+    verify (unsealed, not in the log) for as long as its row exists."""
+    await _sign_ups(client, auth(demo), "r", 1)
+    first = await _checkpoint(client, auth, demo)
+    forged = next_event(await last_event(db, demo, "r-0"), demo, "r-0", seal="e" * 64)
+    await insert_event(runtime_db, forged)
+    await _sign_ups(client, auth(demo), "s", 1)
+    assert _type(await client.post("/v1/audit/checkpoints", headers=auth(demo, "audit:read"))) == "log-unsealed"
+
+    # the runtime role may not do it; the owner may
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await runtime_db.execute("DELETE FROM ledger_log_queue WHERE event_id = $1", forged["id"])
+    assert await owner_db.execute("DELETE FROM ledger_log_queue WHERE event_id = $1", forged["id"]) == "DELETE 1"
+    second = await _checkpoint(client, auth, demo)
+    service_events = await db.fetchval(
+        "SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
+        "WHERE e.tenant_id = $1 AND s.external_id = 's-0'", demo)
+    assert second["tree_size"] == first["tree_size"] + service_events
+    logged = {r["event_id"] for r in await db.fetch("SELECT event_id FROM ledger_log WHERE tenant_id = $1", demo)}
+    assert forged["id"] not in logged
+    report = (await client.get("/v1/subjects/r-0/consents/verify", headers=auth(demo, "audit:read"))).json()
+    assert not report["valid"]
+    assert {b["kind"] for b in report["breaks"]} == {"unsealed_event", "not_in_log"}
 
 
 async def test_at_most_twenty_unsealed_events_are_named_and_all_are_counted(client, auth, demo, db, runtime_db):
