@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.core.settings import Settings, get_settings
 from app.proof import cli as proof_cli
+from app.catalog import cli as catalog_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p_evidence_purge.add_argument("--before", required=True, help="ISO 8601 instant with offset")
     p_evidence_purge.add_argument("--by", help="who purges (kept in evidence_purges; default: cli:<os user>)")
     proof_cli.add_commands(commands)
+    catalog_cli.add_commands(commands)
     p_token = commands.add_parser("token", help="print a signed development token (HS256, JWT_SECRET)")
     p_token.add_argument("--tenant", default="smallticket")
     p_token.add_argument("--sub", default="dev-operator")
@@ -336,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         return evidence(settings, args)
     elif args.command in proof_cli.COMMANDS:
         return proof_cli.run(args, settings)
+    elif args.command in catalog_cli.COMMANDS:
+        return catalog_cli.run(args, settings)
     elif args.command == "tenant":
         return tenant(settings, args)
     elif args.command == "seed":

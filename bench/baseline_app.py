@@ -43,7 +43,7 @@ from app.proof import keys
 
 class DecisionIn(BaseModel):
     purpose: str
-    decision: Literal["granted", "refused"]
+    decision: Literal["granted", "refused", "acknowledged"]
     disclosure_hash: str | None = None
 
 

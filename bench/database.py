@@ -73,6 +73,6 @@ async def load_catalog(url: str, tenant: str) -> Catalog:
             return Catalog(tenant=tenant, collection_point_id=point.id, collection_point_key=point.key,
                            notice_id=notice.id, notice_key=notice.key, notice_version=notice.version,
                            notice_sha256=notice.sha256,
-                           purposes=tuple((p.id, p.key, p.disclosure_hash) for p in purposes))
+                           purposes=tuple((p.id, p.key, p.disclosure_hash) for p, _ in purposes))
     finally:
         await engine.dispose()

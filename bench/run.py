@@ -47,7 +47,7 @@ from app.core.db import create_pool
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.proof import keys
-from bench import big, database, servers
+from bench import big, database, log_proofs, servers
 from bench.load import Result, Scenario, generator_name, run_load
 from bench.seed import Catalog, seed_parallel
 
@@ -98,7 +98,8 @@ def _abort(signum: int, _frame: Any) -> None:
     raise SystemExit(f"bench: stopped ({reason})")
 
 
-DECISIONS = {"membership": "granted", "marketing-sms": "granted", "marketing-email": "refused"}
+# membership is processed for the contract (PIPA Art. 15(1)4): acknowledged, not granted (docs/legal-model.md)
+DECISIONS = {"membership": "acknowledged", "marketing-sms": "granted", "marketing-email": "refused"}
 
 
 def _scenarios(catalog: Catalog) -> list[Scenario]:
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), jwt_issuer="consent-ledger-bench",
                             jwt_audience="consent-ledger")
-        token = issue(settings, tenant=PROJECT_TENANT, sub="bench", scopes=["consents:write", "consents:read"],
+        token = issue(settings, tenant=PROJECT_TENANT, sub="bench", scopes=["consents:write", "consents:read", "audit:read"],
                       ttl_seconds=TIME_LIMIT + 600)
         # the same headers go to both services, so both parse requests of the same size
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -328,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.big:
             results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples,
                                      secret)
+            results["log"] = log_proofs.run(database.dsn(database.runtime_url(url)), PROJECT_TENANT, project, headers,
+                                            proof_env, config.samples)
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.now():%Y%m%d-%H%M%S}.json"

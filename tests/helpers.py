@@ -16,13 +16,18 @@ async def form(client: httpx.AsyncClient, headers: dict[str, str], point: str = 
 
 def decisions_for(form_body: dict[str, Any], granted: set[str] | None = None, *, all_granted: bool = False,
                   ) -> dict[str, Any]:
-    """A complete, valid submission: required purposes granted, `granted` granted, the rest refused."""
+    """A complete, valid submission: purposes without consent acknowledged, required purposes
+    granted, `granted` granted, the rest refused."""
     granted = granted or set()
     items = []
     for p in form_body["purposes"]:
+        if not p.get("checkbox", True):
+            decision = "acknowledged"
+        else:
+            decision = "granted" if all_granted or p["required"] or p["key"] in granted else "refused"
         items.append({
             "purpose": p["key"],
-            "decision": "granted" if all_granted or p["required"] or p["key"] in granted else "refused",
+            "decision": decision,
             "disclosure_hash": p["disclosure_hash"],  # what the form showed, echoed for every decision
         })
     return {"collection_point": form_body["collection_point"], "notice_id": form_body["notice"]["id"],

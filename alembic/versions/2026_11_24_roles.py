@@ -32,13 +32,20 @@ def _role() -> str:
     return role
 
 
+def present() -> set[str] | None:
+    """The tables and functions that exist now (None offline: all of roles.py)."""
+    if context.is_offline_mode():
+        return None
+    return {row[0] for row in op.get_bind().execute(sa.text(roles.PRESENT))}
+
+
 def upgrade() -> None:
-    for statement in roles.grant_statements(_role()):
+    for statement in roles.grant_statements(_role(), present()):
         op.execute(statement)
     op.execute(roles.REVOKE_PUBLIC_CREATE)
 
 
 def downgrade() -> None:
     # CREATE on schema public stays revoked from PUBLIC: PostgreSQL 15+ default, and safer on 14.
-    for statement in roles.revoke_statements(_role()):
+    for statement in roles.revoke_statements(_role(), present()):
         op.execute(statement)

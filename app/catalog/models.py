@@ -6,15 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, false, Column, ForeignKey, Index, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import UUID
 from sqlmodel import Field, SQLModel
 
+from app.catalog.legal import CATEGORIES, LEGAL_BASES
 from app.core.models import jsonb_object, sql_in, optional_timestamp, timestamp, uuid_pk
 
+# The purpose's kind: its category's name for consent, "disclosed" without consent; "required" only
+# on purposes recorded before the legal model (app/catalog/legal.py, alembic 0006).
 PURPOSE_KINDS = (
     "required", "optional", "marketing", "third_party",
-    "sensitive", "unique_identifier", "overseas_transfer",
+    "sensitive", "unique_identifier", "overseas_transfer", "beyond_purpose", "disclosed",
 )
 CHANNELS = ("sms", "email", "push", "kakao", "phone", "night")
 COLLECTION_POINT_KINDS = ("signup", "preference_center", "event", "phone", "paper", "other")
@@ -72,12 +75,19 @@ class Purpose(SQLModel, table=True):
         CheckConstraint(sql_in("kind", PURPOSE_KINDS), name="kind"),
         CheckConstraint(f"channel IS NULL OR {sql_in('channel', CHANNELS)}", name="channel"),
         CheckConstraint("channel IS NULL OR kind = 'marketing'", name="channel_only_marketing"),
-        CheckConstraint("(kind = 'third_party') = (recipient_id IS NOT NULL)", name="recipient_iff_third_party"),
+        CheckConstraint(sql_in("legal_basis", tuple(LEGAL_BASES)), name="legal_basis"),
+        CheckConstraint(f"category IS NULL OR {sql_in('category', tuple(CATEGORIES))}", name="category"),
+        CheckConstraint("(legal_basis = 'consent') = (category IS NOT NULL)", name="category_iff_consent"),
+        CheckConstraint("CASE WHEN legal_basis <> 'consent' THEN true "
+                        "WHEN category IN ('third_party', 'overseas_transfer') THEN recipient_id IS NOT NULL "
+                        "ELSE recipient_id IS NULL END", name="recipient_iff_provision"),
     )
     id: uuid.UUID = uuid_pk()
     tenant_id: str = Field(sa_column=Column(Text, nullable=False))
     key: str = Field(sa_column=Column(Text, nullable=False))
     kind: str = Field(sa_column=Column(Text, nullable=False))
+    legal_basis: str = Field(default="consent", sa_column=Column(Text, nullable=False, server_default="consent"))
+    category: str | None = Field(default=None, sa_column=Column(Text))
     channel: str | None = Field(default=None, sa_column=Column(Text))
     recipient_id: uuid.UUID | None = Field(
         default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("recipients.id"), nullable=True)
@@ -87,6 +97,25 @@ class Purpose(SQLModel, table=True):
     active: bool = Field(default=True)
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
+
+
+class PurposeBasisChange(SQLModel, table=True):
+    """A purpose moved to another legal basis (catalog history, append-only): who, why, from when.
+    Events recorded before stay what they were."""
+
+    __tablename__ = "purpose_basis_changes"
+    __table_args__ = (Index("ix_purpose_basis_changes_purpose", "purpose_id", "effective_from"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    purpose_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), nullable=False))
+    legal_basis_before: str = Field(sa_column=Column(Text, nullable=False))
+    category_before: str | None = Field(default=None, sa_column=Column(Text))
+    legal_basis: str = Field(sa_column=Column(Text, nullable=False))
+    category: str | None = Field(default=None, sa_column=Column(Text))
+    effective_from: datetime = timestamp()
+    changed_by: str = Field(sa_column=Column(Text, nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = timestamp()
 
 
 class PurposeDisclosure(SQLModel, table=True):
@@ -152,3 +181,7 @@ class CollectionPointPurpose(SQLModel, table=True):
         sa_column=Column(UUID(as_uuid=True), ForeignKey("purposes.id"), primary_key=True)
     )
     position: int = Field(default=0)
+    # Refusing this purpose here fails the request: only in the categories where the law lets a
+    # service need consent (app/catalog/legal.py MAY_BE_CONDITION; PIPA Art. 16(3), 22(5)).
+    condition_of_service: bool = Field(default=False, sa_column=Column(Boolean, nullable=False,
+                                                                       server_default=false()))

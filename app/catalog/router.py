@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.auth.deps import CatalogRead, CatalogWrite, FormRead
-from app.catalog import schemas, service
+from app.catalog import purposes, schemas, service
 from app.catalog.models import CollectionPoint, Processor, Purpose, Recipient
 from app.core.db import Session
 from app.core.errors import problem_responses
@@ -41,7 +41,7 @@ async def get_recipient(key: str, principal: CatalogRead, session: Session):
 @router.patch("/recipients/{key}", tags=["recipients"], operation_id="recipients-update",
               response_model=schemas.RecipientRead, responses=NOT_FOUND)
 async def update_recipient(key: str, body: schemas.RecipientUpdate, principal: CatalogWrite, session: Session):
-    return await service.update_recipient(session, principal, key, body)
+    return await purposes.update_recipient(session, principal, key, body)
 
 
 @router.delete("/recipients/{key}", tags=["recipients"], operation_id="recipients-delete",
@@ -95,29 +95,46 @@ async def delete_processor(key: str, principal: CatalogWrite, session: Session):
              status_code=status.HTTP_201_CREATED, response_model=schemas.PurposeRead,
              responses={**NOT_FOUND, **CONFLICT})
 async def create_purpose(body: schemas.PurposeCreate, principal: CatalogWrite, session: Session):
-    purpose = await service.create_purpose(session, principal, body)
-    return service.purpose_read(purpose, await service.recipient_keys(session, [purpose]))
+    purpose = await purposes.create_purpose(session, principal, body)
+    return purposes.purpose_read(purpose, await purposes.recipient_keys(session, [purpose]))
 
 
 @router.get("/purposes", tags=["purposes"], operation_id="purposes-list", response_model=list[schemas.PurposeRead])
 async def list_purposes(principal: CatalogRead, session: Session):
-    purposes = await service.list_all(session, principal, Purpose)
-    recipients = await service.recipient_keys(session, purposes)
-    return [service.purpose_read(p, recipients) for p in purposes]
+    rows = await service.list_all(session, principal, Purpose)
+    recipients = await purposes.recipient_keys(session, rows)
+    return [purposes.purpose_read(p, recipients) for p in rows]
 
 
 @router.get("/purposes/{key}", tags=["purposes"], operation_id="purposes-get",
             response_model=schemas.PurposeRead, responses=NOT_FOUND)
 async def get_purpose(key: str, principal: CatalogRead, session: Session):
     purpose = await service.get_by_key(session, principal, Purpose, key)
-    return service.purpose_read(purpose, await service.recipient_keys(session, [purpose]))
+    return purposes.purpose_read(purpose, await purposes.recipient_keys(session, [purpose]))
 
 
 @router.patch("/purposes/{key}", tags=["purposes"], operation_id="purposes-update",
               response_model=schemas.PurposeRead, responses=NOT_FOUND)
 async def update_purpose(key: str, body: schemas.PurposeUpdate, principal: CatalogWrite, session: Session):
-    purpose = await service.update_purpose(session, principal, key, body)
-    return service.purpose_read(purpose, await service.recipient_keys(session, [purpose]))
+    purpose = await purposes.update_purpose(session, principal, key, body)
+    return purposes.purpose_read(purpose, await purposes.recipient_keys(session, [purpose]))
+
+
+@router.post("/purposes/{key}/reclassify", tags=["purposes"], operation_id="purposes-reclassify",
+             response_model=schemas.PurposeRead, responses={**NOT_FOUND, **CONFLICT})
+async def reclassify_purpose(key: str, body: schemas.PurposeReclassify, principal: CatalogWrite, session: Session):
+    """Move a purpose to another legal basis from now on (e.g. a pre-2023 "required" consent to
+    `contract`, PIPA Art. 15(1)4). Recorded in the purpose's basis history with the token's `sub`
+    and the reason; events recorded before are never rewritten."""
+    purpose = await purposes.reclassify_purpose(session, principal, key, body)
+    return purposes.purpose_read(purpose, await purposes.recipient_keys(session, [purpose]))
+
+
+@router.get("/purposes/{key}/basis-history", tags=["purposes"], operation_id="purposes-basis-history",
+            response_model=list[schemas.PurposeBasisChangeRead], responses=NOT_FOUND)
+async def purpose_basis_history(key: str, principal: CatalogRead, session: Session):
+    """Every change of the purpose's legal basis: from what, to what, from when, by whom, why."""
+    return await purposes.basis_history(session, principal, key)
 
 
 # --- notices ----------------------------------------------------------------------------------

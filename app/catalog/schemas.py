@@ -11,8 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.core.schemas import Key, Text200, Text2000, UtcDatetime
 
 PurposeKind = Literal[
-    "required", "optional", "marketing", "third_party", "sensitive", "unique_identifier", "overseas_transfer"
+    "required", "optional", "marketing", "third_party", "sensitive", "unique_identifier", "overseas_transfer",
+    "beyond_purpose", "disclosed",
 ]
+LegalBasis = Literal["consent", "contract", "legal_obligation", "vital_interest", "legitimate_interest", "public_task"]
+Category = Literal["collection_use", "third_party", "beyond_purpose", "sensitive", "unique_identifier", "marketing",
+                   "overseas_transfer"]
 Channel = Literal["sms", "email", "push", "kakao", "phone", "night"]
 CollectionPointKind = Literal["signup", "preference_center", "event", "phone", "paper", "other"]
 
@@ -46,8 +50,10 @@ class DisclosureText(Strict):
     purpose: Text2000 = Field(description="What the data is used for (for third parties: the recipient's purpose)")
     items: list[Text200] = Field(min_length=1, description="Personal data items collected or provided")
     retention: Text2000 = Field(description="How long the data is kept")
-    refusal_right: Text2000 = Field(description="That the person may refuse")
-    refusal_consequence: Text2000 = Field(description="What refusing costs, or that it costs nothing")
+    refusal_right: Text2000 | None = Field(default=None, description="That the person may refuse (consent only: "
+                                                                     "required there, PIPA Art. 15(2)4)")
+    refusal_consequence: Text2000 | None = Field(default=None, description="What refusing costs, or that it costs "
+                                                                           "nothing (consent only: required there)")
     recipient: Text200 | None = Field(default=None, description="Third-party recipient as shown (third_party only)")
 
 
@@ -114,8 +120,19 @@ class ProcessorRead(BaseModel):
 
 
 class PurposeCreate(Strict):
+    """A purpose declares its legal basis (PIPA Art. 15(1)); a consent purpose its separate-consent
+    category (Art. 22(1)). `kind` is the pre-2023 spelling of the category, still accepted (not
+    "required": docs/legal-model.md)."""
+
     key: Key
-    kind: PurposeKind
+    legal_basis: LegalBasis = Field(default="consent", description="consent, or a basis that needs none: "
+                                    "contract 15(1)4, legal_obligation 15(1)2, vital_interest 15(1)5, "
+                                    "legitimate_interest 15(1)6, public_task 15(1)3")
+    category: Category | list[Category] | None = Field(
+        default=None, description="Consent only, exactly one: collection_use 15(1)1, third_party 17(1)1, "
+                                  "beyond_purpose 18(2)1, sensitive 23(1)1, unique_identifier 24(1)1, marketing "
+                                  "22(1)7, overseas_transfer 28-8")
+    kind: PurposeKind | None = Field(default=None, description="Deprecated: the category's former name")
     channel: Channel | None = Field(default=None, description="Marketing only: the advertising channel")
     recipient: Key | None = Field(default=None, description="Third-party only: the recipient's key")
     disclosures: Disclosures
@@ -130,10 +147,32 @@ class PurposeUpdate(Patch):
     active: bool | None = None
 
 
+class PurposeReclassify(Strict):
+    """Move a purpose to another legal basis from now on; events recorded before stay what they were."""
+
+    legal_basis: LegalBasis
+    category: Category | None = Field(default=None, description="For consent: its category (default: as before)")
+    reason: Text2000 = Field(description="Why, for the catalog's history (e.g. the PIPC guidance it follows)")
+
+
+class PurposeBasisChangeRead(BaseModel):
+    legal_basis_before: str
+    category_before: str | None
+    legal_basis: str
+    category: str | None
+    effective_from: datetime
+    changed_by: str
+    reason: str
+
+
 class PurposeRead(BaseModel):
     id: uuid.UUID
     key: str
     kind: str
+    legal_basis: str
+    legal_basis_article: str
+    category: str | None
+    category_article: str | None
     channel: str | None
     recipient: str | None
     required: bool
@@ -177,19 +216,30 @@ class NoticeDetail(NoticeRead):
     body: str
 
 
+class Presented(Strict):
+    key: Key
+    condition_of_service: bool = Field(
+        default=False, description="Refusing fails the request: only third_party, sensitive, unique_identifier "
+                                   "and overseas_transfer consents (PIPA Art. 16(3), 22(5))")
+
+
+PresentedList = list[Key | Presented]
+
+
 class CollectionPointCreate(Strict):
     key: Key
     name: Text200
     kind: CollectionPointKind
     notice_key: Key
-    purposes: list[Key] = Field(min_length=1, description="Purpose keys, in the order the form shows them")
+    purposes: PresentedList = Field(min_length=1, description="Purpose keys (or {key, condition_of_service}), in "
+                                                              "the order the form shows them")
 
 
 class CollectionPointUpdate(Patch):
     _not_null = refuse_null("name", "notice_key", "purposes")
     name: Text200 | None = None
     notice_key: Key | None = None
-    purposes: list[Key] | None = Field(default=None, min_length=1)
+    purposes: PresentedList | None = Field(default=None, min_length=1)
 
 
 class CollectionPointRead(BaseModel):
@@ -199,6 +249,7 @@ class CollectionPointRead(BaseModel):
     kind: str
     notice_key: str
     purposes: list[str]
+    conditions: list[str] = Field(description="The presented purposes that are a condition of this service")
     created_at: datetime
     updated_at: datetime
 
@@ -213,8 +264,14 @@ class FormRecipient(BaseModel):
 class FormPurpose(BaseModel):
     key: str
     kind: str
+    legal_basis: str
+    legal_basis_article: str
+    category: str | None
+    section: str = Field(description="The form section it belongs to (see Form.sections)")
     channel: str | None
-    required: bool
+    required: bool = Field(description="A condition of this service: refusing fails the request")
+    checkbox: bool = Field(description="Consent only; a purpose processed without consent is shown, and "
+                                       "acknowledged (decision 'acknowledged'), never ticked")
     checked: Literal[False] = Field(default=False, description="Always false: consent is never pre-checked")
     recipient: FormRecipient | None
     disclosures: Disclosures
@@ -230,9 +287,19 @@ class FormNotice(BaseModel):
     effective_at: datetime
 
 
+class FormSection(BaseModel):
+    section: str = Field(description="without_consent, or a consent category (PIPA Art. 22(1))")
+    title: str
+    title_en: str
+    article: str | None
+    purposes: list[str]
+
+
 class Form(BaseModel):
     collection_point: str
     name: str
     kind: str
     notice: FormNotice
+    sections: list[FormSection] = Field(description="Without-consent items first, then one section per consent "
+                                                    "category: consent is asked separately per category")
     purposes: list[FormPurpose]

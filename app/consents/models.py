@@ -14,9 +14,11 @@ from sqlmodel import Field, SQLModel
 
 from app.core.models import jsonb_object, optional_timestamp, sql_in, timestamp, uuid_pk
 
-ACTIONS = ("granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked")
-STATUSES = ("granted", "refused", "withdrawn", "expired", "revoked")
-METHODS = ("web", "app", "phone", "paper", "email", "api")
+# "acknowledged": the person was shown a purpose processed without consent (legal basis other
+# than consent; app/catalog/legal.py); "agree_all": a form's "agree to all", one act per item.
+ACTIONS = ("granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked", "acknowledged")
+STATUSES = ("granted", "refused", "withdrawn", "expired", "revoked", "acknowledged")
+METHODS = ("web", "app", "phone", "paper", "email", "api", "agree_all")
 ACTOR_TYPES = ("subject", "guardian", "operator")
 
 

@@ -21,22 +21,24 @@ from app.proof.context import Proof
 
 TYP = "consent-receipt+jwt"
 VERSION = "KI-CR-v1.1.0"
-# Every purpose recorded here rests on consent (PIPA Art. 15(1)1 and the separate-consent articles);
-# other legal bases are disclosed, not consented, and get no consent line.
+# Each line carries its purpose's legal basis (app/catalog/legal.py): consent lines are EXPLICIT
+# consent; a purpose processed without consent is a notice the person acknowledged.
 LEGAL_BASIS = "consent"
 CONSENT_TYPE = "EXPLICIT"
+NOTICE_TYPE = "NOTICE_ACKNOWLEDGED"
 
 def _purpose(event: Mapping[str, Any], purpose: Mapping[str, Any]) -> dict[str, Any]:
     text = purpose.get("disclosure_ko") or {}  # the Korean disclosures shown (receipt language "ko")
     return {
         "purpose": event["purpose"],
-        "purposeCategory": [purpose["kind"]],
-        "consentType": CONSENT_TYPE,
-        "legalBasis": LEGAL_BASIS,
+        "purposeCategory": [purpose.get("category") or purpose["kind"]],
+        "consentType": CONSENT_TYPE if event["action"] != "acknowledged" else NOTICE_TYPE,
+        "legalBasis": purpose.get("legal_basis") or LEGAL_BASIS,
         "purposeDescription": text.get("purpose"),
         "piiCategory": text.get("items") or [],
         "termination": text.get("retention"),
-        "thirdPartyDisclosure": purpose["kind"] == "third_party",
+        "thirdPartyDisclosure": purpose.get("category") in ("third_party", "overseas_transfer")
+                                or purpose["kind"] == "third_party",
         "thirdPartyName": text.get("recipient"),
         "channel": purpose.get("channel"),
         "action": event["action"],

@@ -11,11 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.core.schemas import EventTime, Key, Text200, UtcDatetime
 
-Decision = Literal["granted", "refused"]
-Method = Literal["web", "app", "phone", "paper", "email", "api"]
+# "acknowledged": the answer for a purpose processed without consent (shown, never ticked).
+Decision = Literal["granted", "refused", "acknowledged"]
+# "agree_all": the form's "agree to all"; still one decision, and one event, per item (Art. 22(1)).
+Method = Literal["web", "app", "phone", "paper", "email", "api", "agree_all"]
 ActorType = Literal["subject", "guardian", "operator"]
-Status = Literal["granted", "refused", "withdrawn", "expired", "revoked"]
-Action = Literal["granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked"]
+Status = Literal["granted", "refused", "withdrawn", "expired", "revoked", "acknowledged"]
+Action = Literal["granted", "refused", "withdrawn", "reconfirmed", "expired", "revoked", "acknowledged"]
 
 
 class Strict(BaseModel):

@@ -11,7 +11,8 @@ import asyncpg
 
 from app.auth.deps import Principal
 from app.consents import idempotency, ledger, receipts
-from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, WithdrawalIn
+from app.catalog import legal
+from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, DecisionIn, WithdrawalIn
 from app.core import metrics
 from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
@@ -76,7 +77,8 @@ SELECT cp.id AS collection_point_id, cp.notice_key,
        shown.version AS shown_version, shown.sha256 AS shown_sha256, prev.id AS previous_id,
        now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                       WHERE t.id = $1) AS controller,
-       p.id, p.key, p.kind, p.channel, p.disclosure_hash, p.disclosures -> 'ko' AS disclosure_ko, cpp.position
+       p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosure_hash,
+       p.disclosures -> 'ko' AS disclosure_ko, cpp.position, cpp.condition_of_service
 FROM collection_points cp
 LEFT JOIN LATERAL (
     SELECT n.id, n.version, n.sha256, n.effective_at FROM notices n
@@ -125,6 +127,38 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
     )
 
 
+def _required(purpose: asyncpg.Record) -> bool:
+    """Refusing it fails the request: a condition of this service (only where the law allows one,
+    PIPA Art. 16(3), 22(5)), or a purpose recorded as "required" before the legal model."""
+    return purpose["condition_of_service"] or purpose["kind"] == "required"
+
+
+def _check_decision(where: str, decision: DecisionIn, purpose: asyncpg.Record, method: str) -> list[FieldError]:
+    errors = []
+    if purpose["legal_basis"] != legal.CONSENT:
+        if decision.decision != "acknowledged":
+            errors.append(FieldError(
+                field=f"{where}.decision",
+                reason=f"{purpose['key']!r} is processed without consent, on {purpose['legal_basis']} "
+                       f"({legal.LEGAL_BASES[purpose['legal_basis']]}): it is acknowledged, not granted or refused"))
+    elif decision.decision == "acknowledged":
+        errors.append(FieldError(field=f"{where}.decision",
+                                 reason=f"{purpose['key']!r} rests on consent: granted or refused"))
+    elif method == "agree_all" and decision.decision != "granted":
+        errors.append(FieldError(field=f"{where}.decision",
+                                 reason="method agree_all ('agree to all') grants every consent item it covers"))
+    if decision.prechecked:
+        errors.append(FieldError(field=f"{where}.prechecked",
+                                 reason="a pre-checked box is not consent; the person must tick it themself"))
+    if decision.disclosure_hash is None:
+        errors.append(FieldError(field=f"{where}.disclosure_hash",
+                                 reason="echo the disclosure_hash the form showed for this purpose"))
+    elif decision.disclosure_hash != purpose["disclosure_hash"]:
+        errors.append(FieldError(field=f"{where}.disclosure_hash",
+                                 reason="the disclosures shown differ from the catalog's current ones"))
+    return errors
+
+
 def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) -> None:
     errors: list[FieldError] = []
     seen: set[str] = set()
@@ -138,15 +172,7 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
             errors.append(FieldError(field=f"{where}.purpose",
                                      reason="this collection point does not present this purpose"))
             continue
-        if decision.prechecked:
-            errors.append(FieldError(field=f"{where}.prechecked",
-                                     reason="a pre-checked box is not consent; the person must tick it themself"))
-        if decision.disclosure_hash is None:
-            errors.append(FieldError(field=f"{where}.disclosure_hash",
-                                     reason="echo the disclosure_hash the form showed for this purpose"))
-        elif decision.disclosure_hash != purpose["disclosure_hash"]:
-            errors.append(FieldError(field=f"{where}.disclosure_hash",
-                                     reason="the disclosures shown differ from the catalog's current ones"))
+        errors += _check_decision(where, decision, purpose, body.method)
     for key in presented:
         if key not in seen:
             errors.append(FieldError(field="body.decisions",
@@ -158,13 +184,14 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
         )
     refused_required = [
         (i, d.purpose) for i, d in enumerate(body.decisions)
-        if d.decision == "refused" and presented[d.purpose]["kind"] == "required"
+        if d.decision == "refused" and _required(presented[d.purpose])
     ]
     if refused_required:
         raise RequiredConsentRefused(
-            "required purposes were refused, so the request fails as a whole and nothing was recorded",
-            errors=[FieldError(field=f"body.decisions[{i}].decision", reason=f"{key!r} is required") for i, key
-                    in refused_required],
+            "consents this service needs were refused, so the request fails as a whole and nothing was recorded",
+            errors=[FieldError(field=f"body.decisions[{i}].decision",
+                               reason=f"{key!r} is a condition of this service ({legal.CONDITION_ARTICLES})")
+                    for i, key in refused_required],
         )
 
 
@@ -195,8 +222,8 @@ async def record(
     for decision in body.decisions:
         purpose = presented[decision.purpose]
         previous_status, previous_version = states.get(purpose["id"], (None, 0))
-        if decision.decision == "granted":
-            action = status = "granted"
+        if decision.decision in ("granted", "acknowledged"):
+            action = status = decision.decision
         elif previous_status == "granted":
             action = status = "withdrawn"  # unticking a granted box on a preference page
         else:
@@ -240,7 +267,8 @@ async def withdraw(
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
     rows = await conn.fetch(
-        """SELECT p.id, p.key, p.kind, p.channel, p.disclosures -> 'ko' AS disclosure_ko, s.status, s.version,
+        """SELECT p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosures -> 'ko' AS disclosure_ko,
+                  s.status, s.version,
                   (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                     WHERE t.id = $1) AS controller
            FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
@@ -254,6 +282,12 @@ async def withdraw(
         raise NotFound(f"no purpose with key {unknown[0]!r}",
                        errors=[{"field": "purposes", "reason": f"unknown purpose {k!r}"} for k in unknown])
     never = [k for k in keys if by_key[k]["status"] is None]
+    if purpose_key is not None and by_key[purpose_key]["legal_basis"] != legal.CONSENT \
+            and by_key[purpose_key]["status"] != "granted":
+        basis = by_key[purpose_key]["legal_basis"]
+        raise Conflict(f"{purpose_key!r} is processed without consent, on {basis} ({legal.LEGAL_BASES[basis]}): "
+                       "there is no consent to withdraw (the person may ask for processing to be suspended, "
+                       "PIPA Art. 37)")
     if purpose_key is not None and never:
         raise Conflict(f"subject {subject_id!r} has no recorded decision for {purpose_key!r}; nothing to withdraw")
 

@@ -13,7 +13,7 @@ triggers and SECURITY DEFINER functions the owner defines, hence SELECT-only tab
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 OWNER_ROLE = "consent_ledger_owner"
 RUNTIME_ROLE = "consent_ledger_runtime"  # the default of Settings.db_runtime_role
@@ -31,6 +31,7 @@ RUNTIME_GRANTS: Mapping[str, tuple[str, ...]] = {
     "recipients": _CRUD,
     "purposes": _CRUD,
     "purpose_disclosures": ("SELECT", "INSERT"),
+    "purpose_basis_changes": ("SELECT", "INSERT"),  # append-only by trigger (0006)
     # ledger: events and evidence are appended; heads and states move only by trigger
     "subjects": ("SELECT",),
     "consent_events": ("SELECT", "INSERT"),
@@ -68,39 +69,50 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def grant_statements(role: str) -> list[str]:
+def grant_statements(role: str, present: Collection[str] | None = None) -> list[str]:
     """Everything the runtime role may do, from nothing: first every privilege on the listed tables,
     sequences, functions and schema public is revoked (from the role, and from PUBLIC where PUBLIC
-    would otherwise hold one), then exactly RUNTIME_GRANTS and RUNTIME_FUNCTIONS are granted."""
+    would otherwise hold one), then exactly RUNTIME_GRANTS and RUNTIME_FUNCTIONS are granted.
+    `present`: the tables that exist at the migration calling this (a later migration adds the
+    rest and calls it again); None for all."""
     who = quote_ident(role)
-    tables = ", ".join(quote_ident(table) for table in RUNTIME_GRANTS)
+    grants = {t: p for t, p in RUNTIME_GRANTS.items() if present is None or t in present}
+    functions = tuple(f for f in RUNTIME_FUNCTIONS if present is None or f.split("(")[0] in present)
+    tables = ", ".join(quote_ident(table) for table in grants)
     statements = [
         f"REVOKE ALL ON TABLE {tables} FROM PUBLIC, {who}",
         f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM PUBLIC, {who}",
         f"REVOKE ALL ON SCHEMA public FROM {who}",
-        *(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC, {who}" for function in RUNTIME_FUNCTIONS),
+        *(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC, {who}" for function in functions),
         f"GRANT USAGE ON SCHEMA public TO {who}",
     ]
     by_privileges: dict[tuple[str, ...], list[str]] = {}
-    for table, privileges in RUNTIME_GRANTS.items():
+    for table, privileges in grants.items():
         by_privileges.setdefault(privileges, []).append(quote_ident(table))
     statements += [f"GRANT {', '.join(privileges)} ON TABLE {', '.join(names)} TO {who}"
                    for privileges, names in by_privileges.items()]
     statements.append(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {who}")
-    statements += [f"GRANT EXECUTE ON FUNCTION {function} TO {who}" for function in RUNTIME_FUNCTIONS]
+    statements += [f"GRANT EXECUTE ON FUNCTION {function} TO {who}" for function in functions]
     return statements
 
 
-def revoke_statements(role: str) -> list[str]:
+PRESENT = """
+SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'
+UNION SELECT routine_name FROM information_schema.routines WHERE routine_schema = 'public'
+"""
+
+
+def revoke_statements(role: str, present: Collection[str] | None = None) -> list[str]:
     """Undo grant_statements(): the role keeps nothing; PUBLIC gets back the EXECUTE every new function
-    has by default (the state before the grants)."""
+    has by default (the state before the grants). `present` as for grant_statements()."""
     who = quote_ident(role)
-    tables = ", ".join(quote_ident(table) for table in RUNTIME_GRANTS)
+    tables = ", ".join(quote_ident(table) for table in RUNTIME_GRANTS if present is None or table in present)
+    functions = tuple(f for f in RUNTIME_FUNCTIONS if present is None or f.split("(")[0] in present)
     return [
         f"REVOKE ALL ON TABLE {tables} FROM {who}",
         f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {who}",
-        *(f"REVOKE ALL ON FUNCTION {function} FROM {who}" for function in RUNTIME_FUNCTIONS),
-        *(f"GRANT EXECUTE ON FUNCTION {function} TO PUBLIC" for function in RUNTIME_FUNCTIONS),
+        *(f"REVOKE ALL ON FUNCTION {function} FROM {who}" for function in functions),
+        *(f"GRANT EXECUTE ON FUNCTION {function} TO PUBLIC" for function in functions),
         f"REVOKE ALL ON SCHEMA public FROM {who}",
     ]
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.deps import Principal
-from app.catalog import schemas, service, tenants
+from app.catalog import purposes, schemas, service, tenants
 from app.catalog.models import Processor, Recipient
 from app.demo.tenants import DEMO_TENANTS, POLICIES
 
@@ -31,7 +31,7 @@ async def load_catalog(session: AsyncSession, spec: dict) -> None:
     for processor in spec["processors"]:
         await service.add(session, Processor(tenant_id=tenant["id"], **schemas.ProcessorCreate(**processor).model_dump()))
     for purpose in spec["purposes"]:
-        await service.create_purpose(session, principal, schemas.PurposeCreate(**purpose))
+        await purposes.create_purpose(session, principal, schemas.PurposeCreate(**purpose))
     notice = spec["notice"]
     await service.create_notice(session, principal, schemas.NoticeCreate(
         key=notice["key"], version=notice["version"], title=notice["title"], language="ko",

@@ -22,9 +22,14 @@ def _text(purpose: str, items: list[str], retention: str, right: str, consequenc
     return text
 
 
+def _disclosed(purpose: str, items: list[str], retention: str) -> dict[str, Any]:
+    """What a purpose processed without consent tells the person: no right to refuse to offer."""
+    return {"purpose": purpose, "items": items, "retention": retention}
+
+
 def _marketing(channel: str, ko_name: str, en_name: str, items_ko: list[str], items_en: list[str]) -> dict[str, Any]:
     return {
-        "key": f"marketing-{channel}", "kind": "marketing", "channel": channel,
+        "key": f"marketing-{channel}", "category": "marketing", "channel": channel,
         "disclosures": {
             "ko": _text(f"{ko_name}(으)로 이벤트·혜택 등 광고성 정보 수신", items_ko, "동의 철회 또는 회원 탈퇴 시까지",
                         REFUSE_OPTIONAL_KO, NO_COST_KO),
@@ -63,27 +68,26 @@ SMALLTICKET: dict[str, Any] = {
          "task_en": "Logistics and delivery of goods to customers"},
     ],
     "purposes": [
-        {"key": "membership", "kind": "required", "disclosures": {
-            "ko": _text("회원 가입 의사의 확인, 연령 확인, 이용자 식별, 회원 탈퇴 의사의 확인 등 회원관리",
-                        ["성명", "생년월일", "성별", "휴대번호", "닉네임", "비밀번호"],
-                        "회원 탈퇴 시까지 (관계 법령에 따른 보존기간 별도)", "동의를 거부할 권리가 있습니다.",
-                        "필수 항목이므로 거부하시면 회원가입이 불가합니다."),
-            "en": _text("Membership management: confirming sign-up and age, identifying users, handling withdrawal",
-                        ["name", "birth date", "gender", "mobile number", "nickname", "password"],
-                        "Until account deletion (statutory retention applies separately)", "You may refuse.",
-                        "This item is required: without it you cannot sign up."),
+        # Necessary to perform the membership contract (PIPA Art. 15(1)4): disclosed, not consented.
+        {"key": "membership", "legal_basis": "contract", "disclosures": {
+            "ko": _disclosed("회원 가입 의사의 확인, 연령 확인, 이용자 식별, 회원 탈퇴 의사의 확인 등 회원관리",
+                             ["성명", "생년월일", "성별", "휴대번호", "닉네임", "비밀번호"],
+                             "회원 탈퇴 시까지 (관계 법령에 따른 보존기간 별도)"),
+            "en": _disclosed("Membership management: confirming sign-up and age, identifying users, handling withdrawal",
+                             ["name", "birth date", "gender", "mobile number", "nickname", "password"],
+                             "Until account deletion (statutory retention applies separately)"),
         }},
-        {"key": "fraud-prevention", "kind": "required", "disclosures": {
-            "ko": _text("부정이용 방지, 비인가 사용 방지, 분쟁조정을 위한 기록보존, 민원 처리, 고지사항 전달",
-                        ["IP 주소", "쿠키", "서비스 이용기록", "기기정보"],
-                        "웹사이트 방문 기록 3개월, 소비자 불만 또는 분쟁처리 기록 3년",
-                        "동의를 거부할 권리가 있습니다.", "필수 항목이므로 거부하시면 회원가입이 불가합니다."),
-            "en": _text("Preventing fraud and unauthorised use, keeping dispute records, handling complaints",
-                        ["IP address", "cookies", "service usage records", "device information"],
-                        "Visit logs 3 months; complaint and dispute records 3 years", "You may refuse.",
-                        "This item is required: without it you cannot sign up."),
+        # Records the law makes the service keep (e-commerce act Art. 6; Protection of Communications
+        # Secrets Act Decree Art. 41): PIPA Art. 15(1)2, disclosed.
+        {"key": "fraud-prevention", "legal_basis": "legal_obligation", "disclosures": {
+            "ko": _disclosed("부정이용 방지, 비인가 사용 방지, 분쟁조정을 위한 기록보존, 민원 처리, 고지사항 전달",
+                             ["IP 주소", "쿠키", "서비스 이용기록", "기기정보"],
+                             "웹사이트 방문 기록 3개월, 소비자 불만 또는 분쟁처리 기록 3년"),
+            "en": _disclosed("Preventing fraud and unauthorised use, keeping dispute records, handling complaints",
+                             ["IP address", "cookies", "service usage records", "device information"],
+                             "Visit logs 3 months; complaint and dispute records 3 years"),
         }},
-        {"key": "insurance-contract", "kind": "optional", "disclosures": {
+        {"key": "insurance-contract", "category": "collection_use", "disclosures": {
             "ko": _text("보험계약의 가입, 청약, 변경, 보험금 청구 등 보험계약 관련 서비스 제공 및 리워드 지급",
                         ["주소", "보험가입정보(보험회사, 증권번호, 보험료, 보험기간)"],
                         "계약 또는 청약철회 기록 5년, 대금결제 기록 5년", REFUSE_OPTIONAL_KO,
@@ -93,14 +97,14 @@ SMALLTICKET: dict[str, Any] = {
                         "Contract records 5 years; payment records 5 years", REFUSE_OPTIONAL_EN,
                         "You can still sign up, but insurance services will not be available."),
         }},
-        {"key": "analytics", "kind": "optional", "disclosures": {
+        {"key": "analytics", "category": "collection_use", "disclosures": {
             "ko": _text("신규 서비스 개발, 서비스 이용기록과 접속빈도 분석, 통계에 따른 맞춤 서비스 제공",
                         ["서비스 이용기록", "접속빈도", "쿠키"], "회원 탈퇴 시까지", REFUSE_OPTIONAL_KO, NO_COST_KO),
             "en": _text("Developing services, analysing usage and visit frequency, personalised services",
                         ["service usage records", "visit frequency", "cookies"], "Until account deletion",
                         REFUSE_OPTIONAL_EN, NO_COST_EN),
         }},
-        {"key": "marketing", "kind": "marketing", "disclosures": {
+        {"key": "marketing", "category": "marketing", "disclosures": {
             "ko": _text("설문조사, 이벤트 정보 및 참여기회 제공, 광고성 정보 제공 등 마케팅",
                         ["성명", "휴대번호", "이메일"], "동의 철회 또는 회원 탈퇴 시까지", REFUSE_OPTIONAL_KO,
                         NO_COST_KO),
@@ -111,13 +115,13 @@ SMALLTICKET: dict[str, Any] = {
         _marketing("email", "이메일", "email", ["이메일"], ["email"]),
         _marketing("kakao", "카카오톡 메시지", "KakaoTalk message", ["휴대번호"], ["mobile number"]),
         _marketing("push", "앱 푸시", "app push notification", ["기기 식별자"], ["device identifier"]),
-        {"key": "marketing-night", "kind": "marketing", "channel": "night", "disclosures": {
+        {"key": "marketing-night", "category": "marketing", "channel": "night", "disclosures": {
             "ko": _text("야간(21시~다음날 8시) 광고성 정보 수신 (이메일 제외)", ["휴대번호", "기기 식별자"],
                         "동의 철회 또는 회원 탈퇴 시까지", REFUSE_OPTIONAL_KO, NO_COST_KO),
             "en": _text("Advertising between 21:00 and 08:00 (email excluded)", ["mobile number", "device identifier"],
                         "Until withdrawal or account deletion", REFUSE_OPTIONAL_EN, NO_COST_EN),
         }},
-        {"key": "third-party-insurers", "kind": "third_party", "recipient": "insurers", "disclosures": {
+        {"key": "third-party-insurers", "category": "third_party", "recipient": "insurers", "disclosures": {
             "ko": _text("보험 가입 및 청구 관련 서비스 제공",
                         ["성명", "생년월일", "전화번호", "주소", "보험담보정보", "보험기간", "보험료", "청구정보"],
                         "제공 목적 달성 시 즉시 파기 (관계 법령에 따른 보존기간 별도)", REFUSE_OPTIONAL_KO,
@@ -128,7 +132,7 @@ SMALLTICKET: dict[str, Any] = {
                         "Destroyed once the purpose is met (statutory retention applies)", REFUSE_OPTIONAL_EN,
                         "You can still sign up, but insurance application and claims will not be available."),
         }},
-        {"key": "third-party-partners", "kind": "third_party", "recipient": "partners", "disclosures": {
+        {"key": "third-party-partners", "category": "third_party", "recipient": "partners", "disclosures": {
             "ko": _text("이용자 맞춤형 서비스 개발 및 제공",
                         ["회원 가입 시 제공되는 개인식별정보", "활동 내역"],
                         "제공 목적 달성 시 즉시 파기 (관계 법령에 따른 보존기간 별도)", REFUSE_OPTIONAL_KO, NO_COST_KO),
@@ -147,6 +151,10 @@ SMALLTICKET: dict[str, Any] = {
          "notice_key": "privacy-policy",
          "purposes": ["marketing", "marketing-sms", "marketing-email", "marketing-kakao", "marketing-push",
                       "marketing-night"]},
+        # The insurance service itself cannot work without giving the insurer the data: there (and only
+        # there) the insurer provision is a condition of the service (PIPA Art. 16(3), 22(5)).
+        {"key": "insurance", "name": "보험 가입 신청", "kind": "other", "notice_key": "privacy-policy",
+         "purposes": ["insurance-contract", {"key": "third-party-insurers", "condition_of_service": True}]},
     ],
 }
 
@@ -163,27 +171,23 @@ TICKETPARTNER: dict[str, Any] = {
          "task": "휴대전화를 이용한 본인확인 서비스", "task_en": "Identity verification by mobile phone"},
     ],
     "purposes": [
-        {"key": "partner-membership", "kind": "required", "disclosures": {
-            "ko": _text("페이지 가입 인증, 회원제 서비스 운영 및 관리, 법령에 따른 나이 확인, 중요사항 고지, "
-                        "멜론티켓 이용자의 민원사항 전달",
-                        ["담당자 이름", "아이디(ID)", "휴대전화번호"],
-                        "회원 탈퇴 후 1년 (부정사용 방지, 대금 및 수수료 정산)", "동의를 거부할 권리가 있습니다.",
-                        "필수 항목이므로 거부하시면 가입이 불가합니다."),
-            "en": _text("Sign-up verification, membership operation, age checks, notices, complaint handling",
-                        ["contact name", "user ID", "mobile number"],
-                        "1 year after withdrawal (fraud prevention, settlement)", "You may refuse.",
-                        "This item is required: without it you cannot sign up."),
+        {"key": "partner-membership", "legal_basis": "contract", "disclosures": {
+            "ko": _disclosed("페이지 가입 인증, 회원제 서비스 운영 및 관리, 법령에 따른 나이 확인, 중요사항 고지, "
+                             "멜론티켓 이용자의 민원사항 전달",
+                             ["담당자 이름", "아이디(ID)", "휴대전화번호"],
+                             "회원 탈퇴 후 1년 (부정사용 방지, 대금 및 수수료 정산)"),
+            "en": _disclosed("Sign-up verification, membership operation, age checks, notices, complaint handling",
+                             ["contact name", "user ID", "mobile number"],
+                             "1 year after withdrawal (fraud prevention, settlement)"),
         }},
-        {"key": "service-logs", "kind": "required", "disclosures": {
-            "ko": _text("관련 법령에 따른 보존 의무 준수, 부정이용 제재, 서비스 장애 시 민원 처리",
-                        ["서비스 이용기록", "접속로그", "쿠키", "IP Address", "이용정지 기록", "방문일시"],
-                        "회원 탈퇴 후 1년, 웹사이트 방문 기록 3개월", "동의를 거부할 권리가 있습니다.",
-                        "필수 항목이므로 거부하시면 가입이 불가합니다."),
-            "en": _text("Legal retention duties, sanctioning misuse, handling outages",
-                        ["usage records", "access logs", "cookies", "IP address", "suspension records",
-                         "visit times"],
-                        "1 year after withdrawal; visit logs 3 months", "You may refuse.",
-                        "This item is required: without it you cannot sign up."),
+        {"key": "service-logs", "legal_basis": "legal_obligation", "disclosures": {
+            "ko": _disclosed("관련 법령에 따른 보존 의무 준수, 부정이용 제재, 서비스 장애 시 민원 처리",
+                             ["서비스 이용기록", "접속로그", "쿠키", "IP Address", "이용정지 기록", "방문일시"],
+                             "회원 탈퇴 후 1년, 웹사이트 방문 기록 3개월"),
+            "en": _disclosed("Legal retention duties, sanctioning misuse, handling outages",
+                             ["usage records", "access logs", "cookies", "IP address", "suspension records",
+                              "visit times"],
+                             "1 year after withdrawal; visit logs 3 months"),
         }},
     ],
     "collection_points": [

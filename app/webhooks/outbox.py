@@ -50,7 +50,10 @@ def body(type_: str, timestamp: datetime, data: dict[str, Any]) -> str:
 
 
 def is_change(event: dict[str, Any]) -> bool:
-    """A status change, or an action receivers must hear of even when the status stays the same."""
+    """A status change, or an action receivers must hear of even when the status stays the same. An
+    acknowledgement of a purpose processed without consent is no consent change: no message."""
+    if event["action"] == "acknowledged":
+        return False
     return event["status"] != event["previous_status"] or event["action"] in ("reconfirmed", "expired", "revoked")
 
 

@@ -66,7 +66,7 @@ async def test_third_party_without_recipient_is_422(client, auth, demo, db):
     assert await purpose_count(db, demo, "tp-x") == 0
 
 
-@pytest.mark.parametrize("kind", ["optional", "required", "marketing"])
+@pytest.mark.parametrize("kind", ["optional", "sensitive", "marketing"])
 async def test_recipient_on_non_third_party_is_422(client, auth, demo, db, kind):
     response = await client.post("/v1/purposes", headers=auth(demo),
                                  json=purpose("not-tp", kind, recipient="insurers"))
@@ -74,7 +74,7 @@ async def test_recipient_on_non_third_party_is_422(client, auth, demo, db, kind)
     assert await purpose_count(db, demo, "not-tp") == 0
 
 
-@pytest.mark.parametrize("kind", ["optional", "required", "third_party"])
+@pytest.mark.parametrize("kind", ["optional", "sensitive", "third_party"])
 async def test_channel_on_non_marketing_is_422(client, auth, demo, db, kind):
     extra = {"recipient": "insurers"} if kind == "third_party" else {}
     response = await client.post("/v1/purposes", headers=auth(demo),
@@ -132,17 +132,20 @@ async def test_empty_disclosed_items_is_a_validation_error(client, auth, demo, d
 
 @pytest.mark.parametrize("missing", ["purpose", "items", "retention", "refusal_right", "refusal_consequence"])
 async def test_every_disclosure_element_is_required(client, auth, demo, missing):
+    """PIPA Art. 15(2): purpose, items, retention; for consent also the right to refuse and its cost."""
     body = purpose("half-told", "optional")
     del body["disclosures"]["ko"][missing]
     response = await client.post("/v1/purposes", headers=auth(demo), json=body)
-    assert_problem(response, 422, "validation-error", f"body.disclosures.ko.{missing}")
+    refusal = missing.startswith("refusal")  # optional in the schema, required for consent by the service
+    assert_problem(response, 422, "invalid-request" if refusal else "validation-error",
+                   f"body.disclosures.ko.{missing}")
 
 
 async def test_duplicate_purpose_key_is_409(client, auth, demo, db):
     response = await client.post("/v1/purposes", headers=auth(demo), json=purpose("membership", "optional"))
     assert_problem(response, 409, "conflict", "body.key")
     assert await purpose_count(db, demo, "membership") == 1
-    assert (await client.get("/v1/purposes/membership", headers=auth(demo))).json()["kind"] == "required"
+    assert (await client.get("/v1/purposes/membership", headers=auth(demo))).json()["kind"] == "disclosed"
 
 
 @pytest.mark.parametrize(("where", "field"), [
@@ -409,8 +412,8 @@ async def test_form_shows_purposes_in_configured_order_all_unchecked(client, aut
     assert [p["key"] for p in body["purposes"]] == order
     assert all(p["checked"] is False for p in body["purposes"])
     by_key = {p["key"]: p for p in body["purposes"]}
-    assert by_key["membership"]["required"] is True
-    assert by_key["marketing-email"]["required"] is False
+    assert (by_key["membership"]["required"], by_key["membership"]["checkbox"]) == (False, False)  # contract
+    assert (by_key["marketing-email"]["required"], by_key["marketing-email"]["checkbox"]) == (False, True)
     assert by_key["third-party-partners"]["recipient"]["key"] == "partners"
     assert by_key["marketing-night"]["channel"] == "night"
 

@@ -75,10 +75,12 @@ async def test_missing_decision_is_an_error_not_a_default(client, auth, demo, db
 
 
 async def test_refused_required_purpose_fails_whole_sign_up(client, auth, demo, db):
+    """PIPA Art. 22(5): a consent the service needs (here the insurer provision, a condition of the
+    insurance application) refused fails the request as a whole."""
     headers = auth(demo)
-    body = decisions_for(await form(client, headers), {"marketing-sms"})
+    body = decisions_for(await form(client, headers, "insurance"), {"insurance-contract"})
     for d in body["decisions"]:
-        if d["purpose"] == "membership":
+        if d["purpose"] == "third-party-insurers":
             d["decision"] = "refused"
     response = await client.post("/v1/subjects/m-5/consents", json=body, headers=headers)
     assert response.status_code == 422
@@ -91,7 +93,7 @@ async def test_refusing_every_optional_and_marketing_purpose_succeeds(client, au
     response = await sign_up(client, auth(demo), "m-6")
     assert response.status_code == 201
     statuses = {e["purpose"]: e["status"] for e in response.json()["events"]}
-    assert statuses["membership"] == "granted"
+    assert statuses["membership"] == "acknowledged"  # processed for the contract (PIPA Art. 15(1)4)
     assert {s for k, s in statuses.items() if k not in ("membership", "fraud-prevention")} == {"refused"}
 
 

@@ -169,7 +169,10 @@ async def test_receipts_verify_with_the_public_key_alone(client, auth, demo, app
     lines = claims["services"][0]["purposes"]
     assert [(p["purpose"], p["status"], p["eventHash"]) for p in lines] == \
         [(e["purpose"], e["status"], e["hash"]) for e in recorded["events"]]
-    assert all(p["legalBasis"] == "consent" and p["disclosureHash"] for p in lines)
+    assert all(p["disclosureHash"] for p in lines)
+    bases = {p["purpose"]: (p["legalBasis"], p["consentType"]) for p in lines}
+    assert bases["membership"] == ("contract", "NOTICE_ACKNOWLEDGED")  # PIPA Art. 15(1)4
+    assert bases["marketing-sms"] == ("consent", "EXPLICIT")
     assert claims["notice"] == recorded["events"][0]["notice"]
     assert claims["collectionPoint"] == "signup" and claims["collectionMethod"] == "web"
     # a withdrawal gets one too; one that changes nothing gets none

@@ -42,7 +42,7 @@ async def test_withdraw_all_marketing(client, auth, demo):
     state = {c["purpose"]: c["status"] for c in
              (await client.get("/v1/subjects/w-2/consents", headers=headers)).json()["consents"]}
     assert state["analytics"] == "granted"
-    assert state["membership"] == "granted"
+    assert state["membership"] == "acknowledged"  # contract (PIPA Art. 15(1)4): no consent to withdraw
 
 
 async def test_withdraw_one_recipient_leaves_the_other(client, auth, demo):
