@@ -78,4 +78,7 @@ CatalogWrite = Annotated[Principal, Depends(require("catalog:write"))]
 CatalogRead = Annotated[Principal, Depends(require("catalog:read", "catalog:write"))]
 FormRead = Annotated[Principal, Depends(require("consents:write", "consents:read", "catalog:read", "catalog:write"))]
 AuditRead = Annotated[Principal, Depends(require("audit:read"))]
+# A processor's token: may ask whether an ad may be sent (nothing else); operators' read scopes too.
+PermissionsRead = Annotated[Principal, Depends(require("permissions:read", "consents:read", "consents:write",
+                                                       "audit:read"))]
 WebhooksAdmin = Annotated[Principal, Depends(require("webhooks:admin"))]

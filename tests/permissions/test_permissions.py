@@ -1,0 +1,127 @@
+"""May I send this ad now? GET /v1/subjects/{id}/permissions/{channel}: each rule with its article."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from tests.helpers import decisions_for, form, sign_up
+
+DAY = datetime(2026, 11, 20, 5, 0, tzinfo=UTC)      # 14:00 KST
+NIGHT = datetime(2026, 11, 20, 13, 30, tzinfo=UTC)  # 22:30 KST
+
+
+def _at(instant: datetime) -> str:
+    return quote(instant.isoformat())
+
+
+async def _ask(client, headers, subject: str, channel: str, at: datetime | None = None) -> dict:
+    query = f"?at={_at(at)}" if at else ""
+    response = await client.get(f"/v1/subjects/{subject}/permissions/{channel}{query}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _codes(answer: dict) -> dict[str, dict]:
+    return {r["code"]: r for r in answer["reasons"]}
+
+
+async def _grant(client, headers, subject: str, granted: set[str], point: str = "signup") -> dict:
+    body = decisions_for(await form(client, headers, point), granted)
+    response = await client.post(f"/v1/subjects/{subject}/consents", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return {e["purpose"]: e for e in response.json()["events"]}
+
+
+async def test_network_act_50_1_consent_to_the_channel_and_to_marketing_lets_a_daytime_ad_go(client, auth, demo):
+    headers = auth(demo)
+    events = await _grant(client, headers, "p-1", {"marketing", "marketing-sms"})
+    answer = await _ask(client, headers, "p-1", "sms", DAY + timedelta(days=400))
+    assert answer["allowed"] is True
+    codes = _codes(answer)
+    assert set(codes) == {"marketing_granted", "channel_granted"}
+    assert codes["channel_granted"]["event"]["id"] == events["marketing-sms"]["id"]
+    assert codes["channel_granted"]["event"]["hash"] == events["marketing-sms"]["hash"]
+    assert codes["marketing_granted"]["article"] == "PIPA Art. 22(1)7"
+    assert answer["at_local"].endswith("+09:00")
+
+
+async def test_network_act_50_1_no_consent_no_ad(client, auth, demo):
+    headers = auth(demo)
+    await _grant(client, headers, "p-2", set(), point="insurance")  # never asked about marketing
+    answer = await _ask(client, headers, "p-2", "kakao", DAY + timedelta(days=400))
+    assert answer["allowed"] is False
+    assert {"marketing_no_consent", "channel_no_consent"} <= set(_codes(answer))
+    unknown = await _ask(client, headers, "never-seen", "sms")
+    assert unknown["allowed"] is False and "subject_unknown" in _codes(unknown)
+
+
+async def test_network_act_50_2_a_refusal_or_withdrawal_binds_from_its_instant(client, auth, demo):
+    headers = auth(demo)
+    await _grant(client, headers, "p-3", {"marketing", "marketing-sms"})
+    now = datetime.now(UTC)
+    response = await client.post("/v1/subjects/p-3/consents/marketing-sms/withdraw", json={}, headers=headers)
+    assert response.status_code == 200, response.text
+    withdrawal = response.json()["results"][0]["event"]
+    before = await _ask(client, headers, "p-3", "sms", now)  # the past as it was: allowed then (if daytime)
+    assert "channel_granted" in _codes(before)
+    after = await _ask(client, headers, "p-3", "sms")
+    assert after["allowed"] is False
+    reason = _codes(after)["channel_withdrawn"]
+    assert reason["event"]["id"] == withdrawal["id"] and "50(2)" in reason["article"]
+    email = await _ask(client, headers, "p-3", "email")  # refused at the first ask
+    assert email["allowed"] is False and "channel_refused" in _codes(email)
+
+
+async def test_pipa_22_1_7_a_withdrawn_marketing_consent_stops_every_channel(client, auth, demo):
+    headers = auth(demo)
+    await _grant(client, headers, "p-4", {"marketing", "marketing-sms", "marketing-email"})
+    assert (await client.post("/v1/subjects/p-4/consents/marketing/withdraw", json={}, headers=headers)
+            ).status_code == 200
+    for channel in ("sms", "email"):
+        answer = await _ask(client, headers, "p-4", channel)
+        assert answer["allowed"] is False
+        codes = _codes(answer)
+        assert "marketing_withdrawn" in codes and "channel_granted" in codes  # the channel alone would allow
+
+
+async def test_network_act_50_3_night_time_needs_its_own_consent_and_email_is_exempt(client, auth, demo):
+    headers = auth(demo)
+    await _grant(client, headers, "p-5", {"marketing", "marketing-sms", "marketing-email"})
+    later = timedelta(days=400)
+    sms = await _ask(client, headers, "p-5", "sms", NIGHT + later)
+    assert sms["allowed"] is False and "night_refused" in _codes(sms)
+    assert "22:30" in _codes(sms)["night_refused"]["detail"]
+    email = await _ask(client, headers, "p-5", "email", NIGHT + later)
+    assert email["allowed"] is True and "night_exempt" in _codes(email)
+    # consent to night-time sending on the preference page
+    await _grant(client, headers, "p-5", {"marketing", "marketing-sms", "marketing-email", "marketing-night"},
+                 point="preferences")
+    assert (await _ask(client, headers, "p-5", "sms", NIGHT + later))["allowed"] is True
+    # the window's edges, in KST: 07:59 is night, 08:00 and 20:59 are day, 21:00 is night
+    for hour, minute, night in ((7, 59, True), (8, 0, False), (20, 59, False), (21, 0, True)):
+        instant = datetime(2027, 12, 20, hour, minute, tzinfo=UTC) - timedelta(hours=9)
+        codes = _codes(await _ask(client, headers, "p-5", "sms", instant))
+        assert ("night_granted" in codes) is night, (hour, minute, codes)
+
+
+async def test_a_processor_token_with_permissions_read_asks_and_nothing_else(client, auth, demo, new_tenant):
+    await _grant(client, auth(demo), "p-6", {"marketing", "marketing-sms"})
+    processor = auth(demo, "permissions:read", sub="alimi")
+    assert (await client.get("/v1/subjects/p-6/permissions/sms", headers=processor)).status_code == 200
+    assert (await client.get("/v1/subjects/p-6/consents/history", headers=processor)).status_code == 403
+    assert (await client.get("/v1/subjects/p-6/permissions/sms", headers=auth(demo, "catalog:read"))
+            ).status_code == 403
+    assert (await client.get("/v1/subjects/p-6/permissions/sms")).status_code == 401
+    # another tenant's token sees nothing of this one's subject
+    other = await new_tenant()
+    answer = await _ask(client, auth(other, "permissions:read"), "p-6", "sms")
+    assert answer["allowed"] is False and "subject_unknown" in _codes(answer)
+
+
+async def test_only_advertising_channels_are_asked_about(client, auth, demo):
+    for channel in ("night", "fax"):
+        response = await client.get(f"/v1/subjects/p-7/permissions/{channel}", headers=auth(demo))
+        assert response.status_code == 422, response.text
+    response = await client.get("/v1/subjects/p-7/permissions/sms?at=2026-11-20T10:00:00", headers=auth(demo))
+    assert response.status_code == 422  # an instant without an offset is ambiguous
