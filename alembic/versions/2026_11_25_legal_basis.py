@@ -68,6 +68,8 @@ def upgrade() -> None:
 
     op.add_column('collection_point_purposes', sa.Column('condition_of_service', sa.Boolean(),
                                                          server_default=sa.false(), nullable=False))
+    op.add_column('webhook_endpoints', sa.Column('categories', postgresql.ARRAY(sa.Text()),
+                                                 server_default='{}', nullable=False))
 
     op.create_table(
         'purpose_basis_changes',
@@ -108,6 +110,7 @@ def downgrade() -> None:
                                 ('consent_states', 'status', STATUSES_BEFORE)):
         _check(table, name, sql_in(name, values))
     op.drop_table('purpose_basis_changes')
+    op.drop_column('webhook_endpoints', 'categories')
     op.drop_column('collection_point_purposes', 'condition_of_service')
     op.drop_constraint(op.f('ck_purposes_recipient_iff_provision'), 'purposes', type_='check')
     op.create_check_constraint(op.f('ck_purposes_recipient_iff_third_party'), 'purposes',

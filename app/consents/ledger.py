@@ -185,10 +185,10 @@ def chain_onto(
 
 async def write(conn: asyncpg.Connection, tenant: str, subject_ref: str, batch: Batch,
                 receipt: tuple[uuid.UUID, str] | None = None,
-                purposes: dict[str, tuple[str, str, str | None]] | None = None) -> None:
+                purposes: dict[str, outbox.Purpose] | None = None) -> None:
     """One statement: the evidence row, the events (the trigger moves head, state and log queue),
     the receipt `(id, jws)` if any, and the webhook messages for the events' changes when
-    `purposes` maps their purpose keys to (key, kind, channel) (outbox.rows)."""
+    `purposes` maps their purpose keys to outbox.Purpose (outbox.rows)."""
     messages = (outbox.rows(tenant=tenant, subject_ref=subject_ref, events=batch.printed, purposes=purposes)
                 if purposes is not None else [])
     # JSON text, whatever codecs the connection has (the API's decode json; a bare one does not)

@@ -127,6 +127,10 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
     )
 
 
+def _outbox_purpose(r: asyncpg.Record) -> tuple:
+    return r["key"], r["kind"], r["channel"], r["category"], r["legal_basis"]
+
+
 def _required(purpose: asyncpg.Record) -> bool:
     """Refusing it fails the request: a condition of this service (only where the law allows one,
     PIPA Art. 16(3), 22(5)), or a purpose recorded as "required" before the legal model."""
@@ -239,7 +243,7 @@ async def record(
     receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                             purposes=presented, controller=rows[0]["controller"])
     await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
-                       purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in presented.values()})
+                       purposes={r["key"]: _outbox_purpose(r) for r in presented.values()})
     events = batch.printed
     metrics.consent_events_written((e["action"], presented[e["purpose"]]["kind"]) for e in events)
     result = {"subject_id": subject_id, "request_id": request_id, "recorded_at": head.now, "events": events,
@@ -304,7 +308,7 @@ async def withdraw(
         receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                                 purposes=by_key, controller=rows[0]["controller"])
         await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
-                           purposes={r["key"]: (r["key"], r["kind"], r["channel"]) for r in rows})
+                           purposes={r["key"]: _outbox_purpose(r) for r in rows})
         events = batch.printed
         metrics.consent_events_written(("withdrawn", r["kind"]) for r in to_change)
     by_purpose = {e["purpose"]: e for e in events}

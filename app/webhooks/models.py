@@ -35,6 +35,7 @@ class WebhookEndpoint(SQLModel, table=True):
     kinds: list[str] = _text_array("{marketing}")
     purposes: list[str] = _text_array()
     channels: list[str] = _text_array()
+    categories: list[str] = _text_array()  # separate-consent categories (app/catalog/legal.py); empty: all
     enabled: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=text("true")))
     disabled_reason: str | None = Field(default=None, sa_column=Column(Text))
     disabled_at: datetime | None = optional_timestamp()

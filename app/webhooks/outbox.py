@@ -18,6 +18,8 @@ from app.core.responses import dumps
 TEST_TYPE = "webhook.test"
 CHECKPOINT_TYPE = "ledger.checkpoint"
 CHANNEL = "webhook_deliveries"  # LISTEN/NOTIFY channel
+# What a message says of its purpose: (key, kind, channel, category, legal basis).
+Purpose = tuple[str, str, "str | None", "str | None", str]
 
 # A disabled endpoint's deliveries wait, out of the claim's way, until it is enabled again.
 PAUSE = """
@@ -84,12 +86,13 @@ def enqueue_ctes(*, messages: str, tenant: str, subject_ref: str, subject_id: st
 ENQUEUE_CTES = """
 outbox_ev AS (
     SELECT * FROM json_to_recordset({messages}::text::json)
-        AS u(event_id uuid, seq bigint, type text, purpose text, kind text, channel text, body text)
+        AS u(event_id uuid, seq bigint, type text, purpose text, kind text, channel text, category text, body text)
 ), outbox_matched AS (
     SELECT ev.event_id, ev.seq, e.id AS endpoint_id, e.enabled
     FROM outbox_ev ev JOIN webhook_endpoints e
       ON e.tenant_id = {tenant} AND e.deleted_at IS NULL
      AND (cardinality(e.kinds) = 0 OR ev.kind = ANY(e.kinds))
+     AND (cardinality(e.categories) = 0 OR ev.category = ANY(e.categories))
      AND (cardinality(e.purposes) = 0 OR ev.purpose = ANY(e.purposes))
      AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels)
           OR (ev.kind = 'marketing' AND (ev.channel IS NULL OR ev.channel = 'night')))
@@ -116,28 +119,30 @@ ENQUEUE = f"WITH {enqueue_ctes(messages='$1', tenant='$2', subject_ref='$3', sub
 
 
 def rows(*, tenant: str, subject_ref: str, events: list[dict[str, Any]],
-         purposes: dict[str, tuple[str, str, str | None]]) -> list[dict[str, Any]]:
+         purposes: dict[str, Purpose]) -> list[dict[str, Any]]:
     """The messages for `events` as printed (app/consents/chain.py): one per change a receiver
-    must hear of (sent as JSON text: `dumps()`); `purposes` maps purpose key -> (key, kind, channel) for every purpose in them."""
+    must hear of (sent as JSON text: `dumps()`); `purposes` maps purpose key -> (key, kind,
+    channel, category, legal basis) for every purpose in them."""
     messages = []
     for event in events:
         if not is_change(event):
             continue
-        key, kind, channel = purposes[event["purpose"]]
+        key, kind, channel, category, legal_basis = purposes[event["purpose"]]
         type_ = f"consent.{event['action']}"
         data = {
-            "tenant": tenant, "subject_id": subject_ref, "purpose": key, "channel": channel,
+            "tenant": tenant, "subject_id": subject_ref, "purpose": key, "channel": channel, "category": category,
+            "legal_basis": legal_basis,
             "status": event["status"], "previous_status": event["previous_status"], "version": event["version"],
             "event_id": event["id"], "occurred_at": event["occurred_at"],
         }
         messages.append({"event_id": event["id"], "seq": event["seq"], "type": type_, "purpose": key, "kind": kind,
-                         "channel": channel, "body": body(type_, event["recorded_at"], data)})
+                         "channel": channel, "category": category, "body": body(type_, event["recorded_at"], data)})
     return messages
 
 
 async def enqueue(
     conn: asyncpg.Connection, *, tenant: str, subject_ref: str, subject_id: uuid.UUID, events: list[dict[str, Any]],
-    purposes: dict[str, tuple[str, str, str | None]],
+    purposes: dict[str, Purpose],
 ) -> None:
     """A statement of its own; a consent write enqueues inside its append instead (ledger.write)."""
     messages = rows(tenant=tenant, subject_ref=subject_ref, events=events, purposes=purposes)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.catalog.schemas import Channel, Patch, PurposeKind, refuse_null
+from app.catalog.schemas import Category, Channel, Patch, PurposeKind, refuse_null
 from app.core.schemas import Key, Url, UtcDatetime
 
 EventType = Literal[
@@ -31,6 +31,9 @@ class Filters(BaseModel):
     purposes: list[Key] = Field(default_factory=list, description="Purpose keys; empty: every purpose")
     channels: list[Channel] = Field(default_factory=list,
                                     description="Marketing channels (e.g. ['sms']); empty: every channel")
+    categories: list[Category] = Field(default_factory=list,
+                                       description="Consent categories (PIPA Art. 22(1), e.g. ['third_party']); "
+                                                   "empty: every category")
 
 
 class EndpointCreate(Filters):
@@ -49,8 +52,9 @@ class EndpointUpdate(Patch):
     kinds: list[PurposeKind] | None = None
     purposes: list[Key] | None = None
     channels: list[Channel] | None = None
+    categories: list[Category] | None = None
 
-    _not_null = refuse_null("url", "enabled", "event_types", "kinds", "purposes", "channels")
+    _not_null = refuse_null("url", "enabled", "event_types", "kinds", "purposes", "channels", "categories")
 
 
 class EndpointRead(BaseModel):
@@ -62,6 +66,7 @@ class EndpointRead(BaseModel):
     kinds: list[str]
     purposes: list[str]
     channels: list[str]
+    categories: list[str]
     enabled: bool
     disabled_reason: str | None = Field(description="Why the service disabled it (410, continuous failure)")
     disabled_at: datetime | None

@@ -19,7 +19,8 @@ from app.webhooks.outbox import PAUSE, RESUME, SUCCESSORS
 from app.webhooks.schemas import EndpointCreate, EndpointUpdate, RecoverIn
 
 ENDPOINT_COLUMNS = """
-e.id, e.url, e.description, pr.key AS processor, e.event_types, e.kinds, e.purposes, e.channels, e.enabled,
+e.id, e.url, e.description, pr.key AS processor, e.event_types, e.kinds, e.purposes, e.channels, e.categories,
+e.enabled,
 e.disabled_reason, e.disabled_at, e.failing_since,
 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_expires_at END AS secret_rotation_ends_at,
 e.created_at, e.updated_at
@@ -81,10 +82,10 @@ async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: 
     secret = signing.new_secret()
     endpoint_id = await conn.fetchval(
         """INSERT INTO webhook_endpoints (tenant_id, processor_id, url, description, event_types, kinds, purposes,
-                                          channels, enabled, secret)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
+                                          channels, categories, enabled, secret)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
         principal.tenant, processor_id, body.url, body.description, body.event_types, body.kinds, body.purposes,
-        body.channels, body.enabled, secret,
+        body.channels, body.categories, body.enabled, secret,
     )
     return {**await get_endpoint(conn, principal, endpoint_id), "secret": secret}
 

@@ -190,7 +190,7 @@ async def test_a_consent_committed_while_its_endpoint_is_switched_off_is_never_d
 
         async def enqueue() -> None:
             await outbox.enqueue(consent, tenant=tenant, subject_ref="race-1", subject_id=uuid.uuid4(),
-                                 events=[_event(purpose_id)], purposes={"marketing-sms": ("marketing-sms", "marketing", "sms")})
+                                 events=[_event(purpose_id)], purposes={"marketing-sms": ("marketing-sms", "marketing", "sms", "marketing", "consent")})
 
         async def switch_off() -> None:
             if action == "delete":

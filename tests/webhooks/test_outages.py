@@ -90,7 +90,7 @@ async def test_one_worker_process_delivers_everything_through_ten_fast_database_
                 async with conn.transaction():
                     await outbox.enqueue(conn, tenant=tenant, subject_ref=ref, subject_id=subject_id,
                                          events=[_event(next(seqs))],
-                                         purposes={"marketing-sms": ("marketing-sms", "marketing", "sms")})
+                                         purposes={"marketing-sms": ("marketing-sms", "marketing", "sms", "marketing", "consent")})
             except Exception:  # noqa: BLE001 - the database is restarting; the ledger would answer 503
                 if conn is not None:
                     conn.terminate()

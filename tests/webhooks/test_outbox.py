@@ -133,6 +133,24 @@ async def test_third_party_subscription_hears_per_recipient_withdrawal(client, a
     assert granted.json["data"]["channel"] is None
 
 
+async def test_pipa_22_1_a_processor_subscribes_by_category_and_hears_category_and_legal_basis(
+        client, auth, tenant, receiver, register, worker, db):
+    """Issue 9 point 7: the message body carries the purpose's category and legal basis, and an
+    endpoint may filter by separate-consent category (PIPA Art. 22(1))."""
+    endpoint = await register(receiver, kinds=[], categories=["third_party"])
+    assert endpoint["categories"] == ["third_party"]
+    headers = auth(tenant)
+    await sign_up(client, headers, "m-cat", {"third-party-partners", "marketing-sms", "analytics"})
+    heard = await receiver.wait_for(2)
+    await asyncio.sleep(0.5)
+    assert len(receiver.received) == 2  # the two third-party consents, nothing of the other categories
+    assert sorted(r.json["data"]["purpose"] for r in heard) == ["third-party-insurers", "third-party-partners"]
+    assert {(r.json["data"]["category"], r.json["data"]["legal_basis"]) for r in heard} == {("third_party", "consent")}
+    response = await client.post("/v1/webhook-endpoints", headers=auth(tenant, "webhooks:admin"),
+                                 json={"url": receiver.url, "categories": ["contract"]})
+    assert response.status_code == 422  # a legal basis is not a consent category
+
+
 async def test_a_disabled_endpoint_keeps_its_messages_until_enabled(client, auth, tenant, receiver, register,
                                                                      worker, db):
     endpoint = await register(receiver, channels=["sms"], purposes=["marketing-sms"])
