@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
 from app.permissions.router import router as permissions_router
+from app.permissions.transactions import router as transactions_router
 from app.catalog.tenants import KnownTenants
 from app.consents.receipt_routes import router as receipts_router
 from app.consents.router import router as consents_router
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(consents_router)
     app.include_router(receipts_router)
     app.include_router(permissions_router)
+    app.include_router(transactions_router)
     app.include_router(catalog_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)

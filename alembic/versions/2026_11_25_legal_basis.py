@@ -70,6 +70,28 @@ def upgrade() -> None:
                                                          server_default=sa.false(), nullable=False))
     op.add_column('webhook_endpoints', sa.Column('categories', postgresql.ARRAY(sa.Text()),
                                                  server_default='{}', nullable=False))
+    op.add_column('purposes', sa.Column('advertises', postgresql.ARRAY(sa.Text()), server_default='{}',
+                                        nullable=False))
+    op.create_table(
+        'subject_transactions',
+        sa.Column('id', sa.Uuid(), server_default=sa.text('gen_random_uuid()'), nullable=False),
+        sa.Column('tenant_id', sa.Text(), nullable=False),
+        sa.Column('subject_id', sa.Uuid(), nullable=False),
+        sa.Column('goods_category', sa.Text(), nullable=False),
+        sa.Column('transacted_at', postgresql.TIMESTAMP(timezone=True), nullable=False),
+        sa.Column('recorded_by', sa.Text(), nullable=False),
+        sa.Column('recorded_at', postgresql.TIMESTAMP(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.ForeignKeyConstraint(['subject_id'], ['subjects.id'],
+                                name=op.f('fk_subject_transactions_subject_id_subjects')),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_subject_transactions')),
+    )
+    op.create_index('ix_subject_transactions_subject', 'subject_transactions',
+                    ['subject_id', 'goods_category', 'transacted_at'])
+    for table in ('subject_transactions',):
+        op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+                   " FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()")
+        op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+                   " FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()")
 
     op.create_table(
         'purpose_basis_changes',
@@ -110,6 +132,8 @@ def downgrade() -> None:
                                 ('consent_states', 'status', STATUSES_BEFORE)):
         _check(table, name, sql_in(name, values))
     op.drop_table('purpose_basis_changes')
+    op.drop_table('subject_transactions')
+    op.drop_column('purposes', 'advertises')
     op.drop_column('webhook_endpoints', 'categories')
     op.drop_column('collection_point_purposes', 'condition_of_service')
     op.drop_constraint(op.f('ck_purposes_recipient_iff_provision'), 'purposes', type_='check')

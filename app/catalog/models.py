@@ -6,8 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, false, Column, ForeignKey, Index, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import Boolean, CheckConstraint, false, text, Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlmodel import Field, SQLModel
 
 from app.catalog.legal import CATEGORIES, LEGAL_BASES
@@ -88,6 +88,10 @@ class Purpose(SQLModel, table=True):
     kind: str = Field(sa_column=Column(Text, nullable=False))
     legal_basis: str = Field(default="consent", sa_column=Column(Text, nullable=False, server_default="consent"))
     category: str | None = Field(default=None, sa_column=Column(Text))
+    # Marketing: the goods categories its wording advertises (empty: any); the permission check's
+    # `category` and the 6-month existing-customer exception read it (Network Act Art. 50(1)1).
+    advertises: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False,
+                                                                         server_default=text("'{}'::text[]")))
     channel: str | None = Field(default=None, sa_column=Column(Text))
     recipient_id: uuid.UUID | None = Field(
         default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("recipients.id"), nullable=True)

@@ -65,12 +65,14 @@ def _legal_shape(body: schemas.PurposeCreate) -> tuple[str, str | None]:
 
 async def _check_shape(session: AsyncSession, principal: Principal, *, legal_basis: str, category: str | None,
                        channel: str | None, recipient_key: str | None, disclosures: schemas.Disclosures,
-                       ) -> Recipient | None:
+                       advertises: list[str] | None = None) -> Recipient | None:
     errors: list[FieldError] = []
     consent = legal_basis == legal.CONSENT
     provision = category in ("third_party", "overseas_transfer")
     if channel is not None and category != "marketing":
         errors.append(FieldError(field="body.channel", reason="only marketing consents have a channel"))
+    if advertises and category != "marketing":
+        errors.append(FieldError(field="body.advertises", reason="only marketing consents advertise goods"))
     if consent and provision and recipient_key is None:
         errors.append(FieldError(field="body.recipient", reason=f"a {category} consent names its recipient "
                                                                "(PIPA Art. 17(2), 28-8(2))"))
@@ -125,11 +127,11 @@ async def create_purpose(session: AsyncSession, principal: Principal, body: sche
     legal_basis, category = _legal_shape(body)
     recipient = await _check_shape(
         session, principal, legal_basis=legal_basis, category=category, channel=body.channel,
-        recipient_key=body.recipient, disclosures=body.disclosures,
+        recipient_key=body.recipient, disclosures=body.disclosures, advertises=body.advertises,
     )
     purpose = await add(session, Purpose(
         id=uuid.uuid4(), tenant_id=principal.tenant, key=body.key, kind=legal.kind_of(legal_basis, category),
-        legal_basis=legal_basis, category=category, channel=body.channel,
+        legal_basis=legal_basis, category=category, channel=body.channel, advertises=body.advertises,
         recipient_id=recipient.id if recipient else None,
         disclosures=body.disclosures.model_dump(mode="json"), disclosure_hash=disclosure_hash(body.disclosures),
     ))
@@ -183,7 +185,8 @@ async def reclassify_purpose(session: AsyncSession, principal: Principal, key: s
                        + (f" ({category})" if category else ""))
     disclosures = schemas.Disclosures.model_validate(purpose.disclosures)
     await _check_shape(session, principal, legal_basis=body.legal_basis, category=category, channel=purpose.channel,
-                       recipient_key=await _recipient_key(session, purpose), disclosures=disclosures)
+                       recipient_key=await _recipient_key(session, purpose), disclosures=disclosures,
+                       advertises=purpose.advertises)
     if category not in legal.MAY_BE_CONDITION:
         points = list(await session.scalars(
             select(CollectionPoint.key).join(CollectionPointPurpose,
@@ -225,7 +228,8 @@ def purpose_read(purpose: Purpose, recipients: dict[uuid.UUID, Recipient]) -> sc
         id=purpose.id, key=purpose.key, kind=purpose.kind, legal_basis=purpose.legal_basis,
         legal_basis_article=legal.LEGAL_BASES[purpose.legal_basis], category=purpose.category,
         category_article=legal.CATEGORIES.get(purpose.category) if purpose.category else None,
-        channel=purpose.channel, recipient=recipient.key if recipient else None, required=purpose.kind == "required",
+        channel=purpose.channel, advertises=list(purpose.advertises or []), recipient=recipient.key if recipient else None,
+        required=purpose.kind == "required",
         disclosures=schemas.Disclosures.model_validate(purpose.disclosures),
         disclosure_hash=purpose.disclosure_hash, active=purpose.active,
         created_at=purpose.created_at, updated_at=purpose.updated_at,

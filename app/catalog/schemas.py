@@ -134,6 +134,9 @@ class PurposeCreate(Strict):
                                   "22(1)7, overseas_transfer 28-8")
     kind: PurposeKind | None = Field(default=None, description="Deprecated: the category's former name")
     channel: Channel | None = Field(default=None, description="Marketing only: the advertising channel")
+    advertises: list[Key] = Field(default_factory=list, max_length=100, description=(
+        "Marketing only: the goods categories its wording advertises (empty: any); fixed once created, like the "
+        "wording's scope. The permission check's `category` reads it"))
     recipient: Key | None = Field(default=None, description="Third-party only: the recipient's key")
     disclosures: Disclosures
 
@@ -174,6 +177,7 @@ class PurposeRead(BaseModel):
     category: str | None
     category_article: str | None
     channel: str | None
+    advertises: list[str]
     recipient: str | None
     required: bool
     disclosures: Disclosures

@@ -22,6 +22,21 @@ METHODS = ("web", "app", "phone", "paper", "email", "api", "agree_all")
 ACTOR_TYPES = ("subject", "guardian", "operator")
 
 
+class SubjectTransaction(SQLModel, table=True):
+    """A transaction relationship (Network Act Art. 50(1)1): the goods category and when; no
+    personal data beyond the member id. Append-only."""
+
+    __tablename__ = "subject_transactions"
+    __table_args__ = (Index("ix_subject_transactions_subject", "subject_id", "goods_category", "transacted_at"),)
+    id: uuid.UUID = uuid_pk()
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    subject_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), ForeignKey("subjects.id"), nullable=False))
+    goods_category: str = Field(sa_column=Column(Text, nullable=False))
+    transacted_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    recorded_by: str = Field(sa_column=Column(Text, nullable=False))
+    recorded_at: datetime = timestamp()
+
+
 class Subject(SQLModel, table=True):
     """The person, by the tenant's opaque id. The row is the lock and head of their hash chain."""
 

@@ -37,6 +37,7 @@ RUNTIME_GRANTS: Mapping[str, tuple[str, ...]] = {
     "consent_events": ("SELECT", "INSERT"),
     "consent_states": ("SELECT",),
     "consent_evidence": ("SELECT", "INSERT"),
+    "subject_transactions": ("SELECT", "INSERT"),  # append-only by trigger (0006)
     # operational state, purged by age
     "idempotency_keys": _CRUD,
     "webhook_messages": _CRUD,

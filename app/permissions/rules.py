@@ -21,6 +21,7 @@ NIGHT_EXEMPT = frozenset({"email"})
 
 ARTICLES = {
     "channel": "Network Act Art. 50(1)",
+    "existing_customer": "Network Act Art. 50(1)1",
     "refused": "Network Act Art. 50(2)",
     "umbrella": "PIPA Art. 22(1)7",
     "night": "Network Act Art. 50(3); Decree Art. 61(2)",
@@ -34,6 +35,7 @@ class PurposeState:
     key: str
     channel: str | None
     event: dict[str, Any] | None
+    advertises: tuple[str, ...] = ()  # goods categories its wording covers; empty: any
 
     @property
     def status(self) -> str | None:
@@ -64,8 +66,20 @@ def is_night(at: datetime) -> bool:
     return local >= NIGHT_START or local < NIGHT_END
 
 
-def _consent(answer: Answer, code: str, article: str, states: list[PurposeState], what: str) -> None:
-    """The consent `what` holds if one of `states` (purposes asking it) is granted."""
+def _consent(answer: Answer, code: str, article: str, states: list[PurposeState], what: str,
+             customer: dict[str, Any] | None = None) -> None:
+    """The consent `what` holds if one of `states` (purposes asking it) is granted; without one,
+    a transaction `customer` of the same goods within 6 months stands in for it (Art. 50(1)1),
+    unless the person refused or withdrew (Art. 50(2))."""
+    said_no = any(s.status in ("refused", "withdrawn") for s in states)
+    if customer is not None and not said_no and not any(s.status == "granted" for s in states):
+        answer.add("existing_customer", True, ARTICLES["existing_customer"],
+                   f"no consent to {what} is needed for {customer['goods_category']!r}: a transaction of the same "
+                   f"goods on {customer['transacted_at']:%Y-%m-%d}, within 6 months; a refusal would still bind "
+                   "(Art. 50(2))")
+        answer.reasons[-1]["transaction"] = {"id": customer["id"], "goods_category": customer["goods_category"],
+                                             "transacted_at": customer["transacted_at"]}
+        return
     if not states:
         answer.add(f"{code}_not_asked", False, article, f"the catalog has no consent purpose for {what}: no consent "
                                                         "was ever asked, so none was given")
@@ -85,14 +99,20 @@ def _consent(answer: Answer, code: str, article: str, states: list[PurposeState]
             answer.add(f"{code}_{status}", False, article, f"consent to {what} is {status} ({state.key!r})", state)
 
 
-def decide(channel: str, at: datetime, purposes: list[PurposeState]) -> Answer:
-    """`purposes`: the tenant's marketing consent purposes with the subject's last event on each."""
+def decide(channel: str, at: datetime, purposes: list[PurposeState], goods: str | None = None,
+           customer: dict[str, Any] | None = None) -> Answer:
+    """`purposes`: the tenant's marketing consent purposes with the subject's last event on each;
+    `goods`: the category of goods the ad is for (then only consents whose wording covers it
+    count); `customer`: the subject's latest transaction of those goods within 6 months before
+    `at`, if any."""
     answer = Answer()
+    if goods is not None:
+        purposes = [p for p in purposes if not p.advertises or goods in p.advertises]
     umbrella = [p for p in purposes if p.channel is None]
     if umbrella:  # a tenant that asks one marketing consent for every channel
-        _consent(answer, "marketing", ARTICLES["umbrella"], umbrella, "marketing use of personal data")
+        _consent(answer, "marketing", ARTICLES["umbrella"], umbrella, "marketing use of personal data", customer)
     _consent(answer, "channel", ARTICLES["channel"], [p for p in purposes if p.channel == channel],
-             f"advertising by {channel}")
+             f"advertising by {channel}" + (f" of {goods!r}" if goods else ""), customer)
     if is_night(at):
         local = at.astimezone(KST).strftime("%H:%M")
         if channel in NIGHT_EXEMPT:

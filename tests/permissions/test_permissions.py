@@ -125,3 +125,74 @@ async def test_only_advertising_channels_are_asked_about(client, auth, demo):
         assert response.status_code == 422, response.text
     response = await client.get("/v1/subjects/p-7/permissions/sms?at=2026-11-20T10:00:00", headers=auth(demo))
     assert response.status_code == 422  # an instant without an offset is ambiguous
+
+
+# --- the 6-month existing-customer exception (Network Act Art. 50(1)1) ----------------------------
+
+
+async def _transaction(client, headers, subject: str, goods: str, at: datetime) -> dict:
+    response = await client.post(f"/v1/subjects/{subject}/transactions", headers=headers,
+                                 json={"goods_category": goods, "transacted_at": at.isoformat()})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_network_act_50_1_1_same_goods_within_6_months_need_no_prior_consent(client, auth, demo):
+    headers = auth(demo)
+    await _grant(client, headers, "c-1", set(), point="insurance")  # never asked about marketing
+    bought = datetime(2026, 8, 31, 3, 0, tzinfo=UTC)  # 12:00 KST
+    made = await _transaction(client, headers, "c-1", "concert-tickets", bought)
+    assert (made["goods_category"], made["recorded_by"]) == ("concert-tickets", "tester")
+
+    async def ask(at: datetime, goods: str = "concert-tickets") -> dict:
+        response = await client.get(f"/v1/subjects/c-1/permissions/sms?at={_at(at)}&category={goods}",
+                                    headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    inside = await ask(datetime(2027, 2, 28, 3, 0, tzinfo=UTC))  # 31 August + 6 calendar months
+    assert inside["allowed"] is True
+    reasons = [r for r in inside["reasons"] if r["code"] == "existing_customer"]
+    assert len(reasons) == 2 and reasons[0]["article"] == "Network Act Art. 50(1)1"  # umbrella and channel
+    assert reasons[0]["transaction"]["id"] == made["id"]
+    assert (await ask(datetime(2027, 3, 1, 3, 0, tzinfo=UTC)))["allowed"] is False  # past the 6 months
+    assert (await ask(datetime(2026, 12, 1, 3, 0, tzinfo=UTC), "insurance"))["allowed"] is False  # other goods
+    assert (await ask(datetime(2026, 8, 30, 3, 0, tzinfo=UTC)))["allowed"] is False  # before the purchase
+    night = await ask(datetime(2026, 12, 1, 13, 30, tzinfo=UTC))  # 22:30 KST: night consent still needed
+    assert night["allowed"] is False and "night_not_asked" not in _codes(night)
+    no_category = await ask_without_category(client, headers, "c-1", datetime(2026, 12, 1, 3, 0, tzinfo=UTC))
+    assert no_category["allowed"] is False  # the exception is for the goods bought, which the caller names
+
+
+async def ask_without_category(client, headers, subject: str, at: datetime) -> dict:
+    return await _ask(client, headers, subject, "sms", at)
+
+
+async def test_network_act_50_2_a_refusal_binds_an_existing_customer_too(client, auth, demo):
+    headers = auth(demo)
+    await _grant(client, headers, "c-2", set())  # every marketing consent refused at sign-up
+    await _transaction(client, headers, "c-2", "concert-tickets", datetime.now(UTC) - timedelta(days=10))
+    response = await client.get("/v1/subjects/c-2/permissions/sms?category=concert-tickets", headers=headers)
+    answer = response.json()
+    assert answer["allowed"] is False
+    assert "existing_customer" not in _codes(answer) and "channel_refused" in _codes(answer)
+
+
+async def test_a_transaction_is_append_only_plausible_and_holds_no_personal_data(client, auth, demo, db):
+    headers = auth(demo)
+    future = datetime.now(UTC) + timedelta(days=1)
+    response = await client.post("/v1/subjects/c-3/transactions", headers=headers,
+                                 json={"goods_category": "tickets", "transacted_at": future.isoformat()})
+    assert response.status_code == 422, response.text
+    response = await client.post("/v1/subjects/c-3/transactions", headers=headers,
+                                 json={"goods_category": "tickets", "transacted_at": "2026-01-01T00:00:00+09:00",
+                                       "phone": "010-0000-0000"})
+    assert response.status_code == 422  # nothing but the goods and the instant
+    made = await _transaction(client, headers, "c-3", "tickets", datetime(2026, 1, 1, tzinfo=UTC))
+    listed = (await client.get("/v1/subjects/c-3/transactions", headers=headers)).json()
+    assert [t["id"] for t in listed] == [made["id"]]
+    import asyncpg
+    import pytest
+    with pytest.raises(asyncpg.PostgresError):
+        await db.execute("UPDATE subject_transactions SET goods_category = 'x' WHERE id = $1::uuid", made["id"])
+    assert (await client.get("/v1/subjects/nobody/transactions", headers=headers)).status_code == 404
