@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
 from app.permissions.router import router as permissions_router
+from app.permissions.audience_router import AUDIENCE_PATH
+from app.permissions.audience_router import router as audience_router
 from app.permissions.transactions import router as transactions_router
 from app.catalog.tenants import KnownTenants
 from app.consents.receipt_routes import router as receipts_router
@@ -92,12 +94,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.token_verifier = TokenVerifier(settings)
     errors.install(app)
-    app.add_middleware(Edge, max_body_bytes=settings.max_request_body_bytes)
+    app.add_middleware(Edge, max_body_bytes=settings.max_request_body_bytes,
+                       large_bodies=(AUDIENCE_PATH, settings.max_audience_body_bytes))
     app.add_api_route("/metrics", metrics.endpoint(settings), methods=["GET"], include_in_schema=False)
     app.include_router(consents_router)
     app.include_router(receipts_router)
     app.include_router(permissions_router)
     app.include_router(transactions_router)
+    app.include_router(audience_router)
     app.include_router(catalog_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)

@@ -12,7 +12,8 @@ directory, the project service and the baseline (one uvicorn worker each), and t
 Environment: BENCH_SECONDS (seconds per measured run, 10), BENCH_WARMUP (2), BENCH_ROUNDS (measured runs
 per service and scenario, alternating, best reported, 2), BENCH_CONNECTIONS (32),
 BENCH_EVENTS (events seeded for the second part, 5000000), BENCH_SAMPLES (subjects timed, 2000),
-BENCH_LOADGEN=python (use the Python generator even when wrk is installed), BENCH_DURABLE=1 (run
+BENCH_LOADGEN=python (use the Python generator even when wrk is installed), BENCH_SKIP_AUDIENCE=1 (skip the
+campaign audience check, bench/audience.py; BENCH_AUDIENCE ids, 100000), BENCH_DURABLE=1 (run
 PostgreSQL with fsync and synchronous commit on; by default they are off), BASELINE_EVENT_STATEMENTS=each
 (the baseline inserts a call's events one statement each instead of in one).
 """
@@ -47,7 +48,7 @@ from app.core.db import create_pool
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.proof import keys
-from bench import big, database, log_proofs, servers
+from bench import audience, big, database, log_proofs, servers
 from bench.load import Result, Scenario, generator_name, run_load
 from bench.seed import Catalog, seed_parallel
 
@@ -326,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             results["compare"] = compare(config, {"project": (project, catalogs["project"]),
                                                   "baseline": (baseline, catalogs["baseline"])}, headers)
             baseline.stop()  # idle from here on; its pool connections need not linger during seeding
+        if os.environ.get("BENCH_SKIP_AUDIENCE") != "1" and config.compare:
+            results["audience"] = audience.run(url, project, workdir, secret,
+                                               (settings.jwt_secret, settings.jwt_issuer, settings.jwt_audience))
         if config.big:
             results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples,
                                      secret)

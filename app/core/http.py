@@ -35,9 +35,13 @@ class BodyTooLarge(HTTPException):
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int,
+                 large_bodies: tuple[re.Pattern[str], int] | None = None) -> None:
+        """`large_bodies`: (paths, limit) for the few routes made for big bodies (a campaign's
+        audience); every other path gets `max_body_bytes`."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.large_bodies = large_bodies
         # Generated request ids: random per process, then a counter (os.urandom per request costs more).
         self.id_prefix = os.urandom(8).hex()
         self.ids = itertools.count()
@@ -80,10 +84,11 @@ class Edge:
                     [errors.FieldError(field=bad, reason="not valid UTF-8 once percent-decoded, or holds NUL")],
                     instance=scope["path"],
                 )(scope, receive, send_with_id)
-            elif length is not None and _too_long(length, self.max_body_bytes):
+            elif length is not None and _too_long(length, self._limit(scope)):
                 await self._too_large(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive if length is not None else self._counted(receive), send_with_id)
+                await self.app(scope, receive if length is not None else self._counted(receive, self._limit(scope)),
+                               send_with_id)
         except Exception as exc:
             if status:  # the response has started: nothing to do but let the server close the connection
                 log.error("error after the response started on %s %s", method, errors.route_template(scope),
@@ -106,9 +111,14 @@ class Edge:
                 metrics.pending_consent_events.reset(pending_token)
             request_id.reset(rid_token)
 
-    def _counted(self, receive: Receive) -> Receive:
+    def _limit(self, scope: Scope) -> int:
+        if self.large_bodies is not None and self.large_bodies[0].fullmatch(scope["path"]):
+            return self.large_bodies[1]
+        return self.max_body_bytes
+
+    def _counted(self, receive: Receive, limit: int) -> Receive:
         """A chunked body has no length up front: count it as it streams and stop at the limit."""
-        limit, seen = self.max_body_bytes, 0
+        seen = 0
 
         async def counted() -> Message:
             nonlocal seen
@@ -125,7 +135,7 @@ class Edge:
         """Refused before anything reads the body (the server discards it or closes the connection)."""
         response = errors.problem_response(
             status=413, slug="content-too-large", title="Content too large",
-            detail=f"the request body is larger than {self.max_body_bytes} bytes", instance=scope["path"],
+            detail=f"the request body is larger than {self._limit(scope)} bytes", instance=scope["path"],
         )
         await response(scope, receive, send)
 

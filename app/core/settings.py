@@ -55,6 +55,8 @@ class Settings:
 
     # HTTP edge: bodies past this many bytes are a 413 before anything parses them.
     max_request_body_bytes: int = 1024 * 1024
+    # POST /v1/permissions/{channel}/check: 100,000 member ids as JSON, or an NDJSON stream of any count
+    max_audience_body_bytes: int = 256 * 1024 * 1024
     # GET /metrics: with a token, `Authorization: Bearer <token>` from anyone; without one, loopback
     # clients only unless metrics_public.
     metrics_token: str | None = None
