@@ -27,7 +27,7 @@ async def test_withdrawal_reaches_the_sms_sender_signed_and_thin(client, auth, t
     event = response.json()["results"][0]["event"]
     assert data == {
         "tenant": tenant, "subject_id": "member-1", "purpose": "marketing-sms", "channel": "sms",
-        "status": "withdrawn", "previous_status": "granted", "version": 2, "event_id": event["id"],
+        "category": "marketing", "legal_basis": "consent", "status": "withdrawn", "previous_status": "granted", "version": 2, "event_id": event["id"],
         "occurred_at": data["occurred_at"],
     }
     assert set(withdrawn.json) == {"type", "timestamp", "data"}
