@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+from datetime import UTC, datetime
 
 from app.core.settings import Settings
 
@@ -24,6 +25,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                                   "legitimate_interest or public_task")
     p.add_argument("--category", help="for consent: its category (default: the purpose's)")
     p.add_argument("--reason", required=True, help="why, for the catalog's history")
+    p.add_argument("--from", dest="effective_from", help="ISO 8601 instant with offset from which it applies "
+                                                          "(default: now; a later date is applied by the worker)")
     p.add_argument("--by", help="who (default: cli:<os user>)")
 
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("DATABASE_URL is not set", file=sys.stderr)
         return 2
     try:
-        body = schemas.PurposeReclassify(legal_basis=args.basis, category=args.category, reason=args.reason)
+        body = schemas.PurposeReclassify(legal_basis=args.basis, category=args.category, reason=args.reason,
+                                         effective_from=args.effective_from)
     except ValidationError as exc:
         for error in exc.errors():
             print(f"{'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
@@ -57,6 +61,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     reasons = "; ".join(f"{e.field}: {e.reason}" for e in exc.errors)
                     print(f"{exc.detail}{f' ({reasons})' if reasons else ''}", file=sys.stderr)
                     return 1
+                if body.effective_from is not None and body.effective_from > datetime.now(UTC):
+                    print(f"{args.tenant}/{purpose.key}: {args.basis} from {body.effective_from.isoformat()} "
+                          "(the worker applies it then); events recorded before are unchanged")
+                    return 0
                 category = f" ({purpose.category})" if purpose.category else ""
                 print(f"{args.tenant}/{purpose.key}: now {purpose.legal_basis}{category}, from now on; "
                       "events recorded before are unchanged")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,6 +18,7 @@ from app.catalog.store import add, apply, get_by_key, now
 from app.core.errors import Conflict, FieldError, InvalidRequest
 from app.core.hashing import canonical_json, sha256_hex
 
+SKEW = timedelta(minutes=5)
 REQUIRED_IS_GONE = (
     "\"required\" consent is the pre-2023 model: processing necessary for the contract needs no consent "
     "(PIPA Art. 15(1)4) and asking for it may breach Decree Art. 17(1); declare legal_basis 'contract' (or "
@@ -171,6 +173,12 @@ async def reclassify_purpose(session: AsyncSession, principal: Principal, key: s
     purpose_basis_changes with who and why. Events are never rewritten: those recorded before keep
     the action they had (granted / refused / withdrawn under consent, acknowledged otherwise)."""
     purpose = await get_by_key(session, principal, Purpose, key)
+    at, effective_from = now(), body.effective_from
+    if effective_from is not None and effective_from < at - SKEW:
+        raise InvalidRequest("a reclassification takes effect from now or a later date, never before", errors=[
+            FieldError(field="body.effective_from", reason="not in the past: events recorded before are never "
+                                                           "reinterpreted")])
+    later = effective_from is not None and effective_from > at
     category = body.category
     if body.legal_basis == legal.CONSENT and category is None:
         category = purpose.category or None
@@ -199,11 +207,12 @@ async def reclassify_purpose(session: AsyncSession, principal: Principal, key: s
                                                                    "with a condition-of-service mark")])
     session.add(PurposeBasisChange(
         tenant_id=principal.tenant, purpose_id=purpose.id, legal_basis_before=purpose.legal_basis,
-        category_before=purpose.category, legal_basis=body.legal_basis, category=category, effective_from=now(),
-        changed_by=changed_by or principal.sub, reason=body.reason,
+        category_before=purpose.category, legal_basis=body.legal_basis, category=category,
+        effective_from=effective_from if later else at, changed_by=changed_by or principal.sub, reason=body.reason,
     ))
-    apply(purpose, {"legal_basis": body.legal_basis, "category": category,
-                    "kind": legal.kind_of(body.legal_basis, category)})
+    if not later:  # a later date: the worker applies it then (app/catalog/scheduled.py)
+        apply(purpose, {"legal_basis": body.legal_basis, "category": category,
+                        "kind": legal.kind_of(body.legal_basis, category)})
     await session.flush()
     return purpose
 

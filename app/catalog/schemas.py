@@ -156,6 +156,9 @@ class PurposeReclassify(Strict):
     legal_basis: LegalBasis
     category: Category | None = Field(default=None, description="For consent: its category (default: as before)")
     reason: Text2000 = Field(description="Why, for the catalog's history (e.g. the PIPC guidance it follows)")
+    effective_from: UtcDatetime | None = Field(default=None, description=(
+        "From when (default: now). A later date is applied by the worker once it has come (within "
+        "BASIS_CHANGE_INTERVAL_SECONDS), e.g. with the policy version that announces it; never a past date"))
 
 
 class PurposeBasisChangeRead(BaseModel):

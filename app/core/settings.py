@@ -57,6 +57,8 @@ class Settings:
     max_request_body_bytes: int = 1024 * 1024
     # POST /v1/permissions/{channel}/check: 100,000 member ids as JSON, or an NDJSON stream of any count
     max_audience_body_bytes: int = 256 * 1024 * 1024
+    # How often the worker applies reclassifications whose date has come (app/catalog/scheduled.py)
+    basis_change_interval_seconds: float = 60
     # GET /metrics: with a token, `Authorization: Bearer <token>` from anyone; without one, loopback
     # clients only unless metrics_public.
     metrics_token: str | None = None

@@ -27,6 +27,7 @@ import asyncpg
 from app.core import retention
 from app.core.db import asyncpg_dsn, release_as_is
 from app.core.errors import database_unavailable
+from app.catalog.scheduled import run_basis_changes
 from app.core.settings import Settings
 from app.proof.checkpointer import run_checkpointer
 from app.proof.context import Proof
@@ -320,12 +321,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
               if settings.purge_interval_seconds > 0 else None)
     # Signed checkpoints of each tenant's log (docs/proof.md), on their own schedule and connection.
     checkpointer = asyncio.create_task(run_checkpointer(settings, stop, proof)) if proof is not None else None
+    # Reclassifications scheduled for a later date (docs/legal-model.md), applied once due.
+    scheduler = (asyncio.create_task(run_basis_changes(settings, stop))
+                 if settings.basis_change_interval_seconds > 0 else None)
     log.info("webhook worker %s started", worker.name)
     try:
         await worker.run(stop)
     finally:
         stop.set()
-        background = {task for task in (purger, checkpointer) if task is not None}
+        background = {task for task in (purger, checkpointer, scheduler) if task is not None}
         if background:
             # a batch or checkpoint in progress finishes, or is cut (a cut checkpoint rolls back)
             _, cut = await asyncio.wait(background, timeout=10)

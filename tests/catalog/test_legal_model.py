@@ -267,3 +267,39 @@ async def test_the_cli_reclassifies_with_who_and_why(client, auth, demo, databas
     assert [(h["legal_basis"], h["changed_by"]) for h in history] == [("legitimate_interest", "dpo@example")]
     done = await asyncio.to_thread(cli, "--basis", "legitimate_interest", "--reason", "again")
     assert done.returncode == 1 and "already" in done.stderr
+
+
+async def test_pipa_15_1_4_a_reclassification_scheduled_for_a_later_date_applies_then(client, auth, demo, runtime_db):
+    """Issue 9 point 2, "from a date on": the change is recorded at once, the purpose keeps its basis
+    until the date, then the worker (app/catalog/scheduled.py) applies it, once."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from app.catalog.scheduled import apply_due
+
+    headers = auth(demo)
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    response = await client.post("/v1/purposes/analytics/reclassify", headers=headers, json={
+        "legal_basis": "legitimate_interest", "reason": "x", "effective_from": past})
+    assert_problem(response, 422, "invalid-request", "body.effective_from")
+
+    when = datetime.now(UTC) + timedelta(seconds=2)
+    response = await client.post("/v1/purposes/analytics/reclassify", headers=auth(demo, sub="dpo"), json={
+        "legal_basis": "legitimate_interest", "reason": "statistics, from the new policy's date",
+        "effective_from": when.isoformat()})
+    assert response.status_code == 200, response.text
+    assert response.json()["legal_basis"] == "consent"  # not yet
+    history = (await client.get("/v1/purposes/analytics/basis-history", headers=headers)).json()
+    assert [(h["legal_basis"], h["changed_by"]) for h in history] == [("legitimate_interest", "dpo")]
+    assert datetime.fromisoformat(history[0]["effective_from"].replace("Z", "+00:00")) == when
+    assert [r for r in await apply_due(runtime_db) if r["tenant_id"] == demo] == []  # its date has not come
+    assert _by_key(await form(client, headers))["analytics"]["checkbox"] is True
+
+    await asyncio.sleep(max(0.0, (when - datetime.now(UTC)).total_seconds()) + 0.2)
+    applied = await apply_due(runtime_db)
+    assert [(r["key"], r["legal_basis"]) for r in applied if r["tenant_id"] == demo] == \
+        [("analytics", "legitimate_interest")]
+    assert [r for r in await apply_due(runtime_db) if r["tenant_id"] == demo] == []  # once
+    analytics = _by_key(await form(client, headers))["analytics"]
+    assert (analytics["legal_basis"], analytics["checkbox"], analytics["section"]) == \
+        ("legitimate_interest", False, "without_consent")
