@@ -25,6 +25,7 @@ class Principal:
     tenant: str
     sub: str
     scopes: frozenset[str]
+    processor: str | None = None  # a processor's token: see app/permissions/scope.py
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes
@@ -50,7 +51,7 @@ async def authenticate(request: Request) -> Principal:
         raise Unauthorized(str(exc)) from exc
     if not await state.known_tenants.contains(state.pool, claims.tenant):
         raise Unauthorized("the token's tenant is not a tenant of this service")
-    return Principal(tenant=claims.tenant, sub=claims.sub, scopes=claims.scopes)
+    return Principal(tenant=claims.tenant, sub=claims.sub, scopes=claims.scopes, processor=claims.processor)
 
 
 class _Require(HTTPBearer):

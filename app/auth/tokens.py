@@ -31,6 +31,9 @@ class Claims:
     sub: str
     scopes: frozenset[str]
     expires_at: float = 0.0
+    # A processor's token (claim `processor`: its key in the tenant's registry): the permission
+    # checks answer it only for the channels its webhook endpoints serve.
+    processor: str | None = None
 
 
 CACHE_SIZE = 4096
@@ -149,7 +152,12 @@ def _claims(payload: dict[str, Any]) -> Claims:
         raise TokenError("the token has no 'sub' claim")
     if not isinstance(scope, str):
         raise TokenError("the 'scope' claim must be a space-separated string")
-    return Claims(tenant=tenant, sub=sub, scopes=frozenset(scope.split()), expires_at=float(payload["exp"]))
+    processor = payload.get("processor")
+    if processor is not None and (not isinstance(processor, str) or not 0 < len(processor) <= 64
+                                  or "\x00" in processor):
+        raise TokenError("the token's 'processor' claim is not a processor key")
+    return Claims(tenant=tenant, sub=sub, scopes=frozenset(scope.split()), expires_at=float(payload["exp"]),
+                  processor=processor)
 
 
 def issue(

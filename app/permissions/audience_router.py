@@ -17,7 +17,7 @@ from app.auth.deps import PermissionsRead
 from app.core.errors import FieldError, InvalidRequest, ProblemError, problem_responses
 from app.core.responses import dumps_bytes, json_response
 from app.core.schemas import Key, UtcDatetime
-from app.permissions import audience
+from app.permissions import audience, scope
 
 router = APIRouter(prefix="/v1/permissions", tags=["permissions"], responses=problem_responses(401, 403, 413, 422))
 AUDIENCE_PATH = re.compile(audience.PATH_PATTERN)
@@ -83,6 +83,7 @@ async def check_audience(
     the reasons; or any number as NDJSON, streamed in and out (one line per id, then a summary
     line; a malformed line ends the stream with an `error` line). Answered from the ledger's own
     states, in the transaction order of the events: never a cache."""
+    await scope.check_channel(request.app.state.pool, principal, channel)
     checker = audience.Checker(request.app.state.pool, principal.tenant, channel, at, category)
     if request.headers.get("content-type", "").split(";")[0].strip() == audience.NDJSON:
         await checker.start()

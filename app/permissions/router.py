@@ -14,7 +14,7 @@ from app.core.db import LedgerReader
 from app.core.errors import problem_responses
 from app.core.responses import json_response
 from app.core.schemas import Key, UtcDatetime
-from app.permissions import rules
+from app.permissions import rules, scope
 from app.permissions.transactions import CUSTOMER
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["permissions"], responses=problem_responses(401, 403, 422))
@@ -100,5 +100,6 @@ async def check_permission(
     or withdrawal (50(2)), the umbrella marketing consent (PIPA Art. 22(1)7), night-time 21:00-08:00
     KST without night consent (50(3), Decree 61(2); email exempt). Answered from the events
     themselves, never from a cache: a withdrawal committed before the call is seen."""
+    await scope.check_channel(pool, principal, channel)
     return json_response(await permission(pool, principal.tenant, subject_id, channel, at or datetime.now(UTC),
                                           category))

@@ -196,3 +196,31 @@ async def test_a_transaction_is_append_only_plausible_and_holds_no_personal_data
     with pytest.raises(asyncpg.PostgresError):
         await db.execute("UPDATE subject_transactions SET goods_category = 'x' WHERE id = $1::uuid", made["id"])
     assert (await client.get("/v1/subjects/nobody/transactions", headers=headers)).status_code == 404
+
+
+async def test_a_processor_token_asks_only_about_the_channels_its_endpoints_serve(client, auth, demo, settings, db):
+    """Issue 9 point 4: the claim `processor` limits a token to its endpoints' channels."""
+    from app.auth.tokens import issue
+
+    def processor_token(key: str) -> dict[str, str]:
+        return {"Authorization": "Bearer " + issue(settings, tenant=demo, sub=f"{key}-bot",
+                                                   scopes=["permissions:read"], extra={"processor": key})}
+
+    await _grant(client, auth(demo), "q-1", {"marketing", "marketing-sms"})
+    sms_sender = processor_token("alimi")
+    # no endpoint yet: it serves no channel
+    assert (await client.get("/v1/subjects/q-1/permissions/sms", headers=sms_sender)).status_code == 403
+    # its SMS endpoint (written directly: registering one resolves its host, which tests cannot)
+    await db.execute("INSERT INTO webhook_endpoints (tenant_id, processor_id, url, channels, secret) VALUES "
+                     "($1, (SELECT id FROM processors WHERE tenant_id = $1 AND key = 'alimi'), "
+                     "'https://sms.example.com/hooks', '{sms}', 'whsec')", demo)
+    assert (await client.get("/v1/subjects/q-1/permissions/sms", headers=sms_sender)).status_code == 200
+    refused = await client.get("/v1/subjects/q-1/permissions/email", headers=sms_sender)
+    assert refused.status_code == 403 and "sms" in refused.json()["detail"]
+    assert (await client.post("/v1/permissions/email/check", headers=sms_sender, json={"subject_ids": ["q-1"]})
+            ).status_code == 403
+    assert (await client.post("/v1/permissions/sms/check", headers=sms_sender, json={"subject_ids": ["q-1"]})
+            ).status_code == 200
+    # the tenant's own tokens are not limited
+    assert (await client.get("/v1/subjects/q-1/permissions/email", headers=auth(demo, "permissions:read"))
+            ).status_code == 200
