@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples,
                                      secret)
             results["log"] = log_proofs.run(database.dsn(database.runtime_url(url)), PROJECT_TENANT, project, headers,
-                                            proof_env, config.samples)
+                                            proof_env, config.samples, owner_dsn=dsn)
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.now():%Y%m%d-%H%M%S}.json"
