@@ -88,7 +88,7 @@ class Checker:
         self.at = at or now
         self.current = self.at >= now  # now or later: the current states; before: the events then
         self.purposes: list[asyncpg.Record] = []
-        self.decided: dict[tuple, tuple[bool, tuple[str, ...]]] = {}
+        self.decided: dict[int, tuple[bool, tuple[str, ...]]] = {}  # signature -> (allowed, blocking codes)
         self.counts = {"checked": 0, "allowed": 0, "denied": 0}
         self.reasons: dict[str, dict[str, str]] = {}  # code -> article and an example detail
 

@@ -50,10 +50,14 @@ async def _body(request: Request) -> list[str]:
     if int(request.headers.get("content-length") or 0) > audience.JSON_MAX_BYTES:
         raise InvalidRequest(f"a JSON body is at most {audience.JSON_MAX_BYTES:,} bytes; stream more as NDJSON",
                              errors=[FieldError(field="body", reason="too large for JSON")])
-    raw = await request.body()
-    if len(raw) > audience.JSON_MAX_BYTES:
-        raise InvalidRequest(f"a JSON body is at most {audience.JSON_MAX_BYTES:,} bytes; stream more as NDJSON",
-                             errors=[FieldError(field="body", reason="too large for JSON")])
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body is cut at the limit, not read whole first
+        size += len(chunk)
+        if size > audience.JSON_MAX_BYTES:
+            raise InvalidRequest(f"a JSON body is at most {audience.JSON_MAX_BYTES:,} bytes; stream more as NDJSON",
+                                 errors=[FieldError(field="body", reason="too large for JSON")])
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

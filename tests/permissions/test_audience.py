@@ -105,3 +105,17 @@ async def test_the_audience_check_refuses_what_it_cannot_answer(client, auth, de
     processor = auth(demo, "permissions:read", sub="alimi")
     assert (await client.post("/v1/permissions/sms/check", headers=processor, json={"subject_ids": []})
             ).status_code == 200
+
+
+async def test_a_chunked_json_audience_is_cut_at_its_limit(client, auth, demo):
+    """A JSON body without Content-Length is read only up to the JSON limit (8 MiB), not whole."""
+    from app.permissions import audience
+
+    async def body():
+        yield b'{"subject_ids": ["'
+        for _ in range(audience.JSON_MAX_BYTES // 65536 + 2):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    response = await client.post("/v1/permissions/sms/check", headers=auth(demo), content=body())
+    assert response.status_code == 422 and "NDJSON" in response.json()["detail"]
