@@ -13,6 +13,7 @@ from sqlmodel import SQLModel
 
 import app.catalog.models  # noqa: F401 - register tables
 import app.consents.models  # noqa: F401
+import app.duties.models  # noqa: F401
 import app.proof.models  # noqa: F401
 import app.webhooks.models  # noqa: F401
 from alembic import context

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from app.core.migrating import append_only
+
 revision = '0004'
 down_revision = '0003'
 branch_labels = None
@@ -170,15 +172,6 @@ FUNCTIONS = [
 APPEND_ONLY_TABLES = ("ledger_log", "ledger_log_nodes", "ledger_checkpoints", "receipts", "evidence_purges")
 
 
-def _append_only(table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
-        " FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()",
-        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
-        " FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()",
-    ]
-
-
 def _timestamp(name: str, nullable: bool = False) -> sa.Column:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable,
                      server_default=None if nullable else sa.text('now()'))
@@ -313,8 +306,7 @@ def upgrade() -> None:
     for statement in FUNCTIONS:
         op.execute(statement)
     for table in APPEND_ONLY_TABLES:
-        for statement in _append_only(table):
-            op.execute(statement)
+        append_only(table)
     # Everything recorded before this revision enters the log first, in the order it was recorded.
     op.execute("""INSERT INTO ledger_log_queue (event_id, tenant_id, subject_id, event_hash)
                   SELECT id, tenant_id, subject_id, hash FROM consent_events ORDER BY recorded_at, subject_id, seq""")

@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 from app.catalog.legal import CATEGORIES, LEGAL_BASES
-from app.core import roles
+from app.core.migrating import append_only, grant_runtime
 from app.core.models import sql_in
 
 revision = '0006'
@@ -41,17 +41,6 @@ RECIPIENT_RULE = ("CASE WHEN legal_basis <> 'consent' THEN true "
 def _check(table: str, name: str, condition: str) -> None:
     op.drop_constraint(op.f(f"ck_{table}_{name}"), table, type_="check")
     op.create_check_constraint(op.f(f"ck_{table}_{name}"), table, condition)
-
-
-def _role() -> str:
-    from alembic import context
-    from app.core.settings import Settings
-    role = context.config.attributes.get("runtime_role") or Settings.from_env().db_runtime_role
-    return role
-
-
-def _present() -> set[str]:
-    return {row[0] for row in op.get_bind().execute(sa.text(roles.PRESENT))}
 
 
 def upgrade() -> None:
@@ -87,11 +76,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_subject_transactions_subject', 'subject_transactions',
                     ['subject_id', 'goods_category', 'transacted_at'])
-    for table in ('subject_transactions',):
-        op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
-                   " FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()")
-        op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
-                   " FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()")
+    append_only('subject_transactions')
 
     op.create_table(
         'purpose_basis_changes',
@@ -111,18 +96,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('id', name=op.f('pk_purpose_basis_changes')),
     )
     op.create_index('ix_purpose_basis_changes_purpose', 'purpose_basis_changes', ['purpose_id', 'effective_from'])
-    op.execute("CREATE TRIGGER purpose_basis_changes_append_only BEFORE UPDATE OR DELETE ON purpose_basis_changes"
-               " FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()")
-    op.execute("CREATE TRIGGER purpose_basis_changes_no_truncate BEFORE TRUNCATE ON purpose_basis_changes"
-               " FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()")
+    append_only('purpose_basis_changes')
 
     _check('consent_events', 'action', sql_in('action', ACTIONS_BEFORE + ("acknowledged",)))
     _check('consent_events', 'status', sql_in('status', STATUSES_BEFORE + ("acknowledged",)))
     _check('consent_events', 'method', sql_in('method', METHODS_BEFORE + ("agree_all",)))
     _check('consent_states', 'status', sql_in('status', STATUSES_BEFORE + ("acknowledged",)))
 
-    for statement in roles.grant_statements(_role(), _present()):
-        op.execute(statement)
+    grant_runtime()
 
 
 def downgrade() -> None:

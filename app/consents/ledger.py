@@ -16,6 +16,7 @@ from app.consents import chain
 from app.consents.chain import CHAIN_VERSION
 from app.core.responses import dumps
 from app.proof import keys
+from app.duties import records
 from app.webhooks import outbox
 
 
@@ -91,7 +92,7 @@ class Change:
 _PARAMS = ("events", "messages", "tenant", "subject_id", "subject_ref", "evidence_id", "ip", "user_agent", "guardian",
            "commitment", "now", "collection_point_id", "collection_point_key", "notice_id", "notice_key",
            "notice_version", "notice_sha256", "notice_superseded_at", "method", "actor_type", "actor_ref",
-           "occurred_at", "request_id", "reason", "receipt_id", "jws")
+           "occurred_at", "request_id", "reason", "receipt_id", "jws", "duty_records")
 _P = {name: f"${i}" for i, name in enumerate(_PARAMS, 1)}
 EVENT_COLUMNS = ("id", "seq", "purpose_id", "purpose_key", "version", "action", "status", "previous_status",
                  "disclosure_hash", "prev_hash", "hash", "seal")
@@ -111,6 +112,9 @@ WITH batch AS MATERIALIZED (
            {jws}, {now}
     WHERE {receipt_id}::uuid IS NOT NULL
     RETURNING 1
+), duty_records AS (
+    {duty_insert}
+    RETURNING 1
 ), {outbox}
 INSERT INTO consent_events (
     id, seq, purpose_id, purpose_key, version, action, status, previous_status, disclosure_hash, prev_hash, hash,
@@ -122,7 +126,7 @@ SELECT b.*, {tenant}, {subject_id}, {evidence_id}, {commitment}, {now}, {collect
        {collection_point_key}, {notice_id}, {notice_key}, {notice_version}, {notice_sha256}, {notice_superseded_at},
        {method}, {actor_type}, {actor_ref}, {occurred_at}, {request_id}, {reason}, 2
 FROM batch b ORDER BY b.seq
-""".format(**_P, outbox=outbox.enqueue_ctes(messages=_P["messages"], tenant=_P["tenant"],
+""".format(**_P, duty_insert=records.insert_cte(_P["duty_records"]), outbox=outbox.enqueue_ctes(messages=_P["messages"], tenant=_P["tenant"],
                                              subject_ref=_P["subject_ref"], subject_id=_P["subject_id"]))
 
 
@@ -185,11 +189,14 @@ def chain_onto(
 
 async def write(conn: asyncpg.Connection, tenant: str, subject_ref: str, batch: Batch,
                 receipt: tuple[uuid.UUID, str] | None = None,
-                purposes: dict[str, outbox.Purpose] | None = None) -> None:
+                purposes: dict[str, outbox.Purpose] | None = None, duties: records.Builder | None = None,
+                opened: dict[str, list[dict[str, Any]]] | None = None) -> None:
     """One statement: the evidence row, the events (the trigger moves head, state and log queue),
-    the receipt `(id, jws)` if any, and the webhook messages for the events' changes when
-    `purposes` maps their purpose keys to outbox.Purpose (outbox.rows)."""
-    messages = (outbox.rows(tenant=tenant, subject_ref=subject_ref, events=batch.printed, purposes=purposes)
+    the receipt `(id, jws)` if any, the webhook messages for the events' changes when `purposes`
+    maps their purpose keys to outbox.Purpose (outbox.rows; `opened` names the duties each event
+    opened), and the duty records `duties` holds (their trigger opens and moves the duties)."""
+    messages = (outbox.rows(tenant=tenant, subject_ref=subject_ref, events=batch.printed, purposes=purposes,
+                            duties=opened)
                 if purposes is not None else [])
     # JSON text, whatever codecs the connection has (the API's decode json; a bare one does not)
     head, evidence, notice, rows = batch.head, batch.evidence, batch.evidence.notice, batch.rows
@@ -200,7 +207,7 @@ async def write(conn: asyncpg.Connection, tenant: str, subject_ref: str, batch: 
         notice.key if notice else None, notice.version if notice else None, notice.sha256 if notice else None,
         notice.superseded_at if notice else None, evidence.method, evidence.actor_type, evidence.actor_ref,
         batch.occurred_at, batch.request_id, evidence.reason, receipt[0] if receipt else None,
-        receipt[1] if receipt else None,
+        receipt[1] if receipt else None, duties.json() if duties is not None and duties.rows else "[]",
     )
     head.last_seq, head.last_hash = rows[-1]["seq"], rows[-1]["hash"]
 

@@ -14,6 +14,7 @@ from app.consents import idempotency, ledger, receipts
 from app.catalog import legal
 from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, DecisionIn, WithdrawalIn
 from app.core import metrics
+from app.duties import consequences, records
 from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
 )
@@ -77,6 +78,7 @@ SELECT cp.id AS collection_point_id, cp.notice_key,
        shown.version AS shown_version, shown.sha256 AS shown_sha256, prev.id AS previous_id,
        now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                       WHERE t.id = $1) AS controller,
+       (SELECT to_jsonb(ts) FROM tenant_settings ts WHERE ts.tenant_id = $1) AS tenant_settings,
        p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosure_hash,
        p.disclosures -> 'ko' AS disclosure_ko, cpp.position, cpp.condition_of_service
 FROM collection_points cp
@@ -125,6 +127,19 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
         errors=[{"field": "body.notice_id", "reason": f"superseded by version {current}"}],
         extra={"current_notice": {"id": str(row["current_id"]), "key": key, "version": row["current_version"]}},
     )
+
+
+async def _owed(conn: asyncpg.Connection, *, tenant: str, subject_ref: str, head: ledger.Head,
+                events: list[dict[str, Any]], purposes: dict[str, Any], row: asyncpg.Record,
+                secret: bytes) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
+    """The duty records the events owe (app/duties/consequences.py), for the same statement."""
+    ctx = consequences.Context(tenant=tenant, subject_ref=subject_ref, subject_id=head.id,
+                               controller=row["controller"], settings=consequences.settings_of(row["tenant_settings"]),
+                               purposes=purposes)
+    if consequences.needs_lookup(events):
+        await consequences.look_up(conn, ctx, events)
+    builder = records.Builder(tenant=tenant, subject_ref=subject_ref, secret=secret, now=head.now)
+    return builder, consequences.apply(builder, ctx, events)
 
 
 def _outbox_purpose(r: asyncpg.Record) -> tuple:
@@ -242,8 +257,11 @@ async def record(
                               evidence=evidence, request_id=request_id, secret=proof.secret)
     receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                             purposes=presented, controller=rows[0]["controller"])
+    duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
+                                 events=batch.printed, purposes=presented, row=rows[0], secret=proof.secret)
     await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
-                       purposes={r["key"]: _outbox_purpose(r) for r in presented.values()})
+                       purposes={r["key"]: _outbox_purpose(r) for r in presented.values()}, duties=duties,
+                       opened=opened)
     events = batch.printed
     metrics.consent_events_written((e["action"], presented[e["purpose"]]["kind"]) for e in events)
     result = {"subject_id": subject_id, "request_id": request_id, "recorded_at": head.now, "events": events,
@@ -274,7 +292,8 @@ async def withdraw(
         """SELECT p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosures -> 'ko' AS disclosure_ko,
                   s.status, s.version,
                   (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
-                    WHERE t.id = $1) AS controller
+                    WHERE t.id = $1) AS controller,
+                  (SELECT to_jsonb(ts) FROM tenant_settings ts WHERE ts.tenant_id = $1) AS tenant_settings
            FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
            WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)""",
         principal.tenant, head.id, named, kind,
@@ -307,8 +326,10 @@ async def withdraw(
                                   evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
         receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                                 purposes=by_key, controller=rows[0]["controller"])
+        duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
+                                     events=batch.printed, purposes=by_key, row=rows[0], secret=proof.secret)
         await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
-                           purposes={r["key"]: _outbox_purpose(r) for r in rows})
+                           purposes={r["key"]: _outbox_purpose(r) for r in rows}, duties=duties, opened=opened)
         events = batch.printed
         metrics.consent_events_written(("withdrawn", r["kind"]) for r in to_change)
     by_purpose = {e["purpose"]: e for e in events}

@@ -18,6 +18,7 @@ import asyncpg
 from app.consents import chain
 from app.core.errors import NotFound
 from app.core.hashing import canonical_json, sha256_hex
+from app.duties import verification as duty_checks
 from app.proof import keys
 
 MAX_BREAKS = 100
@@ -167,23 +168,25 @@ def _cited(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[s
 
 def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[str, Any]],
             first_v2: int | None) -> dict[str, int]:
+    """`events`: the subject's events and duty records (both are leaves of the log)."""
     found = {r["event_id"]: r for r in rows}
     for event in events:
         entry = found.get(event["id"])
-        if event["chain_version"] == 1 and first_v2 is not None and entry is not None and \
+        if event.get("chain_version") == 1 and first_v2 is not None and entry is not None and \
                 (entry["idx"] is None or entry["idx"] > first_v2):
             report.add("legacy_after_v2", f"a version 1 event placed in the log after its first version 2 event "
                                           f"(leaf {first_v2}): not history from before the upgrade", event)
         if entry is None:
-            report.add("not_in_log", "the event is neither in the Merkle log nor queued for it", event)
+            report.add("not_in_log", f"the {'event' if 'chain_version' in event else 'duty record'} is neither in "
+                                     "the Merkle log nor queued for it", event)
         elif entry["event_hash"] != event["hash"]:
             report.add("log_mismatch", "the Merkle log holds another hash for this event", event)
     stored = {event["id"] for event in events}
     for entry in rows:
         if entry["event_id"] not in stored:
             where = f"log index {entry['idx']}" if entry["idx"] is not None else "the log queue"
-            report.add("missing_event", f"{where} holds event {entry['event_id']} of this subject, which is "
-                                        "no longer in the ledger")
+            report.add("missing_event", f"{where} holds event or duty record {entry['event_id']} of this "
+                                        "subject, which is no longer in the ledger")
     pending = sum(1 for r in rows if r["pending"])
     return {"logged": len(rows) - pending, "pending": pending}
 
@@ -201,13 +204,18 @@ async def verify(pool: asyncpg.Pool, tenant: str, external_id: str, secret: byte
             list({e["notice_id"] for e in events if e["notice_id"]}))
         evidence = await conn.fetch(EVIDENCE, subject["id"])
         logged = await conn.fetch(LOG, subject["id"])
+        duty_records = await conn.fetch(duty_checks.RECORDS, subject["id"])
+        duties = await conn.fetch(duty_checks.DUTIES, subject["id"])
         first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
             else None
     report = Report()
     _chain(report, subject, events, secret)
     _state(report, events, states)
     _cited(report, events, cited, evidence, secret, tenant)
-    log = _logged(report, events, logged, first_v2)
+    duty_checks.check(report.add, tenant=tenant, member=external_id, events=events, records=duty_records,
+                      duties=duties, secret=secret)
+    log = _logged(report, [*events, *duty_records], logged, first_v2)
     return {"subject_id": external_id, "valid": not report.breaks, "events_checked": len(events),
+            "duty_records_checked": len(duty_records),
             "head_hash": subject["last_hash"], "log": log, "breaks": report.breaks,
             "first_break": report.breaks[0] if report.breaks else None}

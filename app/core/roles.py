@@ -38,6 +38,10 @@ RUNTIME_GRANTS: Mapping[str, tuple[str, ...]] = {
     "consent_states": ("SELECT",),
     "consent_evidence": ("SELECT", "INSERT"),
     "subject_transactions": ("SELECT", "INSERT"),  # append-only by trigger (0006)
+    # duties: records are appended (checked and folded into duties by trigger, 0007)
+    "duty_records": ("SELECT", "INSERT"),
+    "duties": ("SELECT",),
+    "tenant_settings": ("SELECT", "INSERT", "UPDATE"),
     # operational state, purged by age
     "idempotency_keys": _CRUD,
     "webhook_messages": _CRUD,
@@ -59,6 +63,9 @@ RUNTIME_FUNCTIONS: tuple[str, ...] = (
     "ledger_lock_subject(text, text, boolean)",
     "ledger_log_take(text, integer)",
     "ledger_purge_evidence(timestamptz, text)",
+    "ledger_lock_duties(text, uuid[])",
+    "ledger_lock_open_duties(text, uuid, text[], text[])",
+    "ledger_claim_duties(text, integer)",
 )
 
 

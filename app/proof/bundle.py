@@ -35,6 +35,7 @@ import asyncpg
 import orjson
 
 from app.consents import chain, queries
+from app.duties import records as duty_records
 from app.proof import log as proof_log
 from app.proof.context import Proof
 from app.proof.verify_bundle import (CHECKPOINTS, DISCLOSURES, EVENTS, FORMAT, JWKS, MANIFEST, NOTICES, README)
@@ -49,12 +50,15 @@ CHECKPOINTS_SQL = (f"SELECT {proof_log.COLUMNS} FROM ledger_checkpoints WHERE te
                    " ORDER BY tree_size")
 # The leaves of the tree the last checkpoint signed, with their events and the member ids the
 # documents print. An event row gone (a rogue DBA) leaves a gap in log_index, which the verifier names.
+# A leaf is an event or a duty record (docs/duties.md): a duty record comes as one JSONB column.
 EVENTS_SQL = """
-SELECT l.idx AS log_index, s.tenant_id AS subject_tenant, s.external_id AS subject_ref, e.*
+SELECT l.idx AS log_index, s.tenant_id AS subject_tenant, s.external_id AS subject_ref, e.*,
+       CASE WHEN e.id IS NULL THEN (SELECT to_jsonb(d) FROM duty_records d WHERE d.id = l.event_id) END AS duty
 FROM ledger_log l
-JOIN consent_events e ON e.id = l.event_id
-JOIN subjects s ON s.id = e.subject_id
-WHERE l.tenant_id = $1 AND l.idx < $2
+LEFT JOIN consent_events e ON e.id = l.event_id
+JOIN subjects s ON s.id = l.subject_id
+WHERE l.tenant_id = $1 AND l.idx < $2 AND (e.id IS NOT NULL OR EXISTS (SELECT 1 FROM duty_records d
+                                                                      WHERE d.id = l.event_id))
 ORDER BY l.idx
 """
 NOTICES_SQL = """
@@ -68,8 +72,21 @@ JOIN unnest($1::uuid[], $2::text[]) AS w(purpose_id, hash) ON d.purpose_id = w.p
 """
 
 
+def duty_line(row: Any) -> bytes:
+    """The line of a duty record (docs/duties.md): `duty_record` is its document as printed."""
+    stored = row["duty"]
+    stored = orjson.loads(stored) if isinstance(stored, str) else dict(stored)
+    for name in ("notify_at", "due_at", "recorded_at"):
+        stored[name] = datetime.fromisoformat(stored[name])
+    doc = duty_records.document(stored, tenant=row["subject_tenant"], subject_ref=row["subject_ref"])
+    doc["hash"] = stored["hash"]
+    return orjson.dumps({"log_index": row["log_index"], "duty_record": doc})
+
+
 def event_line(row: Any) -> bytes:
     """One line of events.ndjson (without its newline) from an EVENTS_SQL row."""
+    if row["duty"] is not None:
+        return duty_line(row)
     line = {"log_index": row["log_index"],
             "event": queries.event_json(row, tenant=row["subject_tenant"], subject_ref=row["subject_ref"])}
     if row["chain_version"] == 1:
@@ -262,7 +279,7 @@ class BundleWriter:
 async def _write_events(conn: asyncpg.Connection, member: _Member, tenant: str, tree_size: int,
                         ) -> tuple[dict[str, int], set, dict[tuple[str, str], Any]]:
     """Stream the events into events.ndjson; compression runs in a thread while the next rows arrive."""
-    counts = {"events": 0, "chain_v1_events": 0}
+    counts = {"events": 0, "duty_records": 0, "chain_v1_events": 0}
     notice_ids: set = set()
     disclosures: dict[tuple[str, str], Any] = {}  # (purpose key, hash) -> purpose id
     pending: asyncio.Future | None = None
@@ -273,7 +290,10 @@ async def _write_events(conn: asyncpg.Connection, member: _Member, tenant: str, 
             line = event_line(row)
             lines.append(line)
             buffered += len(line) + 1
-            counts["events"] += 1
+            if row["duty"] is not None:
+                counts["duty_records"] += 1
+            else:
+                counts["events"] += 1
             if row["chain_version"] == 1:
                 counts["chain_v1_events"] += 1
             if row["notice_id"] is not None:

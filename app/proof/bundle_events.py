@@ -63,6 +63,7 @@ class Block:
     v2_seen: bool = False
     v1_head: list[tuple] = field(default_factory=list)
     v1_head_count: int = 0
+    duty_records: int = 0
 
 
 def _subtrees(hashes: list[bytes], start: int, targets: list[int]) -> tuple[list, dict]:
@@ -130,7 +131,8 @@ class Checker:
         none_leaf = b"\x00" * 32  # the leaf data of a line without a readable hash
         expected_index = None
         line_no = first_line - 1
-        events = legacy_count = 0
+        events = legacy_count = duty_count = 0
+        version = None
         index = ev_tenant = subject = seq = None
         v2_seen = False  # a chain version 2 leaf in the block so far
         v1_head = out.v1_head
@@ -193,6 +195,9 @@ class Checker:
                     continue
                 index, h, ev_tenant, subject, seq, prev, recorded, notice, purpose, dh, leaf, version = got
                 v1, v2 = version == 1, version == 2
+                if version == DUTY:
+                    duty_count += 1
+                    events -= 1  # counted as a duty record below, not an event
                 legacy_count += v1
                 if notice is not None and notice in notices:
                     notice = None  # cited and found: nothing to report
@@ -219,6 +224,10 @@ class Checker:
                                         _cut(subject), seq))
             elif v2:
                 v2_seen = True
+            if version == DUTY and not fast:
+                if ev_tenant != tenant:
+                    add("foreign_tenant", f"a duty record of tenant {_short(ev_tenant)} in a bundle of {tenant!r}")
+                continue
             if ev_tenant == tenant:
                 key = subject
             else:
@@ -257,7 +266,7 @@ class Checker:
             if dh is not None and (purpose, dh) not in disclosures:
                 add("disclosure_missing", f"no disclosure of purpose {_short(purpose)} with hash "
                                           f"{_short(dh, quote=False)} in {DISCLOSURES}")
-        out.events, out.legacy, out.v2_seen = events, legacy_count, v2_seen
+        out.events, out.legacy, out.v2_seen, out.duty_records = events, legacy_count, v2_seen, duty_count
         out.pieces, out.roots = _subtrees(hashes, first_line - 1, list(targets))
         return out
 
@@ -272,6 +281,8 @@ class Checker:
         except orjson.JSONDecodeError:
             add("malformed_line", "not JSON")
             return None
+        if isinstance(rec, dict) and "duty_record" in rec:
+            return _duty(rec, add)
         ev = rec.get("event") if isinstance(rec, dict) else None
         if not isinstance(ev, dict):
             add("malformed_line", "no event object")
@@ -322,6 +333,34 @@ class Checker:
                 ev.get("seq") if type(ev.get("seq")) is int else None, _hashable(ev.get("prev_hash")),
                 _hashable(ev.get("recorded_at")), notice, _hashable(ev.get("purpose")), _hashable(dh), leaf,
                 version if version in (1, 2) else None)
+
+
+DUTY = "duty"  # the `version` _slow gives a duty record's line
+DUTY_KEYS = frozenset({"record", "record_version", "tenant", "subject_id", "id", "duty_id", "seq", "kind", "purpose",
+                       "processor", "action", "status", "notify_at", "due_at", "detail", "cause_event_id",
+                       "recorded_at", "prev_hash", "hash"})
+
+
+def _duty(rec: dict[str, Any], add: Any) -> tuple:
+    """A duty record's line (docs/duties.md): its document must hash to its hash, like an event's;
+    its leaf is that hash. Its links to its duty's other records and to the event that caused it
+    are checked by the service's verify (per subject), not here."""
+    doc = rec["duty_record"]
+    if not isinstance(doc, dict) or set(rec) != {"log_index", "duty_record"}:
+        add("malformed_line", "a duty record's line has log_index and duty_record (an object)")
+        return None
+    h = doc.get("hash")
+    if set(doc) != DUTY_KEYS or doc.get("record") != "duty" or doc.get("record_version") != 1:
+        add("malformed_event", "not a duty record of record version 1 (its members)")
+    try:
+        computed = sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "hash"}))
+    except Exception as exc:  # noqa: BLE001 - e.g. a number RFC 8785 cannot represent
+        computed = f"(no RFC 8785 form: {exc})"
+    if computed != h:
+        add("event_hash", "the duty record does not hash to its hash: changed after it was recorded")
+    leaf = bytes.fromhex(h) if isinstance(h, str) and _HEX64(h) else b"\x00" * 32
+    return (rec.get("log_index"), _hashable(h), _hashable(doc.get("tenant")), _hashable(doc.get("subject_id")),
+            None, None, None, None, None, None, leaf, DUTY)
 
 
 def _hashable(value: Any) -> Any:

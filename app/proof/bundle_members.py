@@ -191,7 +191,7 @@ class _Verification(_Checkpoints):
 
     def events(self, checker: Checker, log: _Log, pool: Any, jobs: int, block_size: int) -> dict[str, int]:
         r = self.result
-        counts = {"events": 0, "chain_v1_events": 0, "subjects": 0}
+        counts = {"events": 0, "duty_records": 0, "chain_v1_events": 0, "subjects": 0}
         if EVENTS not in self.names:
             return counts
         # subject key -> (last seq, last hash, last recorded_at, a chain version 2 event seen)
@@ -202,6 +202,7 @@ class _Verification(_Checkpoints):
             blocks = _ahead(_blocks(member, EVENTS, block_size))
             for block, lines in _run(checker, blocks, pool, log.within, jobs):
                 counts["events"] += block.events
+                counts["duty_records"] += block.duty_records
                 counts["chain_v1_events"] += block.legacy
                 r.by_kind.update(block.kinds)
                 for kind, detail, line, index, tenant, subject, seq in block.breaks:

@@ -51,15 +51,19 @@ LOCK = "SELECT count(*) FROM ledger_log_take($1, 0)"
 # Each entry with what its seal is checked against, its event's row (seal, chain version, and
 # whether it is there with the logged hash), joined in the same statement: one primary-key probe
 # per entry, no second round trip, nothing sent back that is not needed.
-_SEAL_COLUMNS = ("e.seal, e.chain_version, CASE WHEN e.id IS NULL THEN 'missing' WHEN e.hash <> {l}.event_hash"
-                 " THEN 'hash' END AS problem")
+# A leaf is an event or a duty record (docs/duties.md): both are sealed the same way.
+_SEAL_COLUMNS = ("coalesce(e.seal, d.seal) AS seal, coalesce(e.chain_version, 2) AS chain_version,"
+                 " CASE WHEN e.id IS NULL AND d.id IS NULL THEN 'missing'"
+                 " WHEN coalesce(e.hash, d.hash) <> {l}.event_hash THEN 'hash' END AS problem")
+_JOIN = ("LEFT JOIN consent_events e ON e.id = {l}.event_id"
+         " LEFT JOIN duty_records d ON d.id = {l}.event_id AND e.id IS NULL")
 TAKE = f"""
 SELECT t.idx, t.event_hash, {_SEAL_COLUMNS.format(l="t")}
-FROM ledger_log_take($1, $2) AS t LEFT JOIN consent_events e ON e.id = t.event_id
+FROM ledger_log_take($1, $2) AS t {_JOIN.format(l="t")}
 """
 PLACED = f"""
 SELECT l.idx, l.event_hash, {_SEAL_COLUMNS.format(l="l")}
-FROM ledger_log l LEFT JOIN consent_events e ON e.id = l.event_id
+FROM ledger_log l {_JOIN.format(l="l")}
 WHERE l.tenant_id = $1 AND l.idx >= $2 AND l.idx < $3
 ORDER BY l.idx
 """
@@ -195,7 +199,8 @@ def sealer(secret: bytes) -> Callable[[str], bytes]:
     return seal
 
 
-_PROBLEMS = {"missing": "its event is not in consent_events", "hash": "its event's hash is not the one logged"}
+_PROBLEMS = {"missing": "its event (or duty record) is gone from the ledger",
+             "hash": "its event's (or duty record's) hash is not the one logged"}
 
 
 def _unsealed(seal: Callable[[str], bytes], rows: Sequence[asyncpg.Record]) -> list[tuple[int, str]]:

@@ -75,12 +75,25 @@ ENDPOINT_OFF = "SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2
 # Anything else that changes an endpoint's deliveries (the worker recording a failure, an operator's
 # retry or recover) locks the endpoint first with this: it waits for a switch-off, never for consents.
 LOCK_ENDPOINT = "SELECT 1 FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE"
+# Does endpoint `e` hear of a change of a purpose (`ev` has its type, kind, category, purpose key
+# and channel)? Empty endpoint filters mean "all"; a channel filter also matches the marketing
+# purposes that bind every channel (see ENQUEUE_CTES). Shared with app/duties/consequences.py:
+# the processors that hear of a withdrawal are the ones that must confirm they stopped.
+MATCH = """(cardinality(e.kinds) = 0 OR {ev}.kind = ANY(e.kinds))
+     AND (cardinality(e.categories) = 0 OR {ev}.category = ANY(e.categories))
+     AND (cardinality(e.purposes) = 0 OR {ev}.purpose = ANY(e.purposes))
+     AND (cardinality(e.channels) = 0 OR {ev}.channel = ANY(e.channels)
+          OR ({ev}.kind = 'marketing' AND ({ev}.channel IS NULL OR {ev}.channel = 'night')))
+     AND (cardinality(e.event_types) = 0 OR {ev}.type = ANY(e.event_types))"""
+
+
 def enqueue_ctes(*, messages: str, tenant: str, subject_ref: str, subject_id: str) -> str:
     """The enqueue as common table expressions, for a statement of its own (ENQUEUE) or inside the
     ledger's append (app/consents/ledger.py: one round trip for events and their messages). The
     arguments are the placeholders of the messages (a JSON array of `rows()`), the tenant, the
     member id and the subject's uuid."""
-    return ENQUEUE_CTES.format(messages=messages, tenant=tenant, subject_ref=subject_ref, subject_id=subject_id)
+    return ENQUEUE_CTES.format(messages=messages, tenant=tenant, subject_ref=subject_ref, subject_id=subject_id,
+                               match=MATCH.format(ev="ev"))
 
 
 ENQUEUE_CTES = """
@@ -89,14 +102,7 @@ outbox_ev AS (
         AS u(event_id uuid, seq bigint, type text, purpose text, kind text, channel text, category text, body text)
 ), outbox_matched AS (
     SELECT ev.event_id, ev.seq, e.id AS endpoint_id, e.enabled
-    FROM outbox_ev ev JOIN webhook_endpoints e
-      ON e.tenant_id = {tenant} AND e.deleted_at IS NULL
-     AND (cardinality(e.kinds) = 0 OR ev.kind = ANY(e.kinds))
-     AND (cardinality(e.categories) = 0 OR ev.category = ANY(e.categories))
-     AND (cardinality(e.purposes) = 0 OR ev.purpose = ANY(e.purposes))
-     AND (cardinality(e.channels) = 0 OR ev.channel = ANY(e.channels)
-          OR (ev.kind = 'marketing' AND (ev.channel IS NULL OR ev.channel = 'night')))
-     AND (cardinality(e.event_types) = 0 OR ev.type = ANY(e.event_types))
+    FROM outbox_ev ev JOIN webhook_endpoints e ON e.tenant_id = {tenant} AND e.deleted_at IS NULL AND {match}
     -- an endpoint being disabled or deleted right now is read as it ends up (see docs/design.md)
     FOR KEY SHARE OF e
 ), outbox_messages AS (
@@ -119,10 +125,11 @@ ENQUEUE = f"WITH {enqueue_ctes(messages='$1', tenant='$2', subject_ref='$3', sub
 
 
 def rows(*, tenant: str, subject_ref: str, events: list[dict[str, Any]],
-         purposes: dict[str, Purpose]) -> list[dict[str, Any]]:
+         purposes: dict[str, Purpose], duties: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """The messages for `events` as printed (app/consents/chain.py): one per change a receiver
     must hear of (sent as JSON text: `dumps()`); `purposes` maps purpose key -> (key, kind,
-    channel, category, legal basis) for every purpose in them."""
+    channel, category, legal basis) for every purpose in them; `duties` the duties each event
+    opened (app/duties/consequences.py): a processor finds there the suppression it must confirm."""
     messages = []
     for event in events:
         if not is_change(event):
@@ -135,6 +142,8 @@ def rows(*, tenant: str, subject_ref: str, events: list[dict[str, Any]],
             "status": event["status"], "previous_status": event["previous_status"], "version": event["version"],
             "event_id": event["id"], "occurred_at": event["occurred_at"],
         }
+        if duties and event["id"] in duties:
+            data["duties"] = duties[event["id"]]
         messages.append({"event_id": event["id"], "seq": event["seq"], "type": type_, "purpose": key, "kind": kind,
                          "channel": channel, "category": category, "body": body(type_, event["recorded_at"], data)})
     return messages

@@ -54,7 +54,8 @@ async def subject_row(db, tenant: str, member: str = "victim"):
 async def test_untouched_record_verifies(client, subject):
     report = await verify(client, subject)
     assert report["valid"] and report["breaks"] == [] and report["events_checked"] == 12
-    assert report["log"]["logged"] + report["log"]["pending"] == 12
+    assert report["duty_records_checked"] > 0  # marketing acts owe notices (docs/duties.md)
+    assert report["log"]["logged"] + report["log"]["pending"] == 12 + report["duty_records_checked"]
 
 
 async def test_event_inserted_past_the_head_is_reported(client, db, demo, subject):
@@ -112,9 +113,10 @@ async def test_deleted_withdrawal_with_rewound_head_is_reported(client, db, demo
     state = (await client.get("/v1/subjects/victim/consents", headers=subject)).json()
     assert {c["purpose"]: c["status"] for c in state["consents"]}["marketing-sms"] == "granted"
     report = await verify(client, subject)
-    # The chain, head and state now agree with each other; the log still holds the withdrawal.
-    assert kinds(report) == {"missing_event"}
-    assert str(last["id"]) in report["first_break"]["detail"]
+    # The chain, head and state now agree with each other; the log still holds the withdrawal, and
+    # the duties it caused (its 14-day result notice) still link to its hash (docs/duties.md).
+    assert kinds(report) == {"missing_event", "broken_duty_link"}
+    assert any(str(last["id"]) in b["detail"] for b in report["breaks"] if b["kind"] == "missing_event")
 
 
 async def test_chain_rebuilt_end_to_end_fails_its_seals(client, db, demo, subject):

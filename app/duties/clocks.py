@@ -1,0 +1,63 @@
+"""The law's clocks, as pure functions of an instant (docs/duties.md).
+
+Korean periods are counted in the Korean calendar day (KST, UTC+9, no daylight saving) and by the
+Civil Act: the day of the act is not counted (Art. 157), a period of days ends at the end of its
+last day (Art. 159), a period of years ends at the end of the day before the corresponding date,
+and at the end of the month when that month has no such date (Art. 160(2), (3): 29 February).
+Every deadline here is returned as the first instant *after* the period (00:00 KST of the next
+day), so "met in time" is simply `at < deadline`.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date, datetime, time, timedelta
+
+from app.permissions.rules import KST
+
+RESULT_NOTICE_DAYS = 14  # Network Act Art. 50(7), Decree Art. 62-2
+RECONFIRM_YEARS = 2  # Network Act Art. 50(8), Decree Art. 62-3
+SUPPRESSION_DAYS = 10  # PIPA Art. 37(4)/(5), Decree Art. 41(2), 44(2): the result within 10 days
+DESTRUCTION_DAYS = 5  # PIPA Art. 21(1) "without delay": within 5 days (PIPC guideline, Decree Art. 16)
+ASK_AT_14_DAYS = 30  # asking a child who turns 14: announced that day, due within a month (tenant practice)
+
+
+def kst_date(at: datetime) -> date:
+    return at.astimezone(KST).date()
+
+
+def start_of(day: date) -> datetime:
+    """00:00 KST of `day`."""
+    return datetime.combine(day, time(0), tzinfo=KST)
+
+
+def days_after(at: datetime, days: int) -> datetime:
+    """The deadline of a period of `days` days from an act at `at` (the act's day not counted)."""
+    return start_of(kst_date(at) + timedelta(days=days + 1))
+
+
+def add_years(day: date, years: int) -> date | None:
+    """The corresponding date `years` later, or None when that month has none (29 Feb)."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return None
+
+
+def years_after(at: datetime, years: int) -> datetime:
+    """The deadline of a period of `years` years from an act at `at`: before the same calendar date
+    (Civil Act Art. 160(2)); from 29 February to a year without one, the period ends with 28 February
+    (Art. 160(3)), so the deadline is 1 March."""
+    day = kst_date(at)
+    same = add_years(day, years)
+    if same is None:
+        last = date(day.year + years, day.month, calendar.monthrange(day.year + years, day.month)[1])
+        return start_of(last + timedelta(days=1))
+    return start_of(same)
+
+
+def reconfirmation(consented_at: datetime, lead_days: int) -> tuple[datetime, datetime]:
+    """(announce from, deadline) of the reconfirmation of an ad-reception consent given at
+    `consented_at`: before the same calendar date two years later, announced `lead_days` ahead."""
+    deadline = years_after(consented_at, RECONFIRM_YEARS)
+    return deadline - timedelta(days=lead_days), deadline
