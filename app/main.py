@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from app.auth.tokens import TokenVerifier
 from app.catalog.router import router as catalog_router
 from app.permissions.router import router as permissions_router
+from app.duties.router import router as duties_router
 from app.permissions.audience_router import AUDIENCE_PATH
 from app.permissions.audience_router import router as audience_router
 from app.permissions.transactions import router as transactions_router
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "webhooks", "description": "Signed notifications to processors when consent changes"},
             {"name": "proof", "description": "Signed checkpoints of the tenant's Merkle log, inclusion and "
                                              "consistency proofs, the public keys (docs/proof.md)"},
+            {"name": "duties", "description": "What the law requires after an act: result notices, "
+                                              "reconfirmations, processors' suppression, with proof (docs/duties.md)"},
             {"name": "health", "description": "Unauthenticated liveness and readiness"},
         ],
     )
@@ -103,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transactions_router)
     app.include_router(audience_router)
     app.include_router(catalog_router)
+    app.include_router(duties_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)
 

@@ -48,6 +48,21 @@ async def event_count(db, tenant: str, subject: str) -> int:
         "WHERE s.tenant_id = $1 AND s.external_id = $2", tenant, subject)
 
 
+async def leaf_count(db, tenant: str) -> int:
+    """The leaves a tenant's Merkle log must hold once its queue is drained: its events and its
+    duty records (both are leaves: docs/duties.md), read from the ledger's tables, not the log."""
+    return await db.fetchval(
+        "SELECT (SELECT count(*) FROM consent_events WHERE tenant_id = $1)"
+        " + (SELECT count(*) FROM duty_records WHERE tenant_id = $1)", tenant)
+
+
+async def leaf_hashes(db, tenant: str) -> dict:
+    """id -> hash of every event and duty record of a tenant (the leaf data of the log)."""
+    return {r["id"]: r["hash"] for r in await db.fetch(
+        "SELECT id, hash FROM consent_events WHERE tenant_id = $1"
+        " UNION ALL SELECT id, hash FROM duty_records WHERE tenant_id = $1", tenant)}
+
+
 # --- forging events, as an attacker with a database account would --------------------------------
 
 async def last_event(db, tenant: str, member: str) -> dict:

@@ -83,3 +83,8 @@ AuditRead = Annotated[Principal, Depends(require("audit:read"))]
 PermissionsRead = Annotated[Principal, Depends(require("permissions:read", "consents:read", "consents:write",
                                                        "audit:read"))]
 WebhooksAdmin = Annotated[Principal, Depends(require("webhooks:admin"))]
+# Duties (docs/duties.md): the privacy officer's tools read and fulfil; a processor's token
+# (claim `processor`) sees and acknowledges only its own suppression duties.
+DutiesRead = Annotated[Principal, Depends(require("duties:read", "duties:write", "duties:ack", "audit:read"))]
+DutiesWrite = Annotated[Principal, Depends(require("duties:write"))]
+DutiesAck = Annotated[Principal, Depends(require("duties:ack"))]

@@ -32,27 +32,45 @@ def _state_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "notice": {"id": row["notice_id"], "key": row["notice_key"], "version": row["notice_version"]}
         if row["notice_id"] else None,
         "collection_point": row["collection_point"], "last_event_id": row["last_event_id"],
+        "next_duty": {"id": row["duty_id"], "kind": row["duty_kind"], "status": row["duty_status"],
+                      "notify_at": row["duty_notify_at"], "due_at": row["duty_due_at"]} if row["duty_id"] else None,
     }
+
+
+# The purpose's next open duty (docs/duties.md) at {at}: its own (reconfirmation, suppression ...) or
+# the result notice of an ad act on it, the earliest deadline first.
+NEXT_DUTY = """
+LEFT JOIN LATERAL (
+    SELECT d.id AS duty_id, d.kind AS duty_kind, d.notify_at AS duty_notify_at, d.due_at AS duty_due_at,
+           CASE WHEN d.due_at <= {at} THEN 'overdue' ELSE 'due' END AS duty_status
+    FROM duties d
+    WHERE d.subject_id = sub.id AND d.created_at <= {at} AND (d.closed_at IS NULL OR d.closed_at > {at})
+      AND (d.purpose_key = p.key OR (d.purpose_key IS NULL
+                                     AND d.contents -> 'acts' @> jsonb_build_array(jsonb_build_object('purpose', p.key))))
+    ORDER BY d.due_at, d.id LIMIT 1
+) nd ON p.key IS NOT NULL
+"""
 
 
 # One row per state, or one all-null row for a subject without any: both say the subject exists.
 CURRENT_STATE = """
 SELECT p.key AS purpose, p.kind, p.channel, s.status, s.since, s.version, s.last_event_id,
-       s.notice_id, n.key AS notice_key, n.version AS notice_version, cp.key AS collection_point
+       s.notice_id, n.key AS notice_key, n.version AS notice_version, cp.key AS collection_point, nd.*
 FROM subjects sub
 LEFT JOIN consent_states s ON s.subject_id = sub.id
 LEFT JOIN purposes p ON p.id = s.purpose_id
 LEFT JOIN notices n ON n.id = s.notice_id
 LEFT JOIN collection_points cp ON cp.id = s.collection_point_id
+{next_duty}
 WHERE sub.tenant_id = $1 AND sub.external_id = $2
 ORDER BY p.key
-"""
+""".format(next_duty=NEXT_DUTY.format(at="now()"))
 
 # The state at an instant is the last event per purpose recorded at or before it (recorded_at is
 # the database clock taken under the subject lock, so it follows seq).
 STATE_AS_OF = """
 SELECT p.key AS purpose, p.kind, p.channel, e.status, e.recorded_at AS since, e.version, e.id AS last_event_id,
-       e.notice_id, n.key AS notice_key, n.version AS notice_version, cp.key AS collection_point
+       e.notice_id, n.key AS notice_key, n.version AS notice_version, cp.key AS collection_point, nd.*
 FROM subjects sub
 LEFT JOIN LATERAL (
     SELECT DISTINCT ON (purpose_id) * FROM consent_events
@@ -62,9 +80,10 @@ LEFT JOIN LATERAL (
 LEFT JOIN purposes p ON p.id = e.purpose_id
 LEFT JOIN notices n ON n.id = e.notice_id
 LEFT JOIN collection_points cp ON cp.id = e.collection_point_id
+{next_duty}
 WHERE sub.tenant_id = $1 AND sub.external_id = $2
 ORDER BY p.key
-"""
+""".format(next_duty=NEXT_DUTY.format(at="$3"))
 
 
 async def state(conn: asyncpg.Pool | asyncpg.Connection, tenant: str, external_id: str, as_of: datetime | None) -> dict[str, Any]:

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, status
 
 from app.auth.deps import AuditRead, ConsentsRead, ConsentsWrite
-from app.consents import evidence, queries, service, verification
+from app.consents import evidence, queries, reconfirm, service, verification
 from app.consents.schemas import (
-    BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, RecordResult, StatePage, WithdrawalIn,
+    BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, ReconfirmResult, RecordResult,
+    StatePage, WithdrawalIn,
     WithdrawalResult,
 )
 from app.core.db import LedgerReader, ledger_transaction
@@ -79,6 +80,23 @@ async def withdraw_one(
     """Withdraw one purpose. Withdrawing again writes nothing and says it was already withdrawn."""
     async with ledger_transaction(request) as conn:
         outcome = await service.withdraw(
+            conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
+            client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
+            proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        )
+    return _respond(outcome)
+
+
+@router.post("/consents/{purpose}/reconfirm", operation_id="consents-reconfirm", status_code=status.HTTP_201_CREATED,
+             response_model=ReconfirmResult, responses=problem_responses(409))
+async def reconfirm_one(
+    subject_id: SubjectId, purpose: str, request: Request, principal: ConsentsWrite,
+    body: WithdrawalIn | None = None, idempotency_key: IdempotencyKey = None,
+):
+    """The person keeps an ad-reception consent when asked every two years (Network Act Art. 50(8)):
+    a `reconfirmed` event; the open reconfirmation is done and the next one starts from today."""
+    async with ledger_transaction(request) as conn:
+        outcome = await reconfirm.reconfirm(
             conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
             client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
             proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,

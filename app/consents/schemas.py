@@ -155,6 +155,14 @@ class EventRead(BaseModel):
     hash: str
 
 
+class NextDuty(BaseModel):
+    id: uuid.UUID
+    kind: str
+    status: Literal["due", "overdue"]
+    notify_at: datetime
+    due_at: datetime
+
+
 class StateRead(BaseModel):
     purpose: str
     kind: str
@@ -165,6 +173,8 @@ class StateRead(BaseModel):
     notice: NoticeRef | None
     collection_point: str | None
     last_event_id: uuid.UUID
+    next_duty: NextDuty | None = Field(default=None, description="The purpose's next open duty (docs/duties.md): "
+                                                                 "a reconfirmation, a result notice, a suppression")
 
 
 class StatePage(BaseModel):
@@ -199,6 +209,20 @@ class WithdrawalResult(BaseModel):
     subject_id: str
     results: list[WithdrawalItem]
     receipt: ReceiptRef | None = Field(description="null when nothing was withdrawn")
+
+
+class OpenedDuty(BaseModel):
+    duty_id: str
+    kind: str
+    processor: str | None
+    due_at: str
+
+
+class ReconfirmResult(BaseModel):
+    subject_id: str
+    event: EventRead
+    duties: list[OpenedDuty] = Field(description="The next reconfirmation (docs/duties.md)")
+    receipt: ReceiptRef
 
 
 class HistoryPage(BaseModel):

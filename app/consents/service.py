@@ -270,6 +270,18 @@ async def record(
     return Outcome(201, result)
 
 
+# The purposes named (or of a kind), with the subject's state of each, the controller and its duty
+# settings: what a withdrawal or a reconfirmation needs, read after the subject's lock.
+PURPOSE_STATES = """
+SELECT p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosures -> 'ko' AS disclosure_ko,
+       s.status, s.version,
+       (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t WHERE t.id = $1) AS controller,
+       (SELECT to_jsonb(ts) FROM tenant_settings ts WHERE ts.tenant_id = $1) AS tenant_settings
+FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
+WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)
+"""
+
+
 async def withdraw(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
     purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str, proof: Proof,
@@ -288,16 +300,7 @@ async def withdraw(
 
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
-    rows = await conn.fetch(
-        """SELECT p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosures -> 'ko' AS disclosure_ko,
-                  s.status, s.version,
-                  (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
-                    WHERE t.id = $1) AS controller,
-                  (SELECT to_jsonb(ts) FROM tenant_settings ts WHERE ts.tenant_id = $1) AS tenant_settings
-           FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
-           WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)""",
-        principal.tenant, head.id, named, kind,
-    )
+    rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, named, kind)
     by_key = {r["key"]: r for r in rows}
     keys = named or sorted(r["key"] for r in rows if r["status"] is not None)
     unknown = [k for k in keys if k not in by_key]

@@ -59,6 +59,8 @@ class Settings:
     max_audience_body_bytes: int = 256 * 1024 * 1024
     # How often the worker applies reclassifications whose date has come (app/catalog/scheduled.py)
     basis_change_interval_seconds: float = 60
+    # How often the worker announces duties that came due and marks overdue ones (app/duties/scheduler.py)
+    duty_interval_seconds: float = 10
     # GET /metrics: with a token, `Authorization: Bearer <token>` from anyone; without one, loopback
     # clients only unless metrics_public.
     metrics_token: str | None = None

@@ -65,7 +65,8 @@ class Context:
 
 
 def _is_ad(purpose: Mapping[str, Any]) -> bool:
-    return purpose["kind"] == "marketing"
+    """Ad reception (Network Act Art. 50): a marketing purpose bound to a channel, or night-time sending."""
+    return purpose["kind"] == "marketing" and purpose["channel"] is not None
 
 
 def _stopped(event: Mapping[str, Any]) -> bool:

@@ -35,6 +35,21 @@ ORDER BY p.key
 """
 
 
+# Reconfirmations of this channel's (or night-time) consent open past their deadline at $3
+# (Network Act Art. 50(8)), with the tenant's choice of whether that denies.
+OVERDUE_RECONFIRMATIONS = """
+SELECT d.id, d.purpose_key, d.due_at, coalesce(ts.overdue_reconfirmation_denies, false) AS denies
+FROM subjects sub
+JOIN duties d ON d.subject_id = sub.id AND d.kind = 'reconfirmation'
+JOIN purposes p ON p.tenant_id = sub.tenant_id AND p.key = d.purpose_key
+               AND (p.channel = $4 OR (p.channel = 'night' AND $5))
+LEFT JOIN tenant_settings ts ON ts.tenant_id = sub.tenant_id
+WHERE sub.tenant_id = $1 AND sub.external_id = $2 AND d.created_at <= $3 AND d.due_at <= $3
+  AND (d.closed_at IS NULL OR d.closed_at > $3)
+ORDER BY d.due_at
+"""
+
+
 class EventRef(BaseModel):
     id: str
     seq: int
@@ -50,6 +65,12 @@ class TransactionRef(BaseModel):
     transacted_at: datetime
 
 
+class DutyRef(BaseModel):
+    id: str
+    kind: str
+    due_at: datetime
+
+
 class Reason(BaseModel):
     code: str = Field(description="e.g. channel_granted, channel_withdrawn, marketing_refused, night_no_consent, "
                                   "night_exempt, channel_not_asked, existing_customer, subject_unknown")
@@ -59,6 +80,7 @@ class Reason(BaseModel):
     purpose: str | None
     event: EventRef | None = Field(description="The event the reason rests on (the last one at `at`)")
     transaction: TransactionRef | None = Field(default=None, description="existing_customer: the transaction")
+    duty: DutyRef | None = Field(default=None, description="reconfirmation_overdue: the duty not met in time")
 
 
 class Permission(BaseModel):
@@ -77,6 +99,18 @@ async def permission(pool: asyncpg.Pool, tenant: str, subject_id: str, channel: 
                                  advertises=tuple(r["advertises"])) for r in rows if r["key"] is not None]
     customer = await pool.fetchrow(CUSTOMER, tenant, subject_id, goods, at) if goods else None
     answer = rules.decide(channel, at, states, goods, dict(customer) if customer else None)
+    for duty in await pool.fetch(OVERDUE_RECONFIRMATIONS, tenant, subject_id, at, channel,
+                                  rules.is_night(at) and channel not in rules.NIGHT_EXEMPT):
+        denies = duty["denies"]
+        answer.allowed = answer.allowed and not denies
+        answer.reasons.append({
+            "code": "reconfirmation_overdue", "allows": not denies, "article": rules.ARTICLES["reconfirmation"],
+            "detail": f"the 2-year reconfirmation of {duty['purpose_key']!r} was due before "
+                      f"{duty['due_at'].astimezone(rules.KST):%Y-%m-%d %H:%M} KST and was not sent in time; "
+                      + ("the tenant's setting makes this deny" if denies else
+                         "the consent stands (silence or a late notice does not end it), the duty is overdue"),
+            "purpose": duty["purpose_key"], "event": None,
+            "duty": {"id": str(duty["id"]), "kind": "reconfirmation", "due_at": duty["due_at"]}})
     if not rows[0]["known"]:
         answer.add("subject_unknown", False, rules.ARTICLES["channel"],
                    f"no subject {subject_id!r}: nothing was ever recorded for this member id")

@@ -25,6 +25,7 @@ ARTICLES = {
     "refused": "Network Act Art. 50(2)",
     "umbrella": "PIPA Art. 22(1)7",
     "night": "Network Act Art. 50(3); Decree Art. 61(2)",
+    "reconfirmation": "Network Act Art. 50(8); Decree Art. 62-3",
 }
 
 

@@ -16,6 +16,9 @@ EventType = Literal[
     "consent.revoked",
     # A signed checkpoint of the tenant's log (docs/proof.md); sent only to endpoints that list it.
     "ledger.checkpoint",
+    # Duties (docs/duties.md), sent only to endpoints that list them: one came due, or is overdue.
+    "duty.ad_result_notice", "duty.reconfirmation", "duty.suppression", "duty.destruction", "duty.ask_at_14",
+    "duty.reconsent", "duty.overdue",
 ]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
@@ -25,7 +28,8 @@ class Filters(BaseModel):
 
     event_types: list[EventType] = Field(
         default_factory=list,
-        description="Empty: every consent event type; `ledger.checkpoint` (signed log checkpoints) only when listed")
+        description="Empty: every consent event type; `ledger.checkpoint` (signed log checkpoints) and `duty.*` "
+                    "(docs/duties.md) only when listed")
     kinds: list[PurposeKind] = Field(default_factory=lambda: ["marketing"],
                                      description="Purpose kinds to hear about; default marketing only")
     purposes: list[Key] = Field(default_factory=list, description="Purpose keys; empty: every purpose")

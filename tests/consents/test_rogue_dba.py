@@ -147,8 +147,13 @@ async def test_chain_rebuilt_end_to_end_fails_its_seals(client, db, demo, subjec
     ]
     await as_rogue(db, *statements)
     report = await verify(client, subject)
-    assert kinds(report) == {"unsealed_event", "not_in_log"}
+    # Every event hash changed, so each duty's first record no longer links to the hash of the event
+    # that caused it (docs/duties.md): the duties' own evidence gives the rewrite away too.
+    assert kinds(report) == {"unsealed_event", "not_in_log", "broken_duty_link"}
     assert sum(b["kind"] == "unsealed_event" for b in report["breaks"]) == len(events)
+    caused = await db.fetchval("SELECT count(*) FROM duty_records WHERE subject_id = $1 AND seq = 1 "
+                               "AND cause_event_id IS NOT NULL", head["id"])
+    assert caused > 0 and sum(b["kind"] == "broken_duty_link" for b in report["breaks"]) == caused
 
 
 async def test_altered_notice_text_and_disclosures_are_reported(client, db, demo, subject):

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.consents import chain
 from app.core.hashing import canonical_json, sha256_hex
+from app.duties import records as duty_records
 from app.proof import checkpoint_files, checkpoint_rows, keys, log, merkle
 from app.proof.bundle import BundleWriter, write_bundle
 from app.proof.cli import main as cli
@@ -75,6 +76,11 @@ def _lines(members: dict[str, bytes]) -> list[bytes]:
     return members["events.ndjson"].rstrip(b"\n").split(b"\n")
 
 
+def _leaf_doc(line: dict[str, Any]) -> dict[str, Any]:
+    """A line's leaf document: its event, or its duty record (docs/duties.md)."""
+    return line["event"] if "event" in line else line["duty_record"]
+
+
 def _with_lines(members: dict[str, bytes], lines: list[bytes]) -> dict[str, bytes]:
     return {**members, "events.ndjson": b"\n".join(lines) + b"\n"}
 
@@ -102,7 +108,11 @@ async def test_a_bundle_verifies_and_holds_what_the_api_prints(app, client, auth
     result = verify(path)
     assert result.valid, [b.as_dict() for b in result.breaks]
     stored = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", tenant)
-    assert result.counts["events"] == result.counts["leaves"] == result.tree_size == stored
+    # The log's leaves are the events and the duty records they caused (docs/duties.md).
+    duties = await db.fetchval("SELECT count(*) FROM duty_records WHERE tenant_id = $1", tenant)
+    assert duties > 0
+    assert result.counts["events"] == stored and result.counts["duty_records"] == duties
+    assert result.counts["leaves"] == result.tree_size == stored + duties
     assert result.counts["subjects"] == 4 and result.counts["chain_v1_events"] == 0
     assert result.counts["checkpoints"] == result.counts["checkpoints_verified"] == 2
     assert result.counts["notices"] >= 1 and result.counts["disclosures"] >= 2
@@ -112,12 +122,13 @@ async def test_a_bundle_verifies_and_holds_what_the_api_prints(app, client, auth
                             "jwks.json", "README.md"}
     manifest = json.loads(members["manifest.json"])
     assert manifest["format"] == "consent-ledger-bundle/1" and manifest["tenant"] == tenant
-    assert manifest["tree_size"] == stored and manifest["counts"]["events"] == stored
+    assert manifest["tree_size"] == stored + duties and manifest["counts"]["events"] == stored
+    assert manifest["counts"]["duty_records"] == duties
     assert {f["name"]: f["sha256"] for f in manifest["files"]} == {
         name: hashlib.sha256(data).hexdigest() for name, data in members.items() if name != "manifest.json"}
     checkpoints = json.loads(members["checkpoints.json"])
     assert [c["tree_size"] for c in checkpoints] == sorted(c["tree_size"] for c in checkpoints)
-    assert checkpoints[-1]["tree_size"] == stored and manifest["root_hash"] == checkpoints[-1]["root_hash"]
+    assert checkpoints[-1]["tree_size"] == stored + duties and manifest["root_hash"] == checkpoints[-1]["root_hash"]
     assert json.loads(members["jwks.json"]) == app.state.proof.jwks()
     readme = members["README.md"].decode()
     assert "verify-bundle" in readme and "감사" in readme and "--trusted-checkpoint" in readme
@@ -125,19 +136,30 @@ async def test_a_bundle_verifies_and_holds_what_the_api_prints(app, client, auth
     for name, data in members.items():
         assert CLIENT_IP.encode() not in data and b"python-httpx" not in data, name
 
-    # Each line is the event exactly as the API prints it, in log order.
+    # Each line is a leaf, in log order: an event exactly as the API prints it, or a duty record
+    # exactly as its document is hashed (docs/duties.md).
     lines = [orjson.loads(line) for line in _lines(members)]
-    assert [line["log_index"] for line in lines] == list(range(stored))
+    assert [line["log_index"] for line in lines] == list(range(stored + duties))
+    assert all(set(line) in ({"log_index", "event"}, {"log_index", "duty_record"}) for line in lines)
     logged = [r["event_id"] for r in await db.fetch(
         "SELECT event_id FROM ledger_log WHERE tenant_id = $1 ORDER BY idx", tenant)]
-    assert [uuid.UUID(line["event"]["id"]) for line in lines] == logged
+    assert [uuid.UUID(_leaf_doc(line)["id"]) for line in lines] == logged
+    events = [line["event"] for line in lines if "event" in line]
+    assert len(events) == stored
     history = await client.get("/v1/subjects/a-0/consents/history", headers=auth(tenant))
     printed = {e["id"]: e for e in history.json()["items"]}
-    bundled = {line["event"]["id"]: line["event"] for line in lines if line["event"]["subject_id"] == "a-0"}
-    assert bundled == printed and all(set(line) == {"log_index", "event"} for line in lines)
+    bundled = {e["id"]: e for e in events if e["subject_id"] == "a-0"}
+    assert bundled == printed
     assert all(e["evidence"] is None or set(e["evidence"]) == {"id", "commitment"} for e in bundled.values())
+    records = {line["duty_record"]["id"]: line["duty_record"] for line in lines if "duty_record" in line}
+    rows = await db.fetch("SELECT d.*, s.external_id FROM duty_records d JOIN subjects s ON s.id = d.subject_id "
+                          "WHERE d.tenant_id = $1", tenant)
+    assert records == {str(r["id"]): {**duty_records.document({**r, "detail": json.loads(r["detail"])}, tenant=tenant,
+                                                               subject_ref=r["external_id"]), "hash": r["hash"]}
+                       for r in rows}
+    assert all(duty_records.document_hash(doc) == doc["hash"] for doc in records.values())
     notices = json.loads(members["notices.json"])
-    assert {n["id"] for n in notices} == {line["event"]["notice"]["id"] for line in lines if line["event"]["notice"]}
+    assert {n["id"] for n in notices} == {e["notice"]["id"] for e in events if e["notice"]}
     assert all(sha256_hex(n["body"]) == n["sha256"] for n in notices)
 
 
@@ -158,7 +180,7 @@ async def test_the_cli_exits_0_on_a_good_bundle_and_prints_json(bundle):
 def _edit_event(lines: list[bytes], subject: str, seq: int, **changes: Any) -> tuple[list[bytes], int]:
     for n, raw in enumerate(lines):
         line = orjson.loads(raw)
-        if line["event"]["subject_id"] == subject and line["event"]["seq"] == seq:
+        if "event" in line and line["event"]["subject_id"] == subject and line["event"]["seq"] == seq:
             line["event"].update(changes)
             return lines[:n] + [orjson.dumps(line)] + lines[n + 1:], n + 1
     raise AssertionError(f"no event {subject} seq {seq}")
@@ -196,7 +218,7 @@ async def test_every_tampering_is_named(bundle, tmp_path, capsys):
     members = _members(path)
     lines = _lines(members)
     edited, edited_line = _edit_event(lines, "a-0", 3, status="granted")
-    dropped = next(n for n, raw in enumerate(lines) if orjson.loads(raw)["event"]["seq"] == 2)
+    dropped = next(n for n, raw in enumerate(lines) if orjson.loads(raw).get("event", {}).get("seq") == 2)
     notices = json.loads(members["notices.json"])
     notices[0]["body"] += "\n(덧붙임)"
     cases = {
@@ -235,14 +257,45 @@ async def test_an_edit_with_its_hash_recomputed_still_breaks_the_chain_and_the_c
     path, _ = bundle
     members = _members(path)
     lines = _lines(members)
+    edited = 0
     for n, raw in enumerate(lines):
         line = orjson.loads(raw)
-        if line["event"]["subject_id"] == "a-0" and line["event"]["seq"] == 1:
+        if "event" in line and line["event"]["subject_id"] == "a-0" and line["event"]["seq"] == 1:
             line["event"]["status"] = line["event"]["action"] = "refused"
             line["event"]["hash"] = chain.document_hash(line["event"])
             lines[n] = orjson.dumps(line)
+            edited += 1
+    assert edited == 1
     kinds = _kinds(_write_members(tmp_path / "rehashed.zip", _with_lines(members, lines)))
     assert "event_hash" not in kinds and {"broken_link", "checkpoint_root"} <= kinds
+
+
+async def test_duty_records_are_leaves_a_bundle_counts_and_an_edit_of_one_is_named(bundle, db, tmp_path):
+    """The marketing grants and the withdrawal of the fixture owe duties (docs/duties.md): their
+    records are lines of their own, counted, and a record changed after it was recorded is named."""
+    path, tenant = bundle
+    result = verify(path)
+    assert result.valid, [b.as_dict() for b in result.breaks]
+    duties = await db.fetchval("SELECT count(*) FROM duty_records WHERE tenant_id = $1", tenant)
+    assert result.counts["duty_records"] == duties > 0
+    assert result.counts["events"] + result.counts["duty_records"] == result.counts["leaves"] == result.tree_size
+    members = _members(path)
+    lines = _lines(members)
+    n = next(n for n, raw in enumerate(lines) if "duty_record" in orjson.loads(raw))
+    line = orjson.loads(lines[n])
+    assert line["duty_record"]["detail"]  # something to change
+    # The notice "went out" on another day, or for other acts: its hash is left as it was.
+    line["duty_record"]["detail"] = {**line["duty_record"]["detail"], "article": "changed afterwards"}
+    edited = lines[:n] + [orjson.dumps(line)] + lines[n + 1:]
+    tampered = verify(_write_members(tmp_path / "duty.zip", _with_lines(members, edited)))
+    assert not tampered.valid and set(tampered.by_kind) == {"event_hash"}, tampered.by_kind
+    (found,) = tampered.breaks
+    assert (found.file, found.line) == ("events.ndjson", n + 1) and "duty record" in found.detail
+    # Its hash recomputed too: the document holds, but the leaf is another, so the signed roots break.
+    line["duty_record"]["hash"] = duty_records.document_hash(line["duty_record"])
+    rehashed = lines[:n] + [orjson.dumps(line)] + lines[n + 1:]
+    kinds = _kinds(_write_members(tmp_path / "duty-rehashed.zip", _with_lines(members, rehashed)))
+    assert "event_hash" not in kinds and "checkpoint_root" in kinds, kinds
 
 
 async def test_unreadable_input_is_exit_2(bundle, tmp_path, capsys):
@@ -310,9 +363,10 @@ async def test_only_the_auditors_own_key_is_trusted(app, bundle, tmp_path, setti
     assert verify(path, trusted_checkpoint=saved).valid
 
 
-async def _rogue_rewrite_without(db, tenant: str, event_id: uuid.UUID) -> None:
+async def _rogue_rewrite_without(db, tenant: str, event_id: uuid.UUID) -> int:
     """A superuser with triggers off: the event deleted, its subject's head and state rewound, the
-    tenant's log, stored subtrees and checkpoints rebuilt as if it had never been."""
+    duty records it caused or closed deleted and their duties rewound (docs/duties.md), the tenant's
+    log, stored subtrees and checkpoints rebuilt as if it had never been. Returns the leaves removed."""
     async with db.transaction():
         await db.execute("SET LOCAL session_replication_role = replica")
         gone = await db.fetchrow("SELECT * FROM consent_events WHERE id = $1", event_id)
@@ -329,8 +383,23 @@ async def _rogue_rewrite_without(db, tenant: str, event_id: uuid.UUID) -> None:
         await db.execute("UPDATE consent_states SET status = $3, version = $4, since = $5, last_event_id = $6 "
                          "WHERE subject_id = $1 AND purpose_id = $2", gone["subject_id"], gone["purpose_id"],
                          earlier["status"], earlier["version"], earlier["recorded_at"], earlier["id"])
+        # Its duties: those it opened go whole; a record it added to an older duty (a reconfirmation
+        # it cancelled) goes, and that duty is rewound to its record before.
+        opened = [r["id"] for r in await db.fetch("SELECT id FROM duties WHERE cause_event_id = $1", event_id)]
+        added = await db.fetch("SELECT * FROM duty_records WHERE seq > 1 AND detail->>'event_id' = $1",
+                               str(event_id))
+        removed = [r["id"] for r in await db.fetch("SELECT id FROM duty_records WHERE duty_id = ANY($1::uuid[])",
+                                                   opened)] + [r["id"] for r in added]
+        await db.execute("DELETE FROM duty_records WHERE id = ANY($1::uuid[])", removed)
+        await db.execute("DELETE FROM duties WHERE id = ANY($1::uuid[])", opened)
+        for record in added:
+            before = await db.fetchrow("SELECT * FROM duty_records WHERE duty_id = $1 AND seq = $2",
+                                       record["duty_id"], record["seq"] - 1)
+            await db.execute("UPDATE duties SET status = $2, last_seq = $3, last_hash = $4, updated_at = $5, "
+                             "fulfilment = NULL, closed_at = NULL WHERE id = $1", record["duty_id"], before["status"],
+                             before["seq"], before["hash"], before["recorded_at"])
         kept = await db.fetch("SELECT event_id, subject_id, event_hash FROM ledger_log WHERE tenant_id = $1 "
-                              "AND event_id <> $2 ORDER BY idx", tenant, event_id)
+                              "AND event_id <> ALL($2::uuid[]) ORDER BY idx", tenant, [event_id, *removed])
         for table in ("ledger_log", "ledger_log_nodes", "ledger_checkpoints"):
             await db.execute(f"DELETE FROM {table} WHERE tenant_id = $1", tenant)
         await db.executemany("INSERT INTO ledger_log (tenant_id, idx, event_id, subject_id, event_hash) "
@@ -339,6 +408,7 @@ async def _rogue_rewrite_without(db, tenant: str, event_id: uuid.UUID) -> None:
         leaves = [merkle.leaf_hash(bytes.fromhex(r["event_hash"])) for r in kept]
         await db.executemany("INSERT INTO ledger_log_nodes (tenant_id, level, idx, hash) VALUES ($1, $2, $3, $4)",
                              [(tenant, lv, ix, h) for lv, ix, h in merkle.new_nodes(0, leaves, lambda lv, ix: b"")])
+    return 1 + len(removed)
 
 
 async def test_a_saved_checkpoint_catches_a_rewrite_the_service_itself_re_signed(app, client, auth, demo, db,
@@ -357,14 +427,19 @@ async def test_a_saved_checkpoint_catches_a_rewrite_the_service_itself_re_signed
     webhook_body.write_text(json.dumps({"type": "ledger.checkpoint", "data": json.loads(saved.read_text())}))
     assert load_trusted_checkpoint(webhook_body) == load_trusted_checkpoint(saved)
 
-    await _rogue_rewrite_without(db, demo, withdrawal)
+    events = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    removed = await _rogue_rewrite_without(db, demo, withdrawal)
+    assert removed > 1  # the withdrawal and the duty records it made (its result notice at least)
     # The service signs the rewritten log with its own key: the database alone cannot tell.
+    report = (await client.get("/v1/subjects/v-0/consents/verify", headers=headers)).json()
+    assert report["valid"] and report["duty_records_checked"] > 0, report["breaks"]
     made = await log.make_checkpoint(app.state.pool, demo, app.state.proof)
-    assert made["tree_size"] == n - 1
+    assert made["tree_size"] == n - removed
     second = tmp_path / "second.zip"
     await _bundle(app, demo, second)
     alone = verify(second)
-    assert alone.valid and alone.counts["events"] == n - 1, alone.by_kind
+    assert alone.valid and alone.counts["events"] == events - 1, alone.by_kind
+    assert alone.counts["events"] + alone.counts["duty_records"] == n - removed
     assert cli(["verify-bundle", str(second)]) == 0
     capsys.readouterr()
     # Against the checkpoint saved before: the events it covered are no longer all there.

@@ -18,7 +18,7 @@ from joserfc.jwk import KeySet
 from app.proof import checkpoint_files, log, merkle
 from app.proof.checkpointer import Checkpointer, run_checkpointer
 from app.webhooks.dispatcher import Worker
-from tests.helpers import sign_up
+from tests.helpers import leaf_count, leaf_hashes, sign_up
 from tests.webhooks.receiver import Receiver
 
 # joserfc warns that RFC 9864 deprecates the polymorphic "EdDSA" name (see tests/proof/test_keys.py).
@@ -69,8 +69,10 @@ async def test_checkpoint_verifies_with_joserfc_and_signs_the_root_of_the_whole_
     payload = await _verified(client, made)
     entries = await _log(db, demo)
     assert payload["tenant"] == demo
-    assert payload["tree_size"] == len(entries) == await db.fetchval(
-        "SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    # The whole log: every event and every duty record (both are leaves: docs/duties.md), each once.
+    assert await db.fetchval("SELECT count(*) FROM duty_records WHERE tenant_id = $1", demo) > 0
+    assert payload["tree_size"] == len(entries) == await leaf_count(db, demo)
+    assert dict(entries) == await leaf_hashes(db, demo)
     assert payload["root_hash"] == merkle.root([_leaf(h) for _, h in entries]).hex()
     # Nothing new: the latest again, 200; it is what the read routes give too.
     assert await _checkpoint_now(client, headers, expected=200) == made

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from app.proof import checkpoint_rows, keys, log, merkle
-from tests.helpers import sign_up
+from tests.helpers import leaf_count, leaf_hashes, sign_up
 
 
 async def _sign_ups(client, headers, prefix: str, n: int) -> None:
@@ -45,10 +45,13 @@ async def _extend(app, tenant: str, **kwargs) -> int:
 
 async def test_extend_places_every_event_once_in_queue_order_and_stores_its_subtrees(app, client, auth, demo, db):
     await _sign_ups(client, auth(demo), "x", 5)
-    events = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    # The leaves are the events and the duty records (docs/duties.md): the marketing grants owe some.
+    assert await db.fetchval("SELECT count(*) FROM duty_records WHERE tenant_id = $1", demo) > 0
+    events = await leaf_count(db, demo)
     queued = [r["event_id"] for r in await db.fetch(
         "SELECT event_id FROM ledger_log_queue WHERE tenant_id = $1 ORDER BY position", demo)]
     assert len(queued) == events > 20
+    assert len(set(queued)) == len(queued)
     # Small batches: the loop, the frontier read back between batches (leaves and nodes) and its carry.
     assert await _extend(app, demo, limit=7) == events
     logged = [r["event_id"] for r in await db.fetch(
@@ -56,15 +59,15 @@ async def test_extend_places_every_event_once_in_queue_order_and_stores_its_subt
     assert logged == queued
     assert await db.fetchval("SELECT count(*) FROM ledger_log_queue WHERE tenant_id = $1", demo) == 0
     leaves = await _leaves(db, demo)
-    hashes = {r["id"]: r["hash"] for r in await db.fetch("SELECT id, hash FROM consent_events WHERE tenant_id = $1",
-                                                           demo)}
+    hashes = await leaf_hashes(db, demo)
+    assert set(logged) == set(hashes)  # every event and duty record once
     assert leaves == [merkle.leaf_hash(bytes.fromhex(hashes[e])) for e in logged]
     await _assert_nodes_complete(db, demo, leaves)
     # Nothing queued: the size, nothing written.
     assert await _extend(app, demo) == events
     await _sign_ups(client, auth(demo), "y", 2)
     size = await _extend(app, demo, limit=3)
-    assert size == await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    assert size == await leaf_count(db, demo)
     await _assert_nodes_complete(db, demo, await _leaves(db, demo))
 
 
@@ -87,7 +90,7 @@ async def test_concurrent_extenders_and_writers_leave_one_consistent_log(app, cl
 
     await asyncio.gather(writer(1), writer(2), extender(), extender(), extender())
     size = await _extend(app, demo)
-    assert size == await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    assert size == await leaf_count(db, demo)  # events and duty records, each once
     await _assert_nodes_complete(db, demo, await _leaves(db, demo))
 
 

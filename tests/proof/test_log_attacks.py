@@ -25,7 +25,7 @@ import pytest
 
 from app.proof import checkpoint_files, log, merkle
 from app.proof.checkpointer import Checkpointer
-from tests.helpers import insert_event, last_event, next_event, sign_up
+from tests.helpers import insert_event, last_event, leaf_count, leaf_hashes, next_event, sign_up
 
 
 async def _sign_ups(client, headers, prefix: str, n: int) -> None:
@@ -110,10 +110,17 @@ async def test_the_owner_unblocks_a_tenant_by_keeping_a_forged_event_out_of_the_
         await runtime_db.execute("DELETE FROM ledger_log_queue WHERE event_id = $1", forged["id"])
     assert await owner_db.execute("DELETE FROM ledger_log_queue WHERE event_id = $1", forged["id"]) == "DELETE 1"
     second = await _checkpoint(client, auth, demo)
-    service_events = await db.fetchval(
+    # The service's own leaves after the forgery: s-0's events and the duty records they owe (its
+    # marketing grant's result notice and reconfirmation: docs/duties.md), all of them, nothing else.
+    service_leaves = await db.fetchval(
+        "SELECT (SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id"
+        "        WHERE e.tenant_id = $1 AND s.external_id = 's-0')"
+        " + (SELECT count(*) FROM duty_records d JOIN subjects s ON s.id = d.subject_id"
+        "    WHERE d.tenant_id = $1 AND s.external_id = 's-0')", demo)
+    assert service_leaves > await db.fetchval(
         "SELECT count(*) FROM consent_events e JOIN subjects s ON s.id = e.subject_id "
         "WHERE e.tenant_id = $1 AND s.external_id = 's-0'", demo)
-    assert second["tree_size"] == first["tree_size"] + service_events
+    assert second["tree_size"] == first["tree_size"] + service_leaves == await leaf_count(db, demo) - 1
     logged = {r["event_id"] for r in await db.fetch("SELECT event_id FROM ledger_log WHERE tenant_id = $1", demo)}
     assert forged["id"] not in logged
     report = (await client.get("/v1/subjects/r-0/consents/verify", headers=auth(demo, "audit:read"))).json()
@@ -162,9 +169,12 @@ async def test_planted_subtrees_are_refused_loudly_not_a_unique_violation(client
 async def test_nodes_planted_with_the_right_hashes_are_kept_and_the_checkpoint_signs(client, auth, demo, db,
                                                                                     runtime_db):
     await _sign_ups(client, auth(demo), "q", 2)
-    hashes = [r["hash"] for r in await db.fetch(
-        "SELECT hash FROM ledger_log_queue q JOIN consent_events e ON e.id = q.event_id WHERE q.tenant_id = $1 "
-        "ORDER BY q.position", demo)]
+    # The leaves to be placed, in queue order: events and duty records (docs/duties.md).
+    stored = await leaf_hashes(db, demo)
+    queued = [r["event_id"] for r in await db.fetch(
+        "SELECT event_id FROM ledger_log_queue WHERE tenant_id = $1 ORDER BY position", demo)]
+    assert sorted(queued) == sorted(stored)  # every event and duty record, once
+    hashes = [stored[event_id] for event_id in queued]
     leaves = [merkle.leaf_hash(bytes.fromhex(h)) for h in hashes]
     await runtime_db.execute("INSERT INTO ledger_log_nodes (tenant_id, level, idx, hash) VALUES ($1, 1, 0, $2)",
                              demo, merkle.root(leaves[:2]))
@@ -337,7 +347,7 @@ async def test_a_fake_row_at_the_size_to_be_signed_is_a_409_naming_it(client, au
     await _sign_ups(client, auth(demo), "o", 1)
     real = await _checkpoint(client, auth, demo)
     await _sign_ups(client, auth(demo), "o2", 1)
-    size = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    size = await leaf_count(db, demo)  # the size the next checkpoint signs: events and duty records
     await _fake_row(runtime_db, demo, size, real)
     response = await client.post("/v1/audit/checkpoints", headers=auth(demo, "audit:read"))
     assert response.status_code == 409, response.text

@@ -1,0 +1,133 @@
+"""The duty scheduler (in the worker): duties that come due are announced, duties past their
+deadline become overdue; each step is a sealed record in the duty's chain and a webhook message
+(docs/duties.md), in one transaction per batch.
+
+Messages go to the tenant's endpoints that list the type in their event_types (an empty list means
+consent events only, as for checkpoints): `duty.<kind>` when a duty comes due (a suppression only
+to its processor's endpoints), `duty.overdue` when one becomes overdue. Duties are claimed with
+SKIP LOCKED (ledger_claim_duties): several workers, or a consent write holding a duty, never make
+this wait, and a duty is never announced twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+
+from app.consents.chain import format_time
+from app.core.db import asyncpg_dsn
+from app.core.responses import dumps
+from app.core.settings import Settings
+from app.duties.records import INSERT, Builder, Head
+from app.proof.context import Proof
+from app.webhooks import outbox
+
+log = logging.getLogger("consent_ledger.duties")
+
+BATCH = 2000
+CLAIM = """
+SELECT d.*, s.external_id AS subject_ref, greatest(clock_timestamp(), d.updated_at) AS now
+FROM ledger_claim_duties($1, $2) d JOIN subjects s ON s.id = d.subject_id
+"""
+# One message per duty; a delivery per matching endpoint (see the module's docstring). The endpoint
+# rows are key-share-locked as the outbox's are, so one being switched off is read as it ends up.
+ENQUEUE = """
+WITH m AS (
+    SELECT * FROM json_to_recordset($1::text::json)
+        AS u(id uuid, tenant text, subject_ref text, type text, purpose text, processor text, body text)
+), matched AS (
+    SELECT m.id, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
+      ON e.tenant_id = m.tenant AND e.deleted_at IS NULL AND m.type = ANY(e.event_types)
+     AND (cardinality(e.purposes) = 0 OR m.purpose IS NULL OR m.purpose = ANY(e.purposes))
+     AND (m.processor IS NULL OR e.processor_id = (SELECT p.id FROM processors p
+                                                   WHERE p.tenant_id = m.tenant AND p.key = m.processor))
+    FOR KEY SHARE OF e
+), messages AS (
+    INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, body, created_at)
+    SELECT m.id, m.tenant, m.type, m.subject_ref, m.body, clock_timestamp() FROM m
+    WHERE m.id IN (SELECT id FROM matched)
+    RETURNING id
+)
+INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, next_attempt_at)
+SELECT m.tenant, m.id, matched.endpoint_id,
+       CASE WHEN matched.enabled THEN now() ELSE 'infinity'::timestamptz END
+FROM matched JOIN m USING (id) WHERE m.id IN (SELECT id FROM messages)
+"""
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def message(row: asyncpg.Record, doc: dict[str, Any], type_: str) -> dict[str, Any]:
+    data = {"tenant": row["tenant_id"], "subject_id": row["subject_ref"], "duty_id": str(row["id"]),
+            "kind": row["kind"], "status": doc["status"], "purpose": row["purpose_key"],
+            "processor": row["processor_key"], "notify_at": format_time(row["notify_at"]),
+            "due_at": format_time(row["due_at"]), "contents": _json(row["contents"]), "record_hash": doc["hash"]}
+    return {"id": uuid.uuid4(), "tenant": row["tenant_id"], "subject_ref": row["subject_ref"], "type": type_,
+            "purpose": row["purpose_key"],
+            "processor": row["processor_key"] if type_ == "duty.suppression" else None,
+            "body": outbox.body(type_, row["now"], data)}
+
+
+async def _step(conn: asyncpg.Connection, secret: bytes, which: str, limit: int) -> int:
+    """One batch of `which` ('overdue' or 'notify'); returns how many duties it moved."""
+    async with conn.transaction():
+        rows = await conn.fetch(CLAIM, which, limit)
+        if not rows:
+            return 0
+        records: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        for row in rows:
+            builder = Builder(tenant=row["tenant_id"], subject_ref=row["subject_ref"], secret=secret, now=row["now"])
+            if which == "overdue":
+                doc = builder.next(Head.of(row), action="overdue", status="overdue",
+                                   detail={"deadline": format_time(row["due_at"])})
+                messages.append(message(row, doc, "duty.overdue"))
+            else:
+                doc = builder.next(Head.of(row), action="notified", status=row["status"],
+                                   detail={"type": f"duty.{row['kind']}"})
+                messages.append(message(row, doc, f"duty.{row['kind']}"))
+            records += builder.rows
+        await conn.execute(INSERT, dumps(records))
+        await conn.execute(ENQUEUE, dumps(messages))
+    return len(rows)
+
+
+async def run_pass(conn: asyncpg.Connection, secret: bytes, *, batch: int = BATCH) -> dict[str, int]:
+    """Everything due now: overdue first (a duty both due and past its deadline is only overdue)."""
+    moved = {"overdue": 0, "notified": 0}
+    for which, key in (("overdue", "overdue"), ("notify", "notified")):
+        while n := await _step(conn, secret, which, batch):
+            moved[key] += n
+    return moved
+
+
+async def run_scheduler(settings: Settings, stop: asyncio.Event, proof: Proof) -> None:
+    """Every DUTY_INTERVAL_SECONDS until `stop`; an outage is logged and retried."""
+    while not stop.is_set():
+        try:
+            conn = await asyncpg.connect(asyncpg_dsn(settings.database_url),
+                                         timeout=settings.db_connect_timeout_seconds,
+                                         server_settings={"application_name": "consent-ledger-duties",
+                                                          "timezone": "UTC"})
+            try:
+                started = time.perf_counter()
+                moved = await run_pass(conn, proof.secret)
+                if any(moved.values()):
+                    log.info("duties: %d announced, %d overdue (%.2f s)", moved["notified"], moved["overdue"],
+                             time.perf_counter() - started)
+            finally:
+                await conn.close()
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive outages
+            log.warning("duty scheduler round not completed: %s: %s", type(exc).__name__, exc)
+        try:
+            await asyncio.wait_for(stop.wait(), settings.duty_interval_seconds)
+        except TimeoutError:
+            pass

@@ -1,0 +1,205 @@
+"""Reading duties and recording their fulfilment (docs/duties.md)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from app.auth.deps import Principal
+from app.consents.chain import format_time
+from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from app.core.pagination import decode_cursor, encode_cursor
+from app.duties.records import Builder, Head, document, write
+from app.duties.schemas import AckIn, FulfilmentIn
+
+SKEW = timedelta(minutes=5)
+NOTICES = ("ad_result_notice", "reconfirmation", "ask_at_14", "reconsent")
+LOCK = """
+SELECT d.*, s.external_id AS subject_ref, greatest(clock_timestamp(), d.updated_at) AS now
+FROM ledger_lock_duties($1, ARRAY[$2::uuid]) d JOIN subjects s ON s.id = d.subject_id
+"""
+RECORDS = "SELECT * FROM duty_records WHERE duty_id = $1 ORDER BY seq"
+# Overdue as of the query, whether or not the scheduler has recorded it yet.
+STATUS_SQL = {
+    "overdue": "(d.status = 'overdue' OR (d.status = 'due' AND d.due_at <= now()))",
+    "due": "(d.status = 'due' AND d.due_at > now())",
+}
+EFFECTIVE = "CASE WHEN d.status = 'due' AND d.due_at <= now() THEN 'overdue' ELSE d.status END"
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def read(row: asyncpg.Record) -> dict[str, Any]:
+    return {"id": row["id"], "kind": row["kind"], "status": row["effective_status"], "subject_id": row["subject_ref"],
+            "purpose": row["purpose_key"], "processor": row["processor_key"], "notify_at": row["notify_at"],
+            "due_at": row["due_at"], "contents": _json(row["contents"]), "fulfilment": _json(row["fulfilment"]),
+            "cause_event_id": row["cause_event_id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
+            "closed_at": row["closed_at"], "last_hash": row["last_hash"]}
+
+
+def _filters(principal: Principal, *, status: str | None, kind: str | None, subject_id: str | None,
+             purpose: str | None, processor: str | None, due_before: datetime | None) -> tuple[list[str], list[Any]]:
+    if principal.processor is not None:
+        if processor not in (None, principal.processor):
+            raise Forbidden(f"processor {principal.processor!r} may list only its own duties")
+        processor = principal.processor
+    where, args = ["d.tenant_id = $1"], [principal.tenant]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if status is not None:
+        where.append(STATUS_SQL[status] if status in STATUS_SQL else f"d.status = {arg(status)}")
+    if kind is not None:
+        where.append(f"d.kind = {arg(kind)}")
+    if subject_id is not None:
+        where.append(f"s.external_id = {arg(subject_id)}")
+    if purpose is not None:
+        where.append(f"d.purpose_key = {arg(purpose)}")
+    if processor is not None:
+        where.append(f"d.processor_key = {arg(processor)}")
+    if due_before is not None:
+        where.append(f"d.due_at < {arg(due_before)}")
+    return where, args
+
+
+def _cursor(parts: list[str]) -> tuple[datetime, uuid.UUID]:
+    due, duty_id = parts
+    return datetime.fromisoformat(due), uuid.UUID(duty_id)
+
+
+async def page(conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, *, status: str | None, kind: str | None,
+               subject_id: str | None, purpose: str | None, processor: str | None, due_before: datetime | None,
+               cursor: str | None, limit: int, counts: bool) -> dict[str, Any]:
+    """Duties by deadline (then id), a keyset page; `counts` per kind with the same filters."""
+    where, args = _filters(principal, status=status, kind=None, subject_id=subject_id, purpose=purpose,
+                           processor=processor, due_before=due_before)
+    count_where, count_args = list(where), list(args)
+    if kind is not None:
+        args.append(kind)
+        where.append(f"d.kind = ${len(args)}")
+    if cursor is not None:
+        due, duty_id = decode_cursor(cursor, _cursor)
+        args += [due, duty_id]
+        where.append(f"(d.due_at, d.id) > (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    rows = await conn.fetch(
+        f"SELECT d.*, s.external_id AS subject_ref, {EFFECTIVE} AS effective_status FROM duties d "
+        f"JOIN subjects s ON s.id = d.subject_id WHERE {' AND '.join(where)} ORDER BY d.due_at, d.id "
+        f"LIMIT ${len(args)}", *args)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    result: dict[str, Any] = {
+        "items": [read(r) for r in rows],
+        "next_cursor": encode_cursor(rows[-1]["due_at"].isoformat(), rows[-1]["id"]) if more else None,
+        "counts": None,
+    }
+    if counts:
+        found = await conn.fetch(f"SELECT d.kind, count(*) AS n FROM duties d JOIN subjects s ON s.id = d.subject_id "
+                                 f"WHERE {' AND '.join(count_where)} GROUP BY d.kind", *count_args)
+        result["counts"] = {r["kind"]: r["n"] for r in found}
+    return result
+
+
+async def detail(conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, duty_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"SELECT d.*, s.external_id AS subject_ref, {EFFECTIVE} AS effective_status FROM duties d "
+        "JOIN subjects s ON s.id = d.subject_id WHERE d.tenant_id = $1 AND d.id = $2", principal.tenant, duty_id)
+    if row is None or (principal.processor is not None and row["processor_key"] != principal.processor):
+        raise NotFound(f"no duty {duty_id}")
+    records = []
+    for r in await conn.fetch(RECORDS, duty_id):
+        doc = document({**r, "detail": _json(r["detail"])}, tenant=principal.tenant, subject_ref=row["subject_ref"])
+        records.append({**doc, "hash": r["hash"]})
+    return {**read(row), "records": records}
+
+
+def _when(at: datetime | None, now: datetime, created: datetime, field: str) -> datetime:
+    if at is None:
+        return now
+    if at > now + SKEW:
+        raise InvalidRequest(f"{field} is in the future", errors=[{"field": f"body.{field}",
+                                                                   "reason": "must not be later than now"}])
+    if at < created - SKEW:
+        raise InvalidRequest(f"{field} is before the duty existed", errors=[{
+            "field": f"body.{field}", "reason": f"the duty was created at {format_time(created)}"}])
+    return at
+
+
+def _given(body: FulfilmentIn | AckIn) -> dict[str, Any]:
+    return {k: v for k, v in body.model_dump(mode="json", exclude_none=True).items()}
+
+
+def _check_kind(kind: str, body: FulfilmentIn) -> None:
+    if kind == "suppression":
+        raise Conflict("a suppression is confirmed by its processor: POST /v1/duties/{id}/ack with the "
+                       "processor's own token")
+    errors = []
+    if kind in NOTICES:
+        if body.outcome != "sent":
+            errors.append({"field": "body.outcome", "reason": f"a {kind} duty is met when the notice is sent"})
+        if body.channel is None:
+            errors.append({"field": "body.channel", "reason": "say how the notice reached the person"})
+    elif kind == "destruction":
+        if body.outcome != "done":
+            errors.append({"field": "body.outcome", "reason": "a destruction is done"})
+        for name in ("what", "how"):
+            if getattr(body, name) is None:
+                errors.append({"field": f"body.{name}", "reason": "a destruction record says what and how "
+                                                                  "(PIPA Art. 21(3), kept separately)"})
+    if errors:
+        raise InvalidRequest(f"this is not how a {kind} duty is met", errors=errors)
+
+
+async def fulfil(conn: asyncpg.Connection, principal: Principal, duty_id: uuid.UUID, body: FulfilmentIn,
+                 secret: bytes) -> tuple[int, dict[str, Any]]:
+    row = await conn.fetchrow(LOCK, principal.tenant, duty_id)
+    if row is None or principal.processor is not None:
+        raise NotFound(f"no duty {duty_id}")
+    _check_kind(row["kind"], body)
+    given = _given(body)
+    return await _record(conn, principal, row, action=body.outcome, given=given, at_field="at",
+                         facts={"by": body.by or principal.sub, **given}, secret=secret)
+
+
+async def ack(conn: asyncpg.Connection, principal: Principal, duty_id: uuid.UUID, body: AckIn,
+              secret: bytes) -> tuple[int, dict[str, Any]]:
+    row = await conn.fetchrow(LOCK, principal.tenant, duty_id)
+    if row is None or row["kind"] != "suppression" or row["processor_key"] is None:
+        raise NotFound(f"no suppression duty {duty_id}")
+    if principal.processor != row["processor_key"]:
+        raise Forbidden(f"only processor {row['processor_key']!r}, with its own token (claim processor), "
+                        "confirms this suppression")
+    given = _given(body)
+    return await _record(conn, principal, row, action="done", given=given, at_field="stopped_at",
+                         facts={"by": principal.sub, "processor": principal.processor, **given}, secret=secret)
+
+
+async def _record(conn: asyncpg.Connection, principal: Principal, row: asyncpg.Record, *, action: str,
+                  given: dict[str, Any], at_field: str, facts: dict[str, Any], secret: bytes) -> tuple[int, dict]:
+    """Record `action` with `facts` on the locked duty `row`, unless the duty is already closed: the
+    same fulfilment again is a 200 that writes nothing (idempotent); another one is a 409."""
+    if row["status"] in ("sent", "done", "cancelled"):
+        before = _json(row["fulfilment"]) or {}
+        if row["status"] == action and all(before.get(k) == v for k, v in given.items()):
+            return 200, await detail(conn, principal, row["id"])
+        raise Conflict(f"the duty is already {row['status']} (at {format_time(row['closed_at'])}); a different "
+                       "fulfilment is not recorded over it", extra={"fulfilment": before})
+    now = row["now"]
+    stated = given.get(at_field)
+    at = _when(None if stated is None else datetime.fromisoformat(stated.replace("Z", "+00:00")), now,
+               row["created_at"], at_field)
+    facts[at_field] = format_time(at)
+    facts["recorded_by"] = principal.sub
+    facts["late"] = at >= row["due_at"]
+    builder = Builder(tenant=principal.tenant, subject_ref=row["subject_ref"], secret=secret, now=now)
+    builder.next(Head.of(row), action=action, status=action, detail=facts)
+    await write(conn, builder)
+    return 201, await detail(conn, principal, row["id"])
