@@ -145,6 +145,8 @@ def _ts(name: str, nullable: bool = False, default: bool = False) -> sa.Column:
 
 
 def upgrade() -> None:
+    op.add_column('collection_points', sa.Column('for_children', sa.Boolean(), server_default=sa.text('false'),
+                                                 nullable=False))
     op.create_table(
         'tenant_settings',
         sa.Column('tenant_id', sa.Text(), nullable=False),
@@ -232,3 +234,4 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION ledger_duty_records_appended()")
     op.drop_table('duties')
     op.drop_table('tenant_settings')
+    op.drop_column('collection_points', 'for_children')

@@ -170,6 +170,8 @@ class CollectionPoint(SQLModel, table=True):
     name: str = Field(sa_column=Column(Text, nullable=False))
     kind: str = Field(sa_column=Column(Text, nullable=False))
     notice_key: str = Field(sa_column=Column(Text, nullable=False))
+    # A form for children: a decision there for a subject declared under 14 is the guardian's (PIPA Art. 22-2)
+    for_children: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false")))
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
 

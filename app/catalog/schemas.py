@@ -240,13 +240,16 @@ class CollectionPointCreate(Strict):
     notice_key: Key
     purposes: PresentedList = Field(min_length=1, description="Purpose keys (or {key, condition_of_service}), in "
                                                               "the order the form shows them")
+    for_children: bool = Field(default=False, description="Children under 14 may be signed up here, by their "
+                                                          "legal guardian (PIPA Art. 22-2; docs/duties.md)")
 
 
 class CollectionPointUpdate(Patch):
-    _not_null = refuse_null("name", "notice_key", "purposes")
+    _not_null = refuse_null("name", "notice_key", "purposes", "for_children")
     name: Text200 | None = None
     notice_key: Key | None = None
     purposes: PresentedList | None = Field(default=None, min_length=1)
+    for_children: bool | None = None
 
 
 class CollectionPointRead(BaseModel):
@@ -257,6 +260,7 @@ class CollectionPointRead(BaseModel):
     notice_key: str
     purposes: list[str]
     conditions: list[str] = Field(description="The presented purposes that are a condition of this service")
+    for_children: bool = False
     created_at: datetime
     updated_at: datetime
 

@@ -152,7 +152,7 @@ async def create_collection_point(
     presented = await _resolve_purposes(session, principal, body.purposes)
     point = await add(session, CollectionPoint(
         id=uuid.uuid4(), tenant_id=principal.tenant, key=body.key, name=body.name, kind=body.kind,
-        notice_key=body.notice_key,
+        notice_key=body.notice_key, for_children=body.for_children,
     ))
     await _set_purposes(session, point, presented)
     return point, presented
@@ -188,7 +188,7 @@ def collection_point_read(point: CollectionPoint, presented: list[Presented]) ->
     return schemas.CollectionPointRead(
         id=point.id, key=point.key, name=point.name, kind=point.kind, notice_key=point.notice_key,
         purposes=[p.key for p, _ in presented], conditions=[p.key for p, c in presented if c],
-        created_at=point.created_at, updated_at=point.updated_at,
+        for_children=point.for_children, created_at=point.created_at, updated_at=point.updated_at,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,11 +26,28 @@ class Strict(BaseModel):
 
 
 class GuardianEvidence(Strict):
-    """How the legal guardian of a child under 14 was verified (PIPA Art. 22-2, Decree Art. 17-2)."""
+    """How the legal guardian of a child under 14 was verified (PIPA Art. 22-2, Decree Art. 17-2(1)):
+    an SMS to the guardian's phone answered, card details, mobile identity verification, a signed
+    paper, an email answered, a phone call, or another way the Decree allows (described)."""
 
-    verification_method: Literal["mobile", "card", "ipin", "document", "email", "other"]
+    verification_method: Literal["sms", "card", "mobile_identity", "signed_paper", "email", "phone", "other"]
+    description: Text200 | None = Field(default=None, description="Required for `other`: how it was done")
     verified_at: UtcDatetime | None = None
-    reference: Text200 | None = Field(default=None, description="The verifier's transaction reference")
+    reference: Text200 = Field(description="The evidence reference: the verifier's transaction id, the "
+                                           "paper's filing number ...")
+
+    @model_validator(mode="after")
+    def _other_is_described(self) -> "GuardianEvidence":
+        if self.verification_method == "other" and self.description is None:
+            raise ValueError("verification_method 'other' needs a description of how the guardian was verified")
+        return self
+
+
+class Child(Strict):
+    """The tenant declares the person under 14; the ledger keeps no birth date, only the day they turn 14."""
+
+    turns_14_on: date = Field(description="The day the child turns 14 (KST): the ledger then asks the person "
+                                          "themself (a duty, docs/duties.md)")
 
 
 class Actor(Strict):
@@ -77,6 +94,8 @@ class ConsentRecord(Strict):
     occurred_at: EventTime | None = Field(default=None, description="When the person acted (client clock, 2000 or later)")
     evidence: ClientEvidence | None = None
     decisions: list[DecisionIn] = Field(min_length=1, max_length=200)
+    child: Child | None = Field(default=None, description="The person is under 14: the decisions are the legal "
+                                                          "guardian's (PIPA Art. 22-2), at a form for children")
 
 
 class WithdrawalIn(Strict):

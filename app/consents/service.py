@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,7 +14,7 @@ from app.consents import idempotency, ledger, receipts
 from app.catalog import legal
 from app.consents.schemas import BulkWithdrawalIn, ConsentRecord, DecisionIn, WithdrawalIn
 from app.core import metrics
-from app.duties import consequences, records
+from app.duties import clocks, consequences, records
 from app.core.errors import (
     Conflict, ConsentRuleViolation, FieldError, Forbidden, InvalidRequest, NotFound, RequiredConsentRefused,
 )
@@ -72,7 +72,7 @@ CATALOG_FOR_RECORD = """
 WITH head AS MATERIALIZED (SELECT * FROM ledger_lock_subject($1, $4, true))
 SELECT head.id AS head_id, head.last_seq, head.last_hash, head.now AS head_now, head.created, catalog.*
 FROM head LEFT JOIN (
-SELECT cp.id AS collection_point_id, cp.notice_key,
+SELECT cp.id AS collection_point_id, cp.notice_key, cp.for_children,
        cur.id AS current_id, cur.version AS current_version, cur.sha256 AS current_sha256,
        cur.effective_at AS current_effective_at,
        shown.version AS shown_version, shown.sha256 AS shown_sha256, prev.id AS previous_id,
@@ -131,12 +131,12 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
 
 async def _owed(conn: asyncpg.Connection, *, tenant: str, subject_ref: str, head: ledger.Head,
                 events: list[dict[str, Any]], purposes: dict[str, Any], row: asyncpg.Record,
-                secret: bytes) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
+                secret: bytes, child: date | None = None) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
     """The duty records the events owe (app/duties/consequences.py), for the same statement."""
     ctx = consequences.Context(tenant=tenant, subject_ref=subject_ref, subject_id=head.id,
                                controller=row["controller"], settings=consequences.settings_of(row["tenant_settings"]),
-                               purposes=purposes)
-    if consequences.needs_lookup(events):
+                               purposes=purposes, child=child)
+    if consequences.needs_lookup(events) or child is not None:
         await consequences.look_up(conn, ctx, events)
     builder = records.Builder(tenant=tenant, subject_ref=subject_ref, secret=secret, now=head.now)
     return builder, consequences.apply(builder, ctx, events)
@@ -214,6 +214,30 @@ def _check_decisions(body: ConsentRecord, presented: dict[str, asyncpg.Record]) 
         )
 
 
+def _check_child(body: ConsentRecord, point: asyncpg.Record, head: ledger.Head) -> None:
+    """A person the tenant declares under 14 is signed up by their legal guardian, verified as the
+    Decree allows, at a form made for children (PIPA Art. 22-2; Decree Art. 17-2)."""
+    if body.child is None:
+        return
+    errors = []
+    if not point["for_children"]:
+        errors.append(FieldError(field="body.child", reason=f"collection point {body.collection_point!r} is not a "
+                                                           "form for children (for_children)"))
+    if body.actor.type != "guardian":
+        errors.append(FieldError(field="body.actor.type",
+                                 reason="a child under 14 does not consent themself: their legal guardian does, "
+                                        "verified as Decree Art. 17-2 allows (actor.guardian)"))
+    today = clocks.kst_date(head.now)
+    if body.child.turns_14_on <= today:
+        errors.append(FieldError(field="body.child.turns_14_on",
+                                 reason="the person is 14 or older: they consent themself"))
+    elif body.child.turns_14_on > today.replace(year=today.year + 15):
+        errors.append(FieldError(field="body.child.turns_14_on", reason="more than 14 years ahead"))
+    if errors:
+        raise ConsentRuleViolation("a child's consent is their legal guardian's (PIPA Art. 22-2); nothing was "
+                                   "recorded", errors=errors)
+
+
 async def record(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: ConsentRecord, client: ClientInfo,
     idempotency_key: str | None, request_path: str, proof: Proof,
@@ -233,6 +257,7 @@ async def record(
     presented = {r["key"]: r for r in rows if r["id"] is not None}
     _check_decisions(body, presented)
     _check_occurred_at(evidence, head)
+    _check_child(body, rows[0], head)
     evidence.collection_point_id = rows[0]["collection_point_id"]
     evidence.collection_point_key = body.collection_point
     evidence.notice = notice
@@ -258,7 +283,8 @@ async def record(
     receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
                             purposes=presented, controller=rows[0]["controller"])
     duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
-                                 events=batch.printed, purposes=presented, row=rows[0], secret=proof.secret)
+                                 events=batch.printed, purposes=presented, row=rows[0], secret=proof.secret,
+                                 child=body.child.turns_14_on if body.child else None)
     await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
                        purposes={r["key"]: _outbox_purpose(r) for r in presented.values()}, duties=duties,
                        opened=opened)

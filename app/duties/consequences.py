@@ -20,7 +20,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -50,6 +50,8 @@ GROUP BY u.purpose
 """
 OPEN_KINDS = ["reconfirmation"]
 OPEN = "SELECT * FROM ledger_lock_open_duties($1, $2, $3::text[], $4::text[])"
+ASKED_AT_14 = ("SELECT EXISTS (SELECT 1 FROM duties WHERE subject_id = $1 AND kind = 'ask_at_14' "
+               "AND status IN ('due', 'overdue'))")
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Context:
     controller: Mapping[str, Any]
     settings: Mapping[str, Any]
     purposes: Mapping[str, Mapping[str, Any]]  # key -> key, kind, channel, category, legal_basis
+    child: date | None = None  # declared under 14: the day they turn 14
+    asked_at_14: bool = False  # an open ask_at_14 duty exists already
     open: dict[tuple[str, str], list[Head]] = field(default_factory=dict)
     processors: dict[str, list[str]] = field(default_factory=dict)
 
@@ -94,6 +98,8 @@ def needs_lookup(events: Sequence[Mapping[str, Any]]) -> bool:
 async def look_up(conn: asyncpg.Connection, ctx: Context, events: Sequence[Mapping[str, Any]]) -> None:
     """Lock the subject's open reconfirmations of the purposes touched (after the subject's lock:
     docs/duties.md) and find the processors of the purposes that stopped."""
+    if ctx.child is not None:
+        ctx.asked_at_14 = await conn.fetchval(ASKED_AT_14, ctx.subject_id)
     touched = sorted({e["purpose"] for e in events if _stopped(e) or e["action"] == "reconfirmed"})
     for row in await conn.fetch(OPEN, ctx.tenant, ctx.subject_id, OPEN_KINDS, touched):
         ctx.open.setdefault((row["kind"], row["purpose_key"]), []).append(Head.of(row))
@@ -126,6 +132,15 @@ def apply(builder: Builder, ctx: Context, events: Sequence[Mapping[str, Any]]) -
         opened.setdefault(event["id"], []).append(
             {"duty_id": doc["duty_id"], "kind": doc["kind"], "processor": doc["processor"], "due_at": doc["due_at"]})
 
+    if ctx.child is not None and not ctx.asked_at_14 and events:
+        turns = clocks.start_of(ctx.child)
+        note(events[-1], builder.create(
+            subject_id=ctx.subject_id, kind="ask_at_14", notify_at=turns, cause=events[-1],
+            due_at=turns + timedelta(days=clocks.ASK_AT_14_DAYS),
+            contents={"turns_14_on": str(ctx.child), "article": "개인정보 보호법 제22조의2",
+                      "given_by_guardian": sorted(e["purpose"] for e in events if e["status"] == "granted"),
+                      "asks": "the person turns 14: ask them themself whether they keep the consents their "
+                              "guardian gave, and record their own decisions"}))
     acts = [e for e in events if _is_ad(ctx.purposes[e["purpose"]]) and e["action"] in AD_ACTIONS
             and outbox.is_change(e)]
     if acts:

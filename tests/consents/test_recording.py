@@ -126,12 +126,12 @@ async def test_guardian_consent_needs_verification_evidence(client, auth, demo):
     body["actor"] = {"type": "guardian"}
     response = await client.post("/v1/subjects/child-1/consents", json=body, headers=headers)
     assert response.status_code == 422
-    body["actor"] = {"type": "guardian", "guardian": {"verification_method": "mobile", "reference": "tx-1"}}
+    body["actor"] = {"type": "guardian", "guardian": {"verification_method": "mobile_identity", "reference": "tx-1"}}
     response = await client.post("/v1/subjects/child-1/consents", json=body, headers=headers)
     assert response.status_code == 201
     assert response.json()["events"][0]["actor"] == {"type": "guardian", "ref": None}
     evidence = (await client.get("/v1/subjects/child-1/evidence", headers=headers)).json()["items"]
-    assert evidence[0]["guardian"]["verification_method"] == "mobile"
+    assert evidence[0]["guardian"]["verification_method"] == "mobile_identity"
     assert evidence[0]["id"] == response.json()["events"][0]["evidence"]["id"]
 
 
