@@ -145,6 +145,7 @@ def _ts(name: str, nullable: bool = False, default: bool = False) -> sa.Column:
 
 
 def upgrade() -> None:
+    op.add_column('purposes', sa.Column('retention', postgresql.JSONB(astext_type=sa.Text()), nullable=True))
     op.add_column('collection_points', sa.Column('for_children', sa.Boolean(), server_default=sa.text('false'),
                                                  nullable=False))
     op.create_table(
@@ -235,3 +236,4 @@ def downgrade() -> None:
     op.drop_table('duties')
     op.drop_table('tenant_settings')
     op.drop_column('collection_points', 'for_children')
+    op.drop_column('purposes', 'retention')

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, CheckConstraint, false, text, Column, ForeignKey, Index, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
 from app.catalog.legal import CATEGORIES, LEGAL_BASES
@@ -97,6 +97,8 @@ class Purpose(SQLModel, table=True):
         default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("recipients.id"), nullable=True)
     )
     disclosures: dict[str, Any] = jsonb_object()
+    # When its data is destroyed (PIPA Art. 21; app/catalog/schemas.py RetentionRule); None: the default
+    retention: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     disclosure_hash: str = Field(sa_column=Column(Text, nullable=False))
     active: bool = Field(default=True)
     created_at: datetime = timestamp()

@@ -136,6 +136,7 @@ async def create_purpose(session: AsyncSession, principal: Principal, body: sche
         legal_basis=legal_basis, category=category, channel=body.channel, advertises=body.advertises,
         recipient_id=recipient.id if recipient else None,
         disclosures=body.disclosures.model_dump(mode="json"), disclosure_hash=disclosure_hash(body.disclosures),
+        retention=body.retention.model_dump(mode="json") if body.retention else None,
     ))
     await _snapshot(session, purpose)
     return purpose
@@ -161,6 +162,8 @@ async def update_purpose(
         changes["disclosure_hash"] = disclosure_hash(body.disclosures)
     if body.active is not None:
         changes["active"] = body.active
+    if body.retention is not None:  # from now on: destruction duties already created keep their dates
+        changes["retention"] = body.retention.model_dump(mode="json")
     apply(purpose, changes)
     await session.flush()
     await _snapshot(session, purpose)
@@ -238,6 +241,7 @@ def purpose_read(purpose: Purpose, recipients: dict[uuid.UUID, Recipient]) -> sc
         legal_basis_article=legal.LEGAL_BASES[purpose.legal_basis], category=purpose.category,
         category_article=legal.CATEGORIES.get(purpose.category) if purpose.category else None,
         channel=purpose.channel, advertises=list(purpose.advertises or []), recipient=recipient.key if recipient else None,
+        retention=purpose.retention,
         required=purpose.kind == "required",
         disclosures=schemas.Disclosures.model_validate(purpose.disclosures),
         disclosure_hash=purpose.disclosure_hash, active=purpose.active,

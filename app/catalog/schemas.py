@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.schemas import Key, Text200, Text2000, UtcDatetime
 
@@ -119,6 +119,24 @@ class ProcessorRead(BaseModel):
     updated_at: datetime
 
 
+class RetentionRule(Strict):
+    """Until withdrawal or the end of the relationship, plus a statutory period (PIPA Art. 21(1)
+    proviso): e.g. contract records 5 years and complaint records 3 years (e-commerce act Art. 6,
+    its Decree Art. 6), visit logs 3 months (Protection of Communications Secrets Act Decree Art. 41)."""
+
+    until: Literal["withdrawal", "termination"]
+    years: int = Field(default=0, ge=0, le=50)
+    months: int = Field(default=0, ge=0, le=600)
+    days: int = Field(default=0, ge=0, le=3650)
+    statute: Text200 | None = Field(default=None, description="The law that makes the data be kept")
+
+    @model_validator(mode="after")
+    def _statute_for_a_period(self) -> "RetentionRule":
+        if (self.years or self.months or self.days) and self.statute is None:
+            raise ValueError("keeping data past its purpose needs the statute that requires it (PIPA Art. 21(1))")
+        return self
+
+
 class PurposeCreate(Strict):
     """A purpose declares its legal basis (PIPA Art. 15(1)); a consent purpose its separate-consent
     category (Art. 22(1)). `kind` is the pre-2023 spelling of the category, still accepted (not
@@ -139,15 +157,19 @@ class PurposeCreate(Strict):
         "wording's scope. The permission check's `category` reads it"))
     recipient: Key | None = Field(default=None, description="Third-party only: the recipient's key")
     disclosures: Disclosures
+    retention: RetentionRule | None = Field(
+        default=None, description="When the data of this purpose is destroyed (PIPA Art. 21); default: at "
+                                  "withdrawal for consent purposes, at the end of the relationship for others")
 
 
 class PurposeUpdate(Patch):
     """Kind, channel and recipient are fixed: changing them would change what was consented to."""
 
-    _not_null = refuse_null("disclosures", "active")
+    _not_null = refuse_null("disclosures", "active", "retention")
 
     disclosures: Disclosures | None = None
     active: bool | None = None
+    retention: RetentionRule | None = None
 
 
 class PurposeReclassify(Strict):
@@ -182,6 +204,7 @@ class PurposeRead(BaseModel):
     channel: str | None
     advertises: list[str]
     recipient: str | None
+    retention: RetentionRule | None = None
     required: bool
     disclosures: Disclosures
     disclosure_hash: str

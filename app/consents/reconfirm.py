@@ -37,7 +37,7 @@ async def reconfirm(
     if head is None:
         raise NotFound(f"no subject {subject_id!r}")
     _check_occurred_at(evidence, head)
-    rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, [purpose_key], None)
+    rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, [purpose_key], None, False)
     if not rows:
         raise NotFound(f"no purpose with key {purpose_key!r}")
     row = rows[0]

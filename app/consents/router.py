@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, status
 
 from app.auth.deps import AuditRead, ConsentsRead, ConsentsWrite
-from app.consents import evidence, queries, reconfirm, service, verification
+from app.consents import evidence, queries, reconfirm, service, terminate, verification
 from app.consents.schemas import (
-    BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, ReconfirmResult, RecordResult,
+    BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, ReconfirmResult, RecordResult, TerminationResult,
     StatePage, WithdrawalIn,
     WithdrawalResult,
 )
@@ -99,6 +99,24 @@ async def reconfirm_one(
         outcome = await reconfirm.reconfirm(
             conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
             client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
+            proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
+        )
+    return _respond(outcome)
+
+
+@router.post("/terminate", operation_id="subjects-terminate", response_model=TerminationResult,
+             responses=problem_responses(409))
+async def terminate_subject(
+    subject_id: SubjectId, request: Request, principal: ConsentsWrite, body: WithdrawalIn | None = None,
+    idempotency_key: IdempotencyKey = None,
+):
+    """The relationship ended: every granted consent is withdrawn, every purpose processed without
+    consent ends (`expired`), and each purpose's data is owed destruction when its retention ends
+    (PIPA Art. 21: destruction duties). Again: nothing new is written."""
+    async with ledger_transaction(request) as conn:
+        outcome = await terminate.terminate(
+            conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), client=_client(request),
+            idempotency_key=idempotency_key, request_path=request.url.path,
             proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
         )
     return _respond(outcome)

@@ -244,6 +244,13 @@ class ReconfirmResult(BaseModel):
     receipt: ReceiptRef
 
 
+class TerminationResult(BaseModel):
+    subject_id: str
+    events: list[EventRead] = Field(description="One per purpose that ended; empty when nothing was left")
+    duties: list[OpenedDuty] = Field(description="Destruction, result notice and suppression duties opened")
+    receipt: ReceiptRef | None
+
+
 class HistoryPage(BaseModel):
     subject_id: str
     items: list[EventRead]

@@ -79,7 +79,7 @@ SELECT cp.id AS collection_point_id, cp.notice_key, cp.for_children,
        now() AS now, (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t
                       WHERE t.id = $1) AS controller,
        (SELECT to_jsonb(ts) FROM tenant_settings ts WHERE ts.tenant_id = $1) AS tenant_settings,
-       p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosure_hash,
+       p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosure_hash, p.retention,
        p.disclosures -> 'ko' AS disclosure_ko, cpp.position, cpp.condition_of_service
 FROM collection_points cp
 LEFT JOIN LATERAL (
@@ -131,11 +131,12 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
 
 async def _owed(conn: asyncpg.Connection, *, tenant: str, subject_ref: str, head: ledger.Head,
                 events: list[dict[str, Any]], purposes: dict[str, Any], row: asyncpg.Record,
-                secret: bytes, child: date | None = None) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
+                secret: bytes, child: date | None = None, terminating: bool = False,
+                ) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
     """The duty records the events owe (app/duties/consequences.py), for the same statement."""
     ctx = consequences.Context(tenant=tenant, subject_ref=subject_ref, subject_id=head.id,
                                controller=row["controller"], settings=consequences.settings_of(row["tenant_settings"]),
-                               purposes=purposes, child=child)
+                               purposes=purposes, child=child, terminating=terminating)
     if consequences.needs_lookup(events) or child is not None:
         await consequences.look_up(conn, ctx, events)
     builder = records.Builder(tenant=tenant, subject_ref=subject_ref, secret=secret, now=head.now)
@@ -299,12 +300,12 @@ async def record(
 # The purposes named (or of a kind), with the subject's state of each, the controller and its duty
 # settings: what a withdrawal or a reconfirmation needs, read after the subject's lock.
 PURPOSE_STATES = """
-SELECT p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.disclosures -> 'ko' AS disclosure_ko,
-       s.status, s.version,
+SELECT p.id, p.key, p.kind, p.legal_basis, p.category, p.channel, p.retention,
+       p.disclosures -> 'ko' AS disclosure_ko, s.status, s.version,
        (SELECT jsonb_build_object('name', t.name, 'name_en', t.name_en) FROM tenants t WHERE t.id = $1) AS controller,
        (SELECT to_jsonb(ts) FROM tenant_settings ts WHERE ts.tenant_id = $1) AS tenant_settings
 FROM purposes p LEFT JOIN consent_states s ON s.purpose_id = p.id AND s.subject_id = $2
-WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4)
+WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4 OR ($5 AND s.status IS NOT NULL))
 """
 
 
@@ -326,7 +327,7 @@ async def withdraw(
 
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
-    rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, named, kind)
+    rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, named, kind, False)
     by_key = {r["key"]: r for r in rows}
     keys = named or sorted(r["key"] for r in rows if r["status"] is not None)
     unknown = [k for k in keys if k not in by_key]

@@ -76,7 +76,9 @@ SMALLTICKET: dict[str, Any] = {
             "en": _disclosed("Membership management: confirming sign-up and age, identifying users, handling withdrawal",
                              ["name", "birth date", "gender", "mobile number", "nickname", "password"],
                              "Until account deletion (statutory retention applies separately)"),
-        }},
+        },
+         # 계약 또는 청약철회 등에 관한 기록 5년 (the seed policy, section 7)
+         "retention": {"until": "termination", "years": 5, "statute": "전자상거래법 제6조, 시행령 제6조"}},
         # Records the law makes the service keep (e-commerce act Art. 6; Protection of Communications
         # Secrets Act Decree Art. 41): PIPA Art. 15(1)2, disclosed.
         {"key": "fraud-prevention", "legal_basis": "legal_obligation", "disclosures": {
@@ -86,7 +88,9 @@ SMALLTICKET: dict[str, Any] = {
             "en": _disclosed("Preventing fraud and unauthorised use, keeping dispute records, handling complaints",
                              ["IP address", "cookies", "service usage records", "device information"],
                              "Visit logs 3 months; complaint and dispute records 3 years"),
-        }},
+        },
+         # 소비자의 불만 또는 분쟁처리에 관한 기록 3년 (the longest of the records it keeps)
+         "retention": {"until": "termination", "years": 3, "statute": "전자상거래법 제6조, 시행령 제6조"}},
         {"key": "insurance-contract", "category": "collection_use", "disclosures": {
             "ko": _text("보험계약의 가입, 청약, 변경, 보험금 청구 등 보험계약 관련 서비스 제공 및 리워드 지급",
                         ["주소", "보험가입정보(보험회사, 증권번호, 보험료, 보험기간)"],

@@ -61,3 +61,39 @@ def reconfirmation(consented_at: datetime, lead_days: int) -> tuple[datetime, da
     `consented_at`: before the same calendar date two years later, announced `lead_days` ahead."""
     deadline = years_after(consented_at, RECONFIRM_YEARS)
     return deadline - timedelta(days=lead_days), deadline
+
+
+def add_months(day: date, months: int) -> date | None:
+    """The corresponding date `months` later, or None when that month has none."""
+    year, month = divmod(day.month - 1 + months, 12)
+    try:
+        return day.replace(year=day.year + year, month=month + 1)
+    except ValueError:
+        return None
+
+
+def period_after(at: datetime, *, years: int = 0, months: int = 0, days: int = 0) -> datetime:
+    """The first instant after a period of years, months and days from an act at `at`: the
+    months (years are 12) end the day before the corresponding date, or with the month's last day
+    when it has none (Civil Act Art. 160); the days are counted after that."""
+    day = kst_date(at)
+    months += 12 * years
+    if months:
+        same = add_months(day, months)
+        if same is None:
+            y, m = divmod(day.month - 1 + months, 12)
+            y, m = day.year + y, m + 1
+            end = date(y, m, calendar.monthrange(y, m)[1]) + timedelta(days=1)
+        else:
+            end = same
+    else:
+        end = day + timedelta(days=1)
+    return start_of(end + timedelta(days=days))
+
+
+def retention_end(at: datetime, rule: dict) -> datetime:
+    """When the data of a purpose whose processing ended at `at` must be gone (PIPA Art. 21(1)):
+    at once, or after the statutory period the rule names."""
+    if not (rule.get("years") or rule.get("months") or rule.get("days")):
+        return at
+    return period_after(at, years=rule.get("years", 0), months=rule.get("months", 0), days=rule.get("days", 0))

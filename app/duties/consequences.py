@@ -25,11 +25,13 @@ from typing import Any
 
 import asyncpg
 
+from app.consents.chain import format_time
 from app.duties import clocks
 from app.duties.records import Builder, Head
 from app.webhooks import outbox
 
 AD_ACTIONS = ("granted", "refused", "withdrawn")
+ENDED = ("withdrawn", "expired")  # what the end of a relationship leaves of a granted or acknowledged purpose
 STOPPED = ("withdrawn", "refused")
 DEFAULT_INSTRUCTIONS = {
     "ko": "수신동의를 유지하시려면 별도 조치가 필요 없습니다. 철회를 원하시면 동의하신 것과 같은 방법(웹사이트·앱의 "
@@ -63,6 +65,7 @@ class Context:
     settings: Mapping[str, Any]
     purposes: Mapping[str, Mapping[str, Any]]  # key -> key, kind, channel, category, legal_basis
     child: date | None = None  # declared under 14: the day they turn 14
+    terminating: bool = False  # the end of the relationship (POST /v1/subjects/{id}/terminate)
     asked_at_14: bool = False  # an open ask_at_14 duty exists already
     open: dict[tuple[str, str], list[Head]] = field(default_factory=dict)
     processors: dict[str, list[str]] = field(default_factory=dict)
@@ -168,6 +171,11 @@ def apply(builder: Builder, ctx: Context, events: Sequence[Mapping[str, Any]]) -
             if event["action"] == "reconfirmed" or (event["status"] == "granted"
                                                     and event["previous_status"] != "granted"):
                 note(event, _reconfirmation(builder, ctx, event))
+        if _stopped(event) or (ctx.terminating and event["status"] in ENDED):
+            rule = _json(purpose.get("retention")) or {
+                "until": "withdrawal" if purpose["legal_basis"] == "consent" else "termination"}
+            if rule["until"] == "withdrawal" or ctx.terminating:
+                note(event, _destruction(builder, ctx, event, purpose, rule))
         if _stopped(event):
             for processor in ctx.processors.get(purpose["key"], []):
                 note(event, builder.create(
@@ -179,6 +187,26 @@ def apply(builder: Builder, ctx: Context, events: Sequence[Mapping[str, Any]]) -
                               "article": "개인정보 보호법 제37조, 시행령 제41조제2항·제44조제2항",
                               "asks": "confirm that processing for this purpose stopped: POST /v1/duties/{id}/ack"}))
     return opened
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _destruction(builder: Builder, ctx: Context, event: Mapping[str, Any], purpose: Mapping[str, Any],
+                 rule: Mapping[str, Any]) -> dict[str, Any]:
+    """The data of a purpose whose processing ended is destroyed when its retention ends, within 5
+    days; kept apart from other data until then (PIPA Art. 21(1), (3))."""
+    ended = _parse(_act_at(event))
+    end = clocks.retention_end(ended, rule)
+    disclosure = _json(purpose.get("disclosure_ko")) or {}
+    return builder.create(
+        subject_id=ctx.subject_id, kind="destruction", purpose_key=purpose["key"], notify_at=end, cause=event,
+        due_at=clocks.days_after(end - timedelta(microseconds=1), clocks.DESTRUCTION_DAYS),
+        contents={"purpose": purpose["key"], "items": disclosure.get("items"), "ended": event["status"],
+                  "ended_at": _act_at(event), "termination": ctx.terminating, "retention": dict(rule),
+                  "keep_apart_until": None if end == ended else format_time(end),
+                  "article": "개인정보 보호법 제21조" + (f", {rule['statute']}" if rule.get("statute") else "")})
 
 
 def settings_of(row: Mapping[str, Any] | str | None) -> dict[str, Any]:

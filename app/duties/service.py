@@ -19,7 +19,9 @@ from app.duties.schemas import AckIn, FulfilmentIn
 SKEW = timedelta(minutes=5)
 NOTICES = ("ad_result_notice", "reconfirmation", "ask_at_14", "reconsent")
 LOCK = """
-SELECT d.*, s.external_id AS subject_ref, greatest(clock_timestamp(), d.updated_at) AS now
+SELECT d.*, s.external_id AS subject_ref, greatest(clock_timestamp(), d.updated_at) AS now,
+       coalesce((SELECT coalesce(e.occurred_at, e.recorded_at) FROM consent_events e WHERE e.id = d.cause_event_id),
+                d.created_at) AS act_at
 FROM ledger_lock_duties($1, ARRAY[$2::uuid]) d JOIN subjects s ON s.id = d.subject_id
 """
 RECORDS = "SELECT * FROM duty_records WHERE duty_id = $1 ORDER BY seq"
@@ -121,15 +123,16 @@ async def detail(conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, 
     return {**read(row), "records": records}
 
 
-def _when(at: datetime | None, now: datetime, created: datetime, field: str) -> datetime:
+def _when(at: datetime | None, now: datetime, act: datetime, field: str) -> datetime:
+    """The instant a fulfilment states: not in the future, not before the act that caused the duty."""
     if at is None:
         return now
     if at > now + SKEW:
         raise InvalidRequest(f"{field} is in the future", errors=[{"field": f"body.{field}",
                                                                    "reason": "must not be later than now"}])
-    if at < created - SKEW:
-        raise InvalidRequest(f"{field} is before the duty existed", errors=[{
-            "field": f"body.{field}", "reason": f"the duty was created at {format_time(created)}"}])
+    if at < act:
+        raise InvalidRequest(f"{field} is before the act that caused the duty", errors=[{
+            "field": f"body.{field}", "reason": f"the act was at {format_time(act)}"}])
     return at
 
 
@@ -195,7 +198,7 @@ async def _record(conn: asyncpg.Connection, principal: Principal, row: asyncpg.R
     now = row["now"]
     stated = given.get(at_field)
     at = _when(None if stated is None else datetime.fromisoformat(stated.replace("Z", "+00:00")), now,
-               row["created_at"], at_field)
+               row["act_at"], at_field)
     facts[at_field] = format_time(at)
     facts["recorded_by"] = principal.sub
     facts["late"] = at >= row["due_at"]
