@@ -145,6 +145,34 @@ def _ts(name: str, nullable: bool = False, default: bool = False) -> sa.Column:
 
 
 def upgrade() -> None:
+    op.add_column('notices', sa.Column('impact', sa.Text(), server_default='minor', nullable=False))
+    op.add_column('notices', sa.Column('forced_reason', sa.Text(), nullable=True))
+    op.add_column('notices', sa.Column('forced_by', sa.Text(), nullable=True))
+    op.create_table(
+        'purpose_wording_changes',
+        sa.Column('id', sa.Uuid(), nullable=False),
+        sa.Column('tenant_id', sa.Text(), nullable=False),
+        sa.Column('purpose_id', sa.Uuid(), nullable=False),
+        sa.Column('purpose_key', sa.Text(), nullable=False),
+        sa.Column('disclosure_hash_before', sa.Text(), nullable=False),
+        sa.Column('disclosure_hash_after', sa.Text(), nullable=False),
+        sa.Column('material', sa.Boolean(), nullable=False),
+        _ts('effective_from'),
+        sa.Column('changed_by', sa.Text(), nullable=False),
+        sa.Column('reason', sa.Text(), nullable=True),
+        _ts('created_at'),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_purpose_wording_changes')),
+    )
+    op.create_index('ix_purpose_wording_changes_purpose', 'purpose_wording_changes', ['purpose_id', 'created_at'])
+    append_only('purpose_wording_changes')
+    op.create_table(
+        'reconsent_runs',
+        sa.Column('change_id', sa.Uuid(), nullable=False),
+        sa.Column('last_subject', sa.Uuid(), nullable=True),
+        sa.Column('subjects', sa.Integer(), server_default='0', nullable=False),
+        _ts('finished_at', nullable=True),
+        sa.PrimaryKeyConstraint('change_id', name=op.f('pk_reconsent_runs')),
+    )
     op.add_column('purposes', sa.Column('retention', postgresql.JSONB(astext_type=sa.Text()), nullable=True))
     op.add_column('collection_points', sa.Column('for_children', sa.Boolean(), server_default=sa.text('false'),
                                                  nullable=False))
@@ -237,3 +265,7 @@ def downgrade() -> None:
     op.drop_table('tenant_settings')
     op.drop_column('collection_points', 'for_children')
     op.drop_column('purposes', 'retention')
+    op.drop_table('reconsent_runs')
+    op.drop_table('purpose_wording_changes')
+    for column in ('forced_by', 'forced_reason', 'impact'):
+        op.drop_column('notices', column)

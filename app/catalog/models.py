@@ -155,6 +155,11 @@ class Notice(SQLModel, table=True):
     sha256: str = Field(sa_column=Column(Text, nullable=False))
     effective_at: datetime = timestamp()
     published_at: datetime | None = optional_timestamp()
+    # What the change does to the people it applies to: unfavourable or material changes are announced
+    # 30 days ahead, others 7 (e-commerce standard terms Art. 3(4)); forced earlier only with a reason
+    impact: str = Field(default="minor", sa_column=Column(Text, nullable=False, server_default="minor"))
+    forced_reason: str | None = Field(default=None, sa_column=Column(Text))
+    forced_by: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = timestamp()
 
 

@@ -165,8 +165,11 @@ async def update_notice(notice_id: uuid.UUID, body: schemas.NoticeUpdate, princi
 
 @router.post("/notices/{notice_id}/publish", tags=["notices"], operation_id="notices-publish",
              response_model=schemas.NoticeDetail, responses={**NOT_FOUND, **CONFLICT})
-async def publish_notice(notice_id: uuid.UUID, principal: CatalogWrite, session: Session):
-    return await service.publish_notice(session, principal, notice_id)
+async def publish_notice(notice_id: uuid.UUID, principal: CatalogWrite, session: Session,
+                         body: schemas.NoticePublish | None = None):
+    """Publish a draft: from then on it never changes. A new version of a published notice must take
+    effect 7 days after (30 when unfavourable or material), unless forced with a recorded reason."""
+    return await service.publish_notice(session, principal, notice_id, body.force_reason if body else None)
 
 
 @router.delete("/notices/{notice_id}", tags=["notices"], operation_id="notices-delete",

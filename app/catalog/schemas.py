@@ -213,6 +213,13 @@ class PurposeRead(BaseModel):
     updated_at: datetime
 
 
+NoticeImpact = Literal["minor", "unfavourable", "material"]
+IMPACT = ("What the change does to the people it applies to: a new version of a published notice takes effect "
+          "at least 7 days after it is published, 30 days when it is unfavourable or material (e-commerce "
+          "standard terms Art. 3(4); PIPA Art. 15(2), 17(2)); the first version of a notice needs no lead")
+FORCE = "Publish with less lead than the law's notice period anyway: why (recorded with the token's sub)"
+
+
 class NoticeCreate(Strict):
     key: Key = Field(description="Which document, e.g. 'privacy-policy'")
     version: str = Field(min_length=1, max_length=64)
@@ -221,13 +228,20 @@ class NoticeCreate(Strict):
     body: str = Field(min_length=1, max_length=1_000_000)
     effective_at: UtcDatetime
     publish: bool = Field(default=False, description="Publish at once; a published notice never changes")
+    impact: NoticeImpact = Field(default="minor", description=IMPACT)
+    force_reason: Text2000 | None = Field(default=None, description=FORCE)
 
 
 class NoticeUpdate(Patch):
-    _not_null = refuse_null("title", "body", "effective_at")
+    _not_null = refuse_null("title", "body", "effective_at", "impact")
     title: Text200 | None = None
     body: str | None = Field(default=None, min_length=1, max_length=1_000_000)
     effective_at: UtcDatetime | None = None
+    impact: NoticeImpact | None = None
+
+
+class NoticePublish(Strict):
+    force_reason: Text2000 | None = Field(default=None, description=FORCE)
 
 
 class NoticeRead(BaseModel):
@@ -239,6 +253,9 @@ class NoticeRead(BaseModel):
     sha256: str
     effective_at: datetime
     published_at: datetime | None
+    impact: NoticeImpact = "minor"
+    forced_reason: str | None = None
+    forced_by: str | None = None
     created_at: datetime
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.deps import Principal
@@ -36,8 +36,13 @@ async def create_notice(session: AsyncSession, principal: Principal, body: schem
     notice = Notice(
         id=uuid.uuid4(), tenant_id=principal.tenant, key=body.key, version=body.version, title=body.title,
         language=body.language, body=body.body, sha256=sha256_hex(body.body), effective_at=body.effective_at,
-        published_at=now() if body.publish else None,
+        published_at=now() if body.publish else None, impact=body.impact,
     )
+    if body.publish:
+        await _check_lead(session, principal, notice, body.force_reason)
+    elif body.force_reason is not None:
+        raise InvalidRequest("force_reason is for publishing", errors=[
+            {"field": "body.force_reason", "reason": "only with publish: true (or on POST .../publish)"}])
     return await add(session, notice, duplicate=Conflict(
         f"notice {body.key!r} already has a version {body.version!r}",
         errors=[{"field": "body.version", "reason": "already exists for this key"}],
@@ -63,9 +68,34 @@ async def update_notice(
     return notice
 
 
-async def publish_notice(session: AsyncSession, principal: Principal, notice_id: uuid.UUID) -> Notice:
+LEAD = {"minor": timedelta(days=7), "unfavourable": timedelta(days=30), "material": timedelta(days=30)}
+
+
+async def _check_lead(session: AsyncSession, principal: Principal, notice: Notice, force_reason: str | None) -> None:
+    """A change of a published notice is announced ahead: 7 days, 30 for an unfavourable or material
+    one (e-commerce standard terms Art. 3(4); PIPA Art. 15(2), 17(2)); earlier only when forced,
+    with the reason and who kept on the notice."""
+    earlier = await session.scalar(select(func.count()).select_from(Notice).where(
+        Notice.tenant_id == principal.tenant, Notice.key == notice.key, Notice.published_at.is_not(None),
+        Notice.id != notice.id, Notice.effective_at <= notice.effective_at))  # a version this one replaces
+    lead = LEAD[notice.impact]
+    published = now()
+    if earlier and notice.effective_at < published + lead and force_reason is None:
+        raise InvalidRequest(
+            f"a {notice.impact} change of notice {notice.key!r} takes effect at least {lead.days} days after it is "
+            "published; give force_reason to publish it anyway", errors=[{
+                "field": "body.effective_at",
+                "reason": f"at least {lead.days} days after publication (e-commerce standard terms Art. 3(4)): "
+                          f"{(published + lead).isoformat()} or later"}])
+    if force_reason is not None:
+        notice.forced_reason, notice.forced_by = force_reason, principal.sub
+
+
+async def publish_notice(session: AsyncSession, principal: Principal, notice_id: uuid.UUID,
+                         force_reason: str | None = None) -> Notice:
     notice = await get_notice(session, principal, notice_id)
     _ensure_draft(notice)
+    await _check_lead(session, principal, notice, force_reason)
     notice.published_at = now()
     await session.flush()
     return notice

@@ -42,6 +42,8 @@ RUNTIME_GRANTS: Mapping[str, tuple[str, ...]] = {
     "duty_records": ("SELECT", "INSERT"),
     "duties": ("SELECT",),
     "tenant_settings": ("SELECT", "INSERT", "UPDATE"),
+    "purpose_wording_changes": ("SELECT", "INSERT"),  # append-only by trigger (0007)
+    "reconsent_runs": ("SELECT", "INSERT", "UPDATE"),
     # operational state, purged by age
     "idempotency_keys": _CRUD,
     "webhook_messages": _CRUD,

@@ -29,6 +29,35 @@ OPEN = ("due", "overdue")  # not yet met
 RECORD_VERSION = 1
 
 
+class PurposeWordingChange(SQLModel, table=True):
+    """A change of a purpose's disclosures (append-only). A material one makes the consents given on
+    the wording before it need fresh consent from `effective_from` (PIPA Art. 15(2), 17(2))."""
+
+    __tablename__ = "purpose_wording_changes"
+    __table_args__ = (Index("ix_purpose_wording_changes_purpose", "purpose_id", "created_at"),)
+    id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    tenant_id: str = Field(sa_column=Column(Text, nullable=False))
+    purpose_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    purpose_key: str = Field(sa_column=Column(Text, nullable=False))
+    disclosure_hash_before: str = Field(sa_column=Column(Text, nullable=False))
+    disclosure_hash_after: str = Field(sa_column=Column(Text, nullable=False))
+    material: bool = Field(sa_column=Column(Boolean, nullable=False))
+    effective_from: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    changed_by: str = Field(sa_column=Column(Text, nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class ReconsentRun(SQLModel, table=True):
+    """The scheduler's progress through the subjects a material change affects (keyset on subject)."""
+
+    __tablename__ = "reconsent_runs"
+    change_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    last_subject: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    subjects: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    finished_at: datetime | None = optional_timestamp()
+
+
 class TenantSettings(SQLModel, table=True):
     """A tenant's choices where the law leaves one (absent row: the defaults)."""
 

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 async def _newer_notice(client, headers, effective_at: datetime) -> dict:
     response = await client.post("/v1/notices", headers=headers, json={
         "key": "privacy-policy", "version": f"v-{uuid.uuid4().hex[:6]}", "title": "개인정보 처리방침 (개정)",
-        "body": "개정된 처리방침 본문", "effective_at": effective_at.isoformat(), "publish": True})
+        "body": "개정된 처리방침 본문", "effective_at": effective_at.isoformat(), "publish": True,
+        # takes effect at once, inside the 7-day notice period: forced, with the reason on record
+        "force_reason": "test: a version switch inside the form's grace window"})
     assert response.status_code == 201, response.text
     return response.json()
 
