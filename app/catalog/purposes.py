@@ -15,6 +15,7 @@ from app.catalog.models import (
     CollectionPoint, CollectionPointPurpose, Purpose, PurposeBasisChange, PurposeDisclosure, Recipient,
 )
 from app.catalog.store import add, apply, get_by_key, now
+from app.duties.models import PurposeWordingChange
 from app.core.errors import Conflict, FieldError, InvalidRequest
 from app.core.hashing import canonical_json, sha256_hex
 
@@ -153,6 +154,9 @@ async def update_purpose(
 ) -> Purpose:
     purpose = await get_by_key(session, principal, Purpose, key)
     changes: dict[str, Any] = {}
+    if (body.material or body.reconsent_from) and body.disclosures is None:
+        raise InvalidRequest("material and reconsent_from describe a change of the disclosures", errors=[
+            {"field": "body.disclosures", "reason": "give the new disclosures"}])
     if body.disclosures is not None:
         await _check_shape(
             session, principal, legal_basis=purpose.legal_basis, category=purpose.category, channel=purpose.channel,
@@ -160,6 +164,8 @@ async def update_purpose(
         )
         changes["disclosures"] = body.disclosures.model_dump(mode="json")
         changes["disclosure_hash"] = disclosure_hash(body.disclosures)
+        if changes["disclosure_hash"] != purpose.disclosure_hash:
+            session.add(_wording_change(purpose, changes["disclosure_hash"], body, principal))
     if body.active is not None:
         changes["active"] = body.active
     if body.retention is not None:  # from now on: destruction duties already created keep their dates
@@ -168,6 +174,21 @@ async def update_purpose(
     await session.flush()
     await _snapshot(session, purpose)
     return purpose
+
+
+def _wording_change(purpose: Purpose, after: str, body: schemas.PurposeUpdate,
+                    principal: Principal) -> PurposeWordingChange:
+    """The change, kept (append-only); a material one is applied from `reconsent_from` by the worker
+    (app/duties/reconsent.py)."""
+    current = now()
+    effective = body.reconsent_from or current
+    if effective < current - timedelta(minutes=5):
+        raise InvalidRequest("reconsent_from is in the past", errors=[
+            {"field": "body.reconsent_from", "reason": "now or later: consents given before it stay valid until then"}])
+    return PurposeWordingChange(
+        id=uuid.uuid4(), tenant_id=principal.tenant, purpose_id=purpose.id, purpose_key=purpose.key,
+        disclosure_hash_before=purpose.disclosure_hash, disclosure_hash_after=after, material=bool(body.material),
+        effective_from=max(effective, current), changed_by=principal.sub, reason=body.reason, created_at=current)
 
 
 async def reclassify_purpose(session: AsyncSession, principal: Principal, key: str,

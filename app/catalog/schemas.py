@@ -165,11 +165,17 @@ class PurposeCreate(Strict):
 class PurposeUpdate(Patch):
     """Kind, channel and recipient are fixed: changing them would change what was consented to."""
 
-    _not_null = refuse_null("disclosures", "active", "retention")
+    _not_null = refuse_null("disclosures", "active", "retention", "material")
 
     disclosures: Disclosures | None = None
     active: bool | None = None
     retention: RetentionRule | None = None
+    material: bool | None = Field(default=None, description=(
+        "With new disclosures: the change alters what was consented to (purpose, items, retention, recipient), "
+        "so every consent given on the wording before needs fresh consent from `reconsent_from` (PIPA Art. "
+        "15(2), 17(2)): a reconsent duty and a consent.reconsent_required webhook per person"))
+    reconsent_from: UtcDatetime | None = Field(default=None, description="Default: now; never in the past")
+    reason: Text2000 | None = Field(default=None, description="Why the wording changed (kept with the change)")
 
 
 class PurposeReclassify(Strict):

@@ -212,7 +212,19 @@ async def write(conn: asyncpg.Connection, tenant: str, subject_ref: str, batch: 
     head.last_seq, head.last_hash = rows[-1]["seq"], rows[-1]["hash"]
 
 
-async def current_states(conn: asyncpg.Connection, subject_id: uuid.UUID) -> dict[uuid.UUID, tuple[str, int]]:
-    rows = await conn.fetch("SELECT purpose_id, status, version FROM consent_states WHERE subject_id = $1",
-                            subject_id)
-    return {r["purpose_id"]: (r["status"], r["version"]) for r in rows}
+# The subject's states, and (a last row without a purpose) the purposes whose consent must be given
+# again after a material change of wording (open reconsent duties: docs/duties.md).
+STATES = """
+SELECT purpose_id, status, version, NULL::text[] AS reconsent FROM consent_states WHERE subject_id = $1
+UNION ALL
+SELECT NULL, NULL, NULL, array_agg(purpose_key) FROM duties
+WHERE subject_id = $1 AND kind = 'reconsent' AND status IN ('due', 'overdue') HAVING count(*) > 0
+"""
+
+
+async def current_states(conn: asyncpg.Connection, subject_id: uuid.UUID,
+                         ) -> tuple[dict[uuid.UUID, tuple[str, int]], frozenset[str]]:
+    """(purpose id -> (status, version), the purpose keys awaiting fresh consent)."""
+    rows = await conn.fetch(STATES, subject_id)
+    reconsent = frozenset(k for r in rows if r["purpose_id"] is None for k in r["reconsent"])
+    return {r["purpose_id"]: (r["status"], r["version"]) for r in rows if r["purpose_id"] is not None}, reconsent

@@ -132,12 +132,12 @@ def notice_shown(row: asyncpg.Record, notice_id: uuid.UUID, grace: timedelta) ->
 async def _owed(conn: asyncpg.Connection, *, tenant: str, subject_ref: str, head: ledger.Head,
                 events: list[dict[str, Any]], purposes: dict[str, Any], row: asyncpg.Record,
                 secret: bytes, child: date | None = None, terminating: bool = False,
-                ) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
+                reconsent: frozenset[str] = frozenset()) -> tuple[records.Builder, dict[str, list[dict[str, Any]]]]:
     """The duty records the events owe (app/duties/consequences.py), for the same statement."""
     ctx = consequences.Context(tenant=tenant, subject_ref=subject_ref, subject_id=head.id,
                                controller=row["controller"], settings=consequences.settings_of(row["tenant_settings"]),
-                               purposes=purposes, child=child, terminating=terminating)
-    if consequences.needs_lookup(events) or child is not None:
+                               purposes=purposes, child=child, terminating=terminating, reconsent=reconsent)
+    if consequences.needs_lookup(ctx, events):
         await consequences.look_up(conn, ctx, events)
     builder = records.Builder(tenant=tenant, subject_ref=subject_ref, secret=secret, now=head.now)
     return builder, consequences.apply(builder, ctx, events)
@@ -262,7 +262,7 @@ async def record(
     evidence.collection_point_id = rows[0]["collection_point_id"]
     evidence.collection_point_key = body.collection_point
     evidence.notice = notice
-    states = await ledger.current_states(conn, head.id) if not head.created else {}
+    states, reconsent = await ledger.current_states(conn, head.id) if not head.created else ({}, frozenset())
     changes = []
     for decision in body.decisions:
         purpose = presented[decision.purpose]
@@ -285,7 +285,7 @@ async def record(
                             purposes=presented, controller=rows[0]["controller"])
     duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
                                  events=batch.printed, purposes=presented, row=rows[0], secret=proof.secret,
-                                 child=body.child.turns_14_on if body.child else None)
+                                 child=body.child.turns_14_on if body.child else None, reconsent=reconsent)
     await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
                        purposes={r["key"]: _outbox_purpose(r) for r in presented.values()}, duties=duties,
                        opened=opened)

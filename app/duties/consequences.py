@@ -50,7 +50,7 @@ JOIN webhook_endpoints e ON e.tenant_id = $1 AND e.deleted_at IS NULL AND {outbo
 JOIN processors p ON p.id = e.processor_id AND p.tenant_id = $1
 GROUP BY u.purpose
 """
-OPEN_KINDS = ["reconfirmation"]
+OPEN_KINDS = ["reconfirmation", "reconsent"]
 OPEN = "SELECT * FROM ledger_lock_open_duties($1, $2, $3::text[], $4::text[])"
 ASKED_AT_14 = ("SELECT EXISTS (SELECT 1 FROM duties WHERE subject_id = $1 AND kind = 'ask_at_14' "
                "AND status IN ('due', 'overdue'))")
@@ -66,6 +66,7 @@ class Context:
     purposes: Mapping[str, Mapping[str, Any]]  # key -> key, kind, channel, category, legal_basis
     child: date | None = None  # declared under 14: the day they turn 14
     terminating: bool = False  # the end of the relationship (POST /v1/subjects/{id}/terminate)
+    reconsent: frozenset[str] = frozenset()  # purposes awaiting fresh consent (open reconsent duties)
     asked_at_14: bool = False  # an open ask_at_14 duty exists already
     open: dict[tuple[str, str], list[Head]] = field(default_factory=dict)
     processors: dict[str, list[str]] = field(default_factory=dict)
@@ -92,10 +93,16 @@ def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def needs_lookup(events: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether the write must read open duties and subscribed processors first (withdrawals and
-    reconfirmations only: grants and first refusals need nothing read)."""
-    return any(_stopped(e) or e["action"] == "reconfirmed" for e in events)
+def _touches_open(ctx: Context, event: Mapping[str, Any]) -> bool:
+    """The event may close or cancel an open duty of its purpose."""
+    return _stopped(event) or event["action"] == "reconfirmed" or (
+        event["purpose"] in ctx.reconsent and event["status"] in ("granted", "refused", "withdrawn"))
+
+
+def needs_lookup(ctx: Context, events: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the write must read open duties and subscribed processors first (withdrawals,
+    reconfirmations, answers to a reconsent, a child: a plain grant or refusal needs nothing read)."""
+    return ctx.child is not None or any(_touches_open(ctx, e) for e in events)
 
 
 async def look_up(conn: asyncpg.Connection, ctx: Context, events: Sequence[Mapping[str, Any]]) -> None:
@@ -103,7 +110,7 @@ async def look_up(conn: asyncpg.Connection, ctx: Context, events: Sequence[Mappi
     docs/duties.md) and find the processors of the purposes that stopped."""
     if ctx.child is not None:
         ctx.asked_at_14 = await conn.fetchval(ASKED_AT_14, ctx.subject_id)
-    touched = sorted({e["purpose"] for e in events if _stopped(e) or e["action"] == "reconfirmed"})
+    touched = sorted({e["purpose"] for e in events if _touches_open(ctx, e)})
     for row in await conn.fetch(OPEN, ctx.tenant, ctx.subject_id, OPEN_KINDS, touched):
         ctx.open.setdefault((row["kind"], row["purpose_key"]), []).append(Head.of(row))
     stopped = [ctx.purposes[k] for k in sorted({e["purpose"] for e in events if _stopped(e)})]
@@ -159,6 +166,15 @@ def apply(builder: Builder, ctx: Context, events: Sequence[Mapping[str, Any]]) -
         note(last, doc)
     for event in events:
         purpose = ctx.purposes[event["purpose"]]
+        for head in ctx.open.get(("reconsent", purpose["key"]), []):
+            if event["action"] == "granted":  # given again, on the wording the form shows now
+                builder.next(head, action="done", status="done",
+                             detail={"answer": "granted", "event_id": event["id"], "at": _act_at(event),
+                                     "disclosure_hash": event["disclosure_hash"]})
+            elif event["status"] in ("refused", "withdrawn"):
+                builder.next(head, action="cancelled", status="cancelled",
+                             detail={"reason": f"consent {event['status']}", "event_id": event["id"],
+                                     "at": _act_at(event)})
         if _is_ad(purpose):
             for head in ctx.open.get(("reconfirmation", purpose["key"]), []):
                 if event["action"] == "reconfirmed":

@@ -24,6 +24,7 @@ from app.consents.chain import format_time
 from app.core.db import asyncpg_dsn
 from app.core.responses import dumps
 from app.core.settings import Settings
+from app.duties import reconsent
 from app.duties.records import INSERT, Builder, Head
 from app.proof.context import Proof
 from app.webhooks import outbox
@@ -102,10 +103,12 @@ async def _step(conn: asyncpg.Connection, secret: bytes, which: str, limit: int)
 
 async def run_pass(conn: asyncpg.Connection, secret: bytes, *, batch: int = BATCH) -> dict[str, int]:
     """Everything due now: overdue first (a duty both due and past its deadline is only overdue)."""
-    moved = {"overdue": 0, "notified": 0}
+    moved = {"overdue": 0, "notified": 0, "reconsent": 0}
     for which, key in (("overdue", "overdue"), ("notify", "notified")):
         while n := await _step(conn, secret, which, batch):
             moved[key] += n
+    while (n := await reconsent.step(conn, secret, batch)) is not None:
+        moved["reconsent"] += n
     return moved
 
 
@@ -121,8 +124,8 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event, proof: Proof) -
                 started = time.perf_counter()
                 moved = await run_pass(conn, proof.secret)
                 if any(moved.values()):
-                    log.info("duties: %d announced, %d overdue (%.2f s)", moved["notified"], moved["overdue"],
-                             time.perf_counter() - started)
+                    log.info("duties: %d announced, %d overdue, %d asked to consent again (%.2f s)",
+                             moved["notified"], moved["overdue"], moved["reconsent"], time.perf_counter() - started)
             finally:
                 await conn.close()
         except Exception as exc:  # noqa: BLE001 - the loop must outlive outages

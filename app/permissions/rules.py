@@ -26,6 +26,7 @@ ARTICLES = {
     "umbrella": "PIPA Art. 22(1)7",
     "night": "Network Act Art. 50(3); Decree Art. 61(2)",
     "reconfirmation": "Network Act Art. 50(8); Decree Art. 62-3",
+    "reconsent": "PIPA Art. 15(2), 17(2)",
 }
 
 

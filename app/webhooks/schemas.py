@@ -13,7 +13,7 @@ from app.core.schemas import Key, Url, UtcDatetime
 
 EventType = Literal[
     "consent.granted", "consent.refused", "consent.withdrawn", "consent.reconfirmed", "consent.expired",
-    "consent.revoked",
+    "consent.revoked", "consent.reconsent_required",
     # A signed checkpoint of the tenant's log (docs/proof.md); sent only to endpoints that list it.
     "ledger.checkpoint",
     # Duties (docs/duties.md), sent only to endpoints that list them: one came due, or is overdue.
