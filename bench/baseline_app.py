@@ -38,6 +38,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from app.consents import chain, receipts
+from app.duties import clocks, records
 from app.proof import keys
 
 
@@ -130,6 +131,28 @@ def _json(payload: Any, status_code: int = 200) -> Response:
                     status_code=status_code, media_type="application/json")
 
 
+def _duties(tenant: str, subject_ref: str, subject_id: uuid.UUID, now: Any, secret: bytes, purposes: dict,
+            printed: list[dict], controller: dict) -> records.Builder:
+    """What the law owes after ad-reception acts (docs/duties.md), the plain way: one result notice
+    for the request, a reconfirmation per new grant; each record hashed and sealed like the project's."""
+    builder = records.Builder(tenant=tenant, subject_ref=subject_ref, secret=secret, now=now)
+    ads = [e for e in printed if purposes[e["purpose"]]["kind"] == "marketing" and purposes[e["purpose"]]["channel"]
+           and e["status"] != e["previous_status"]]
+    sender = {"name": controller["name"], "name_en": controller["name_en"]}
+    if ads:
+        builder.create(subject_id=subject_id, kind="ad_result_notice", notify_at=now,
+                       due_at=clocks.days_after(now, clocks.RESULT_NOTICE_DAYS), cause=ads[-1],
+                       contents={"sender": sender, "acts": [{"purpose": e["purpose"], "action": e["action"],
+                                                             "at": e["recorded_at"]} for e in ads]})
+    for event in ads:
+        if event["status"] == "granted":
+            announce, deadline = clocks.reconfirmation(now, 30)
+            builder.create(subject_id=subject_id, kind="reconfirmation", purpose_key=event["purpose"],
+                           notify_at=announce, due_at=deadline, cause=event,
+                           contents={"sender": sender, "purpose": event["purpose"], "consented_at": event["recorded_at"]})
+    return builder
+
+
 def create_app() -> FastAPI:
     tenant = os.environ["BASELINE_TENANT"]
     point_key = os.environ["BASELINE_COLLECTION_POINT"]
@@ -214,6 +237,7 @@ def create_app() -> FastAPI:
             jws = signer.sign(receipts.payload(
                 receipt_id=receipt_id, controller=app.state.controller, subject_ref=subject_id, recorded_at=now,
                 events=printed, purposes=purposes), receipts.TYP)
+            duties = _duties(tenant, subject_id, head["id"], now, secret, purposes, printed, app.state.controller)
             if evidence_id is not None:
                 await conn.execute(INSERT_EVIDENCE, evidence_id, tenant, head["id"], ip, user_agent, commitment, now)
             for batch in ([r] for r in rows) if per_row else (rows,):
@@ -224,6 +248,8 @@ def create_app() -> FastAPI:
                 )
             await conn.execute(INSERT_RECEIPT, receipt_id, tenant, head["id"], request_id, [r["id"] for r in rows],
                                jws, now)
+            if duties.rows:
+                await conn.execute(records.INSERT, duties.json())
         return _json({"subject_id": subject_id, "request_id": request_id, "recorded_at": now, "events": printed,
                       "receipt": {"id": receipt_id, "jws": jws}}, status_code=201)
 

@@ -13,7 +13,8 @@ Environment: BENCH_SECONDS (seconds per measured run, 10), BENCH_WARMUP (2), BEN
 per service and scenario, alternating, best reported, 2), BENCH_CONNECTIONS (32),
 BENCH_EVENTS (events seeded for the second part, 5000000), BENCH_SAMPLES (subjects timed, 2000),
 BENCH_LOADGEN=python (use the Python generator even when wrk is installed), BENCH_SKIP_AUDIENCE=1 (skip the
-campaign audience check, bench/audience.py; BENCH_AUDIENCE ids, 100000), BENCH_DURABLE=1 (run
+campaign audience check, bench/audience.py; BENCH_AUDIENCE ids, 100000), BENCH_SKIP_DUTIES=1 (skip the duty
+scheduler at 5M duties, bench/duties.py), BENCH_DURABLE=1 (run
 PostgreSQL with fsync and synchronous commit on; by default they are off), BASELINE_EVENT_STATEMENTS=each
 (the baseline inserts a call's events one statement each instead of in one).
 """
@@ -48,7 +49,7 @@ from app.core.db import create_pool
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.proof import keys
-from bench import audience, big, database, log_proofs, servers
+from bench import audience, big, database, duties, log_proofs, servers
 from bench.load import Result, Scenario, generator_name, run_load
 from bench.seed import Catalog, seed_parallel
 
@@ -157,6 +158,7 @@ SELECT (SELECT count(*) FROM consent_evidence WHERE subject_id = s.id) AS eviden
        (SELECT count(*) FROM consent_states WHERE subject_id = s.id) AS states,
        (SELECT count(*) FROM receipts WHERE subject_id = s.id) AS receipts,
        (SELECT count(*) FROM ledger_log_queue WHERE subject_id = s.id) AS queued,
+       (SELECT count(*) FROM duty_records WHERE subject_id = s.id) AS duty_records,
        (SELECT array_agg(DISTINCT k ORDER BY k) FROM consent_events e, jsonb_each(to_jsonb(e)) AS j(k, v)
         WHERE e.subject_id = s.id AND v <> 'null'::jsonb) AS event_columns_set
 FROM subjects s WHERE s.tenant_id = $1 AND s.external_id = $2
@@ -180,7 +182,8 @@ async def _check_written(url: str, secret: bytes, tenants: dict[str, str], subje
             raise RuntimeError(f"the two services wrote different rows for one record call: {written}")
         w = next(iter(written.values()))
         print(f"one record call, both sides: {w['evidence']} evidence, {w['events']} events, {w['states']} states, "
-              f"{w['receipts']} receipt, {w['queued']} queued for the log; both verify", flush=True)
+              f"{w['receipts']} receipt, {w['duty_records']} duty records, {w['queued']} queued for the log; "
+              "both verify", flush=True)
     finally:
         await pool.close()
 
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BENCH_SKIP_AUDIENCE") != "1" and config.compare:
             results["audience"] = audience.run(url, project, workdir, secret,
                                                (settings.jwt_secret, settings.jwt_issuer, settings.jwt_audience))
+        if os.environ.get("BENCH_SKIP_DUTIES") != "1" and config.compare:
+            results["duties"] = duties.run(database.create(pg.url), secret)
         if config.big:
             results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples,
                                      secret)

@@ -39,7 +39,10 @@ END"""
 FUNCTIONS = [
     f"""
     CREATE FUNCTION ledger_duty_records_appended() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
+    -- The transition table has no statistics: a hash or merge join would read all of duties (or
+    -- subjects) for every batch (measured: ~1 s per 2,000 records at 5M duties); by key, per row.
+    SET enable_hashjoin = off SET enable_mergejoin = off AS $$
     DECLARE
         moved bigint;
         expected bigint;
@@ -76,10 +79,11 @@ FUNCTIONS = [
             UPDATE duties d SET status = a.status, last_seq = a.seq, last_hash = a.hash, updated_at = a.recorded_at,
                    notified_at = CASE WHEN a.action IN ('notified', 'overdue') THEN a.recorded_at
                                       ELSE d.notified_at END,
-                   fulfilment = CASE WHEN a.action IN ('sent', 'done', 'cancelled') THEN a.detail
-                                     ELSE d.fulfilment END,
-                   closed_at = CASE WHEN a.action IN ('sent', 'done', 'cancelled') THEN a.recorded_at
-                                    ELSE d.closed_at END
+                   -- the first fulfilment stays the duty's (a later cancel does not rewrite when it was met)
+                   fulfilment = CASE WHEN a.action IN ('sent', 'done', 'cancelled')
+                                     THEN coalesce(d.fulfilment, a.detail) ELSE d.fulfilment END,
+                   closed_at = CASE WHEN a.action IN ('sent', 'done', 'cancelled')
+                                    THEN coalesce(d.closed_at, a.recorded_at) ELSE d.closed_at END
             FROM appended a
             WHERE a.seq > 1 AND d.id = a.duty_id AND d.last_seq = a.seq - 1 AND d.last_hash = a.prev_hash
               AND d.tenant_id = a.tenant_id AND d.subject_id = a.subject_id AND d.kind = a.kind
@@ -114,7 +118,7 @@ FUNCTIONS = [
     RETURNS SETOF duties LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
         SELECT * FROM duties
         WHERE tenant_id = p_tenant AND subject_id = p_subject AND kind = ANY(p_kinds)
-          AND purpose_key = ANY(p_purposes) AND status IN ('due', 'overdue', 'sent')
+          AND purpose_key = ANY(p_purposes) AND status IN ('due', 'overdue')
         ORDER BY id FOR UPDATE
     $$
     """,

@@ -41,6 +41,9 @@ async def reconfirm(
     if not rows:
         raise NotFound(f"no purpose with key {purpose_key!r}")
     row = rows[0]
+    if row["kind"] != "marketing" or row["channel"] is None:
+        raise Conflict(f"{purpose_key!r} is not an ad-reception consent: only those are reconfirmed every two "
+                       "years (Network Act Art. 50(8))")
     if row["status"] != "granted":
         raise Conflict(f"only a granted consent is reconfirmed; {purpose_key!r} is "
                        f"{row['status'] or 'not recorded'} for subject {subject_id!r}")

@@ -232,7 +232,7 @@ def _check_child(body: ConsentRecord, point: asyncpg.Record, head: ledger.Head) 
     if body.child.turns_14_on <= today:
         errors.append(FieldError(field="body.child.turns_14_on",
                                  reason="the person is 14 or older: they consent themself"))
-    elif body.child.turns_14_on > today.replace(year=today.year + 15):
+    elif body.child.turns_14_on > (clocks.add_years(today, 15) or today + timedelta(days=1)):
         errors.append(FieldError(field="body.child.turns_14_on", reason="more than 14 years ahead"))
     if errors:
         raise ConsentRuleViolation("a child's consent is their legal guardian's (PIPA Art. 22-2); nothing was "

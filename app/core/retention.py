@@ -114,6 +114,11 @@ async def purge_once(db: asyncpg.Pool | asyncpg.Connection, settings: Settings) 
         counts["idempotency_keys"] += row["deleted"]
         if row["selected"] < batch:
             break
+    if settings.evidence_retention_days > 0:
+        # raw evidence past its retention: the values go, the commitments and the chain stay
+        counts["evidence"] = await db.fetchval("SELECT ledger_purge_evidence($1, $2)",
+                                               now - timedelta(days=settings.evidence_retention_days),
+                                               "worker:evidence_retention_days")
     return counts
 
 
@@ -134,7 +139,7 @@ async def run_purger(settings: Settings, stop: asyncio.Event) -> None:
         delay = settings.purge_interval_seconds
         try:
             counts = await purge_now(settings)
-            if any(counts[k] for k in ("messages", "deliveries", "attempts", "idempotency_keys")):
+            if any(counts.get(k) for k in ("messages", "deliveries", "attempts", "idempotency_keys", "evidence")):
                 log.info("purged %s", summary(counts))
         except Exception as exc:  # noqa: BLE001 - a failed pass is retried; the loop must outlive outages
             log.warning("purge failed, retrying: %s: %s", type(exc).__name__, exc)

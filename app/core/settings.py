@@ -52,6 +52,10 @@ class Settings:
     webhook_dead_letter_retention_days: float = 365
     purge_interval_seconds: float = 3600
     purge_batch_size: int = 1000
+    # The ledger's own raw evidence (IP, user agent, guardian verification) is personal data with a
+    # retention: older than this it is purged by the worker's purge, its commitment and the chain kept
+    # (docs/duties.md; 0: never). Default 3 years: complaint and dispute records (e-commerce act Art. 6).
+    evidence_retention_days: float = 3 * 365
 
     # HTTP edge: bodies past this many bytes are a 413 before anything parses them.
     max_request_body_bytes: int = 1024 * 1024

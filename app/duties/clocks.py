@@ -56,10 +56,11 @@ def years_after(at: datetime, years: int) -> datetime:
     return start_of(same)
 
 
-def reconfirmation(consented_at: datetime, lead_days: int) -> tuple[datetime, datetime]:
-    """(announce from, deadline) of the reconfirmation of an ad-reception consent given at
-    `consented_at`: before the same calendar date two years later, announced `lead_days` ahead."""
-    deadline = years_after(consented_at, RECONFIRM_YEARS)
+def reconfirmation(consented_at: datetime, lead_days: int, cycle: int = 1) -> tuple[datetime, datetime]:
+    """(announce from, deadline) of the `cycle`-th reconfirmation of an ad-reception consent given
+    at `consented_at`: before the same calendar date 2, 4, ... years later (every two years from
+    the consent's date, however late a notice was sent), announced `lead_days` ahead."""
+    deadline = years_after(consented_at, RECONFIRM_YEARS * cycle)
     return deadline - timedelta(days=lead_days), deadline
 
 
@@ -73,21 +74,18 @@ def add_months(day: date, months: int) -> date | None:
 
 
 def period_after(at: datetime, *, years: int = 0, months: int = 0, days: int = 0) -> datetime:
-    """The first instant after a period of years, months and days from an act at `at`: the
-    months (years are 12) end the day before the corresponding date, or with the month's last day
-    when it has none (Civil Act Art. 160); the days are counted after that."""
-    day = kst_date(at)
+    """The first instant after a period of years, months and days from an act at `at`. It starts
+    the day after the act (Civil Act Art. 157); months (years are 12) end the day before the date
+    corresponding to that first day, or with the month's last day when it has none (Art. 160(2),
+    (3)); the days are counted after that. 15 Mar 2024 + 1 year: 16 Mar 2024 .. 15 Mar 2025."""
+    first = kst_date(at) + timedelta(days=1)
     months += 12 * years
+    end = first
     if months:
-        same = add_months(day, months)
-        if same is None:
-            y, m = divmod(day.month - 1 + months, 12)
-            y, m = day.year + y, m + 1
-            end = date(y, m, calendar.monthrange(y, m)[1]) + timedelta(days=1)
-        else:
-            end = same
-    else:
-        end = day + timedelta(days=1)
+        end = add_months(first, months)
+        if end is None:  # no corresponding date: the period ends with that month
+            y, m = divmod(first.month - 1 + months + 1, 12)
+            end = date(first.year + y, m + 1, 1)
     return start_of(end + timedelta(days=days))
 
 

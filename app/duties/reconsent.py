@@ -12,13 +12,13 @@ Progress is kept in reconsent_runs, so a restart resumes where it stopped.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from app.consents.chain import format_time
 from app.core.responses import dumps
+from app.duties import clocks
 from app.duties.records import INSERT, Builder
 from app.webhooks import outbox
 
@@ -75,6 +75,9 @@ async def step(conn: asyncpg.Connection, secret: bytes, limit: int) -> int | Non
     """One batch of the oldest unfinished material change; returns the subjects it reached (None:
     no change left to apply)."""
     async with conn.transaction():
+        # one worker at a time walks the changes (another one skips this round): never twice
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('consent-ledger reconsent', 0))"):
+            return None
         change = await conn.fetchrow(DUE)
         if change is None:
             return None
@@ -83,7 +86,7 @@ async def step(conn: asyncpg.Connection, secret: bytes, limit: int) -> int | Non
                                 change["last_subject"] or NIL, limit)
         records: list[dict[str, Any]] = []
         messages: list[dict[str, Any]] = []
-        due = change["effective_from"] + timedelta(days=DAYS)
+        due = clocks.days_after(change["effective_from"], DAYS)
         for row in rows:
             builder = Builder(tenant=change["tenant_id"], subject_ref=row["external_id"], secret=secret, now=now)
             cause = {"id": row["id"], "hash": row["hash"]}

@@ -74,12 +74,14 @@ class Head:
     status: str
     last_seq: int
     last_hash: str | None
+    updated_at: datetime | None = None  # its last record's time: the next may not be earlier
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Head:
         return cls(duty_id=row["id"], subject_id=row["subject_id"], kind=row["kind"], purpose_key=row["purpose_key"],
                    processor_key=row["processor_key"], notify_at=row["notify_at"], due_at=row["due_at"],
-                   status=row["status"], last_seq=row["last_seq"], last_hash=row["last_hash"])
+                   status=row["status"], last_seq=row["last_seq"], last_hash=row["last_hash"],
+                   updated_at=row["updated_at"])
 
 
 class Builder:
@@ -90,10 +92,10 @@ class Builder:
         self.rows: list[dict[str, Any]] = []
         self.printed: list[dict[str, Any]] = []
 
-    def _add(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _add(self, row: dict[str, Any], at: datetime | None = None) -> dict[str, Any]:
         row["record_version"] = RECORD_VERSION
         row["tenant_id"] = self.tenant
-        row["recorded_at"] = self.now
+        row["recorded_at"] = self.now if at is None or at <= self.now else at
         doc = document(row, tenant=self.tenant, subject_ref=self.subject_ref)
         row["hash"] = doc["hash"] = document_hash(doc)
         row["seal"] = keys.seal(self.secret, row["hash"])
@@ -119,7 +121,7 @@ class Builder:
             "kind": head.kind, "purpose_key": head.purpose_key, "processor_key": head.processor_key,
             "action": action, "status": status, "notify_at": head.notify_at, "due_at": head.due_at,
             "detail": detail, "cause_event_id": None, "prev_hash": head.last_hash,
-        })
+        }, at=head.updated_at)  # the scheduler may have moved it after this writer's clock was read
         head.last_seq, head.last_hash, head.status = doc["seq"], doc["hash"], status
         return doc
 

@@ -46,8 +46,9 @@ WITH m AS (
     SELECT m.id, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
       ON e.tenant_id = m.tenant AND e.deleted_at IS NULL AND m.type = ANY(e.event_types)
      AND (cardinality(e.purposes) = 0 OR m.purpose IS NULL OR m.purpose = ANY(e.purposes))
-     AND (m.processor IS NULL OR e.processor_id = (SELECT p.id FROM processors p
-                                                   WHERE p.tenant_id = m.tenant AND p.key = m.processor))
+     -- a processor's duty reaches that processor's endpoints and the tenant's own, no other processor's
+     AND (m.processor IS NULL OR e.processor_id IS NULL
+          OR e.processor_id = (SELECT p.id FROM processors p WHERE p.tenant_id = m.tenant AND p.key = m.processor))
     FOR KEY SHARE OF e
 ), messages AS (
     INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, body, created_at)
@@ -73,7 +74,7 @@ def message(row: asyncpg.Record, doc: dict[str, Any], type_: str) -> dict[str, A
             "due_at": format_time(row["due_at"]), "contents": _json(row["contents"]), "record_hash": doc["hash"]}
     return {"id": uuid.uuid4(), "tenant": row["tenant_id"], "subject_ref": row["subject_ref"], "type": type_,
             "purpose": row["purpose_key"],
-            "processor": row["processor_key"] if type_ == "duty.suppression" else None,
+            "processor": row["processor_key"],
             "body": outbox.body(type_, row["now"], data)}
 
 

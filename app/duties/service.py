@@ -13,11 +13,13 @@ from app.auth.deps import Principal
 from app.consents.chain import format_time
 from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
+from app.consents import ledger
+from app.duties import clocks
 from app.duties.records import Builder, Head, document, write
 from app.duties.schemas import AckIn, FulfilmentIn
 
 SKEW = timedelta(minutes=5)
-NOTICES = ("ad_result_notice", "reconfirmation", "ask_at_14", "reconsent")
+NOTICES = ("ad_result_notice", "reconfirmation", "ask_at_14")
 LOCK = """
 SELECT d.*, s.external_id AS subject_ref, greatest(clock_timestamp(), d.updated_at) AS now,
        coalesce((SELECT coalesce(e.occurred_at, e.recorded_at) FROM consent_events e WHERE e.id = d.cause_event_id),
@@ -137,13 +139,18 @@ def _when(at: datetime | None, now: datetime, act: datetime, field: str) -> date
 
 
 def _given(body: FulfilmentIn | AckIn) -> dict[str, Any]:
-    return {k: v for k, v in body.model_dump(mode="json", exclude_none=True).items()}
+    """The facts the request states, instants in the one printed form (so a retry compares equal)."""
+    given = body.model_dump(exclude_none=True)
+    return {k: format_time(v) if isinstance(v, datetime) else v for k, v in given.items()}
 
 
 def _check_kind(kind: str, body: FulfilmentIn) -> None:
     if kind == "suppression":
         raise Conflict("a suppression is confirmed by its processor: POST /v1/duties/{id}/ack with the "
                        "processor's own token")
+    if kind == "reconsent":
+        raise Conflict("a reconsent is met only by the person's new grant on the changed wording (or ended by a "
+                       "withdrawal), recorded as a consent; asking them is not enough")
     errors = []
     if kind in NOTICES:
         if body.outcome != "sent":
@@ -161,9 +168,22 @@ def _check_kind(kind: str, body: FulfilmentIn) -> None:
         raise InvalidRequest(f"this is not how a {kind} duty is met", errors=errors)
 
 
+PEEK = "SELECT s.external_id FROM duties d JOIN subjects s ON s.id = d.subject_id WHERE d.tenant_id = $1 AND d.id = $2"
+
+
+async def _lock(conn: asyncpg.Connection, principal: Principal, duty_id: uuid.UUID) -> asyncpg.Record | None:
+    """The duty, locked after its subject (the one lock order, docs/duties.md): a consent write of the
+    same person (which may close or open duties of it) goes first or waits, never interleaves."""
+    subject_ref = await conn.fetchval(PEEK, principal.tenant, duty_id)
+    if subject_ref is None:
+        return None
+    await ledger.lock_subject(conn, principal.tenant, subject_ref, create=False)
+    return await conn.fetchrow(LOCK, principal.tenant, duty_id)
+
+
 async def fulfil(conn: asyncpg.Connection, principal: Principal, duty_id: uuid.UUID, body: FulfilmentIn,
                  secret: bytes) -> tuple[int, dict[str, Any]]:
-    row = await conn.fetchrow(LOCK, principal.tenant, duty_id)
+    row = await _lock(conn, principal, duty_id)
     if row is None or principal.processor is not None:
         raise NotFound(f"no duty {duty_id}")
     _check_kind(row["kind"], body)
@@ -174,15 +194,33 @@ async def fulfil(conn: asyncpg.Connection, principal: Principal, duty_id: uuid.U
 
 async def ack(conn: asyncpg.Connection, principal: Principal, duty_id: uuid.UUID, body: AckIn,
               secret: bytes) -> tuple[int, dict[str, Any]]:
-    row = await conn.fetchrow(LOCK, principal.tenant, duty_id)
+    row = await _lock(conn, principal, duty_id)
     if row is None or row["kind"] != "suppression" or row["processor_key"] is None:
         raise NotFound(f"no suppression duty {duty_id}")
-    if principal.processor != row["processor_key"]:
-        raise Forbidden(f"only processor {row['processor_key']!r}, with its own token (claim processor), "
-                        "confirms this suppression")
+    if principal.processor is None:
+        raise Forbidden("a suppression is acknowledged by the processor itself, with its own token (claim "
+                        "processor)")
+    if principal.processor != row["processor_key"]:  # another processor's duty: as if it did not exist
+        raise NotFound(f"no suppression duty {duty_id} for processor {principal.processor!r}")
     given = _given(body)
     return await _record(conn, principal, row, action="done", given=given, at_field="stopped_at",
                          facts={"by": principal.sub, "processor": principal.processor, **given}, secret=secret)
+
+
+async def _next_cycle(conn: asyncpg.Connection, builder: Builder, row: asyncpg.Record) -> None:
+    """The person was told and kept silent: the consent stands (Network Act Art. 50(8)), and the
+    next reconfirmation is due two years on from the consent's date. Its first record names the
+    duty it follows (no event caused it)."""
+    contents = _json(row["contents"])
+    cycle = contents.get("cycle", 1) + 1
+    consented = datetime.fromisoformat(contents["consented_at"].replace("Z", "+00:00"))
+    lead = await conn.fetchval("SELECT reconfirmation_lead_days FROM tenant_settings WHERE tenant_id = $1",
+                               row["tenant_id"])
+    announce, deadline = clocks.reconfirmation(consented, 30 if lead is None else lead, cycle)
+    builder.create(subject_id=row["subject_id"], kind="reconfirmation", purpose_key=row["purpose_key"],
+                   notify_at=announce, due_at=deadline, cause=None,
+                   contents={**contents, "cycle": cycle, "follows": {"duty_id": str(row["id"]),
+                                                                      "last_hash": builder.rows[-1]["hash"]}})
 
 
 async def _record(conn: asyncpg.Connection, principal: Principal, row: asyncpg.Record, *, action: str,
@@ -202,7 +240,11 @@ async def _record(conn: asyncpg.Connection, principal: Principal, row: asyncpg.R
     facts[at_field] = format_time(at)
     facts["recorded_by"] = principal.sub
     facts["late"] = at >= row["due_at"]
+    if row["kind"] == "destruction" and at < row["notify_at"]:
+        facts["early"] = True  # destroyed while a statute still required keeping it (contents.keep_apart_until)
     builder = Builder(tenant=principal.tenant, subject_ref=row["subject_ref"], secret=secret, now=now)
     builder.next(Head.of(row), action=action, status=action, detail=facts)
+    if row["kind"] == "reconfirmation" and action == "sent":
+        await _next_cycle(conn, builder, row)
     await write(conn, builder)
     return 201, await detail(conn, principal, row["id"])

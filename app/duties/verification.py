@@ -73,13 +73,30 @@ def _one(add: Add, records: list[Mapping[str, Any]], events: Mapping[uuid.UUID, 
     return (status, previous["seq"], previous["hash"]) if previous else None
 
 
+def _row_differs(row: Mapping[str, Any], chain: list[Mapping[str, Any]]) -> list[str]:
+    """What the API, the scheduler and the permission check read of a duty, against its records:
+    the first record says what is owed and by when, the first closing one how it was met."""
+    first = chain[0]
+    closing = next((r for r in chain if r["action"] in ("sent", "done", "cancelled")), None)
+    expected = {
+        "tenant_id": first["tenant_id"], "kind": first["kind"], "purpose_key": first["purpose_key"],
+        "processor_key": first["processor_key"], "notify_at": first["notify_at"], "due_at": first["due_at"],
+        "cause_event_id": first["cause_event_id"], "contents": _json(first["detail"]),
+        "fulfilment": _json(closing["detail"]) if closing else None,
+        "closed_at": closing["recorded_at"] if closing else None,
+    }
+    return [name for name, value in expected.items()
+            if (_json(row[name]) if name in ("contents", "fulfilment") else row[name]) != value]
+
+
 def check(add: Add, *, tenant: str, member: str, events: Sequence[Mapping[str, Any]],
           records: Sequence[Mapping[str, Any]], duties: Sequence[Mapping[str, Any]], secret: bytes) -> None:
     """`add(kind, detail, record)` is the report's (its record has id, seq and purpose_key)."""
     by_event = {e["id"]: e for e in events}
     rows = {d["id"]: d for d in duties}
     for duty_id, group in groupby(records, key=lambda r: r["duty_id"]):
-        folded = _one(add, list(group), by_event, secret, tenant, member)
+        chain = list(group)
+        folded = _one(add, chain, by_event, secret, tenant, member)
         row = rows.pop(duty_id, None)
         if folded is None:
             continue
@@ -88,5 +105,8 @@ def check(add: Add, *, tenant: str, member: str, events: Sequence[Mapping[str, A
         elif (row["status"], row["last_seq"], row["last_hash"]) != folded:
             add("duty_mismatch", f"duty {duty_id}: the current row says {row['status']} (record {row['last_seq']}); "
                                  f"its records say {folded[0]} (record {folded[1]})", seq=row["last_seq"])
+        elif differs := _row_differs(row, chain):
+            add("duty_mismatch", f"duty {duty_id}: the current row's {', '.join(differs)} differ from its records",
+                seq=row["last_seq"])
     for duty_id, row in rows.items():
         add("duty_mismatch", f"duty {duty_id} ({row['kind']}, {row['status']}) has no records", seq=row["last_seq"])

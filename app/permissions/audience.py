@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from app.core.errors import FieldError, InvalidRequest
-from app.permissions import rules
+from app.permissions import duty_reasons, rules
 from app.permissions.rules import PurposeState
 
 MAX_IDS = 100_000
@@ -91,6 +91,7 @@ class Checker:
         self.decided: dict[int, tuple[bool, tuple[str, ...]]] = {}  # signature -> (allowed, blocking codes)
         self.counts = {"checked": 0, "allowed": 0, "denied": 0}
         self.reasons: dict[str, dict[str, str]] = {}  # code -> article and an example detail
+        self.duties = False  # some member has a duty that denies (duty_reasons.ANY_DENYING)
 
     def _decide(self, signature: int) -> tuple[bool, tuple[str, ...]]:
         found = self.decided.get(signature)
@@ -114,11 +115,26 @@ class Checker:
             found = self.decided[signature] = (answer.allowed, blocking)
         return found
 
+    def _night(self) -> bool:
+        return rules.is_night(self.at) and self.channel not in rules.NIGHT_EXEMPT
+
     async def start(self) -> None:
         self.purposes = await self.pool.fetch(PURPOSES, self.tenant)
+        # overdue reconfirmations the tenant counts as a denial, fresh consent owed: rare, so first
+        # whether the tenant has any (docs/duties.md)
+        self.duties = await self.pool.fetchval(
+            duty_reasons.ANY_DENYING if self.current else duty_reasons.ANY_DENYING_THEN, self.tenant, self.at,
+            self.channel, self._night())
         if len(self.purposes) > MAX_PURPOSES:
             raise InvalidRequest(f"the audience check handles at most {MAX_PURPOSES} marketing purposes per tenant "
                                  f"(this one has {len(self.purposes)}); ask the single check")
+
+    def _duty_denied(self, item: tuple[str, bool, tuple[str, ...]], duty: Any) -> tuple[str, bool, tuple[str, ...]]:
+        if duty is None:
+            return item
+        code, article, detail = duty_reasons.detail(duty)
+        self.reasons.setdefault(code, {"article": article, "detail": detail})
+        return item[0], False, (*item[2], code)
 
     async def chunk(self, ids: list[str]) -> list[tuple[str, bool, tuple[str, ...]]]:
         """[(member id, allowed, blocking reason codes)] in the order given."""
@@ -127,8 +143,13 @@ class Checker:
             await conn.execute("SET LOCAL work_mem = '64MB'")
             signatures = await conn.fetchval(CURRENT if self.current else AS_OF, self.tenant, ids,
                                              [p["id"] for p in self.purposes], self.goods, self.at)
+            denied = {} if not self.duties else {
+                r["external_id"]: r for r in await conn.fetch(duty_reasons.DENYING, self.tenant, self.at, self.channel,
+                                                              self._night(), ids)}
         decide = self._decide
         out = [(subject_id, *decide(signature)) for subject_id, signature in zip(ids, signatures or ())]
+        if denied:
+            out = [self._duty_denied(item, denied.get(item[0])) for item in out]
         self.counts["checked"] += len(out)
         allowed_count = sum(1 for _, a, _ in out if a)
         self.counts["allowed"] += allowed_count

@@ -14,7 +14,7 @@ from app.core.db import LedgerReader
 from app.core.errors import problem_responses
 from app.core.responses import json_response
 from app.core.schemas import Key, UtcDatetime
-from app.permissions import rules, scope
+from app.permissions import duty_reasons, rules, scope
 from app.permissions.transactions import CUSTOMER
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["permissions"], responses=problem_responses(401, 403, 422))
@@ -35,22 +35,7 @@ ORDER BY p.key
 """
 
 
-# Open at $3 (docs/duties.md), for this channel's, night-time or the umbrella marketing consent:
-# a reconfirmation past its deadline (Network Act Art. 50(8)), with the tenant's choice of whether that
-# denies; a fresh consent owed after a material change of wording (PIPA Art. 15(2)), which denies.
-OPEN_DUTIES = """
-SELECT d.id, d.kind, d.purpose_key, d.due_at, d.notify_at,
-       d.kind = 'reconsent' OR coalesce(ts.overdue_reconfirmation_denies, false) AS denies
-FROM subjects sub
-JOIN duties d ON d.subject_id = sub.id AND d.kind IN ('reconfirmation', 'reconsent')
-JOIN purposes p ON p.tenant_id = sub.tenant_id AND p.key = d.purpose_key AND p.category = 'marketing'
-               AND (p.channel = $4 OR p.channel IS NULL OR (p.channel = 'night' AND $5))
-LEFT JOIN tenant_settings ts ON ts.tenant_id = sub.tenant_id
-WHERE sub.tenant_id = $1 AND sub.external_id = $2 AND d.created_at <= $3
-  AND CASE d.kind WHEN 'reconfirmation' THEN d.due_at <= $3 ELSE d.notify_at <= $3 END
-  AND (d.closed_at IS NULL OR d.closed_at > $3)
-ORDER BY d.due_at
-"""
+
 
 
 class EventRef(BaseModel):
@@ -95,24 +80,6 @@ class Permission(BaseModel):
     reasons: list[Reason]
 
 
-def _duty_reason(answer: rules.Answer, duty: asyncpg.Record) -> None:
-    denies = duty["denies"]
-    if duty["kind"] == "reconsent":
-        code, article = "reconsent_required", rules.ARTICLES["reconsent"]
-        detail = (f"the wording of {duty['purpose_key']!r} changed materially; the consent was given on the "
-                  "wording before, so it must be given again before the ad goes")
-    else:
-        code, article = "reconfirmation_overdue", rules.ARTICLES["reconfirmation"]
-        detail = (f"the 2-year reconfirmation of {duty['purpose_key']!r} was due before "
-                  f"{duty['due_at'].astimezone(rules.KST):%Y-%m-%d %H:%M} KST and was not sent in time; "
-                  + ("the tenant's setting makes this deny" if denies else
-                     "the consent stands (silence or a late notice does not end it), the duty is overdue"))
-    answer.allowed = answer.allowed and not denies
-    answer.reasons.append({"code": code, "allows": not denies, "article": article, "detail": detail,
-                           "purpose": duty["purpose_key"], "event": None,
-                           "duty": {"id": str(duty["id"]), "kind": duty["kind"], "due_at": duty["due_at"]}})
-
-
 async def permission(pool: asyncpg.Pool, tenant: str, subject_id: str, channel: str, at: datetime,
                      goods: str | None = None) -> dict[str, Any]:
     rows = await pool.fetch(STATES_AT, tenant, subject_id, at)
@@ -120,9 +87,9 @@ async def permission(pool: asyncpg.Pool, tenant: str, subject_id: str, channel: 
                                  advertises=tuple(r["advertises"])) for r in rows if r["key"] is not None]
     customer = await pool.fetchrow(CUSTOMER, tenant, subject_id, goods, at) if goods else None
     answer = rules.decide(channel, at, states, goods, dict(customer) if customer else None)
-    for duty in await pool.fetch(OPEN_DUTIES, tenant, subject_id, at, channel,
+    for duty in await pool.fetch(duty_reasons.OPEN, tenant, subject_id, at, channel,
                                   rules.is_night(at) and channel not in rules.NIGHT_EXEMPT):
-        _duty_reason(answer, duty)
+        duty_reasons.add(answer, duty)
     if not rows[0]["known"]:
         answer.add("subject_unknown", False, rules.ARTICLES["channel"],
                    f"no subject {subject_id!r}: nothing was ever recorded for this member id")

@@ -77,6 +77,16 @@ async def test_network_act_50_8_reconfirmation_before_the_same_date_two_years_on
     assert at(duty["notify_at"]) == datetime(2027, 3, 10, tzinfo=KST) - timedelta(days=60)
     assert duty["contents"]["how_to_keep_or_withdraw"]["en"] == "Withdraw in the app's settings"
 
+    # r-1 is told and keeps silent: the consent stands, the next reconfirmation is due two years on
+    # from the consent's date (29 Feb 2028 exists: before it)
+    (first,) = await duties(client, headers, subject_id="r-1", kind="reconfirmation")
+    sent = await client.post(f"/v1/duties/{first['id']}/fulfilment", headers=auth(demo, "duties:write"),
+                             json={"outcome": "sent", "channel": "sms"})
+    assert sent.status_code == 201 and sent.json()["fulfilment"]["late"] is True  # sent after 1 Mar 2026
+    (following,) = await duties(client, headers, subject_id="r-1", kind="reconfirmation", status="due")
+    assert at(following["due_at"]) == datetime(2028, 2, 29, tzinfo=KST)
+    assert following["contents"]["cycle"] == 2 and following["contents"]["follows"]["duty_id"] == first["id"]
+
 
 async def test_fulfilment_is_recorded_once_with_who_how_when_and_is_idempotent(client, auth, demo, new_tenant):
     headers = auth(demo, "consents:write", "duties:read", "duties:write", sub="officer")
@@ -86,7 +96,8 @@ async def test_fulfilment_is_recorded_once_with_who_how_when_and_is_idempotent(c
 
     missing = await client.post(url, json={"outcome": "sent"}, headers=headers)
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "body.channel"
-    sent = {"outcome": "sent", "channel": "sms", "reference": "msg-1"}
+    sent = {"outcome": "sent", "channel": "sms", "reference": "msg-1",
+            "at": (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0).isoformat()}
     first = await client.post(url, json=sent, headers=headers)
     assert first.status_code == 201, first.text
     body = first.json()
@@ -156,7 +167,7 @@ async def test_pipa_37_each_processor_confirms_it_stopped_with_its_own_token(
     assert "ad_result_notice" in opened  # the withdrawal's own result notice (Art. 50(7))
 
     url = f"/v1/duties/{duty['id']}/ack"
-    assert (await client.post(url, json={}, headers=processor_token(demo, "stibee"))).status_code == 403
+    assert (await client.post(url, json={}, headers=processor_token(demo, "stibee"))).status_code == 404
     assert (await client.post(url, json={}, headers=auth(demo, "duties:ack"))).status_code == 403  # no processor
     assert (await client.post(f"/v1/duties/{duty['id']}/fulfilment", json={"outcome": "done"},
                               headers=auth(demo, "duties:write"))).status_code == 409
@@ -273,3 +284,10 @@ async def test_a_duty_marked_done_in_the_table_or_a_forged_record_is_reported(cl
         await db.execute("UPDATE duties SET status = 'done' WHERE id = $1", notice["id"])
     report = (await client.get("/v1/subjects/x-1/consents/verify", headers=headers)).json()
     assert "duty_mismatch" in {b["kind"] for b in report["breaks"]}
+    # or pushes a deadline out, which the permission check and the overdue list read
+    (reconfirmation,) = await duties(client, headers, subject_id="x-1", kind="reconfirmation")
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute("UPDATE duties SET due_at = due_at + interval '10 years' WHERE id = $1", reconfirmation["id"])
+    report = (await client.get("/v1/subjects/x-1/consents/verify", headers=headers)).json()
+    assert any("due_at" in b["detail"] for b in report["breaks"] if b["kind"] == "duty_mismatch")

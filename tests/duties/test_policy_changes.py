@@ -65,6 +65,14 @@ async def test_pipa_15_2_a_material_change_of_wording_needs_fresh_consent_from_i
     answer = (await client.get("/v1/subjects/m-1/permissions/sms", headers=headers,
                                params={"at": "2030-01-01T12:00:00+09:00"})).json()
     assert answer["allowed"] is False and "reconsent_required" in {r["code"] for r in answer["reasons"]}
+    # the audience check says the same for the whole campaign
+    audience = (await client.post("/v1/permissions/sms/check", params={"at": "2030-01-01T12:00:00+09:00"},
+                                  headers=headers, json={"subject_ids": ["m-1", "m-2"]})).json()
+    assert audience["allowed"] == ["m-2"]
+    assert audience["denied"] == [{"reasons": ["reconsent_required"], "subject_ids": ["m-1"]}]
+    # asking is not consent: a reconsent is met only by a new grant
+    assert (await client.post(f"/v1/duties/{duty['id']}/fulfilment", headers=auth(demo, "duties:write"),
+                              json={"outcome": "sent", "channel": "sms"})).status_code == 409
     # once the sign-up's result notice (due in 14 days) is sent, the reconsent (30 days) is next
     (notice,) = (await client.get("/v1/duties", headers=headers,
                                   params={"kind": "ad_result_notice", "subject_id": "m-1"})).json()["items"]

@@ -45,12 +45,13 @@ async def test_pipa_21_a_withdrawal_owes_destruction_and_the_end_of_the_relation
     assert actions["membership"] == "expired" and actions["fraud-prevention"] == "expired"
     assert actions["marketing-sms"] == "withdrawn" and "analytics" not in actions  # already withdrawn
     by = {d["purpose"]: d for d in await duties(client, headers, subject_id="d-1", kind="destruction")}
-    # membership: contract records kept 5 years after 28 Feb 2026 (to 27 Feb 2031), apart; then 5 days
-    assert at(by["membership"]["notify_at"]) == datetime(2031, 2, 28, tzinfo=KST)
-    assert at(by["membership"]["due_at"]) == datetime(2031, 3, 5, tzinfo=KST)
+    # membership: contract records kept 5 years from 1 Mar 2026 (the day after; Civil Act Art. 157), to
+    # 28 Feb 2031 (Art. 160(2)), apart; then destroyed within 5 days
+    assert at(by["membership"]["notify_at"]) == datetime(2031, 3, 1, tzinfo=KST)
+    assert at(by["membership"]["due_at"]) == datetime(2031, 3, 6, tzinfo=KST)
     assert by["membership"]["contents"]["keep_apart_until"] is not None
     assert "전자상거래법" in by["membership"]["contents"]["article"]
-    assert at(by["fraud-prevention"]["notify_at"]) == datetime(2029, 2, 28, tzinfo=KST)
+    assert at(by["fraud-prevention"]["notify_at"]) == datetime(2029, 3, 1, tzinfo=KST)
     assert at(by["marketing-sms"]["due_at"]) == datetime(2026, 3, 6, tzinfo=KST)
     state = {c["purpose"]: c["status"] for c in
              (await client.get("/v1/subjects/d-1/consents", headers=headers)).json()["consents"]}
