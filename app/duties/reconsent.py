@@ -55,7 +55,7 @@ WITH m AS (
     SELECT * FROM json_to_recordset($1::text::json) AS u(id uuid, tenant text, subject_ref text, type text,
         purpose text, kind text, channel text, category text, body text)
 ), matched AS (
-    SELECT m.id, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
+    SELECT m.id, m.tenant, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
       ON e.tenant_id = m.tenant AND e.deleted_at IS NULL AND {outbox.MATCH.format(ev="m")}
     FOR KEY SHARE OF e
 ), messages AS (
@@ -65,8 +65,9 @@ WITH m AS (
     RETURNING id
 )
 INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, next_attempt_at)
-SELECT m.tenant, m.id, matched.endpoint_id, CASE WHEN matched.enabled THEN now() ELSE 'infinity'::timestamptz END
-FROM matched JOIN m USING (id) WHERE m.id IN (SELECT id FROM messages)
+SELECT matched.tenant, matched.id, matched.endpoint_id,
+       CASE WHEN matched.enabled THEN now() ELSE 'infinity'::timestamptz END
+FROM matched WHERE matched.id IN (SELECT id FROM messages)
 """
 NIL = uuid.UUID(int=0)
 

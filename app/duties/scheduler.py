@@ -43,7 +43,7 @@ WITH m AS (
     SELECT * FROM json_to_recordset($1::text::json)
         AS u(id uuid, tenant text, subject_ref text, type text, purpose text, processor text, body text)
 ), matched AS (
-    SELECT m.id, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
+    SELECT m.id, m.tenant, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
       ON e.tenant_id = m.tenant AND e.deleted_at IS NULL AND m.type = ANY(e.event_types)
      AND (cardinality(e.purposes) = 0 OR m.purpose IS NULL OR m.purpose = ANY(e.purposes))
      -- a processor's duty reaches that processor's endpoints and the tenant's own, no other processor's
@@ -56,10 +56,12 @@ WITH m AS (
     WHERE m.id IN (SELECT id FROM matched)
     RETURNING id
 )
+-- from `matched` alone: a join back to `m` (no statistics, no index) was a nested loop of
+-- batch x batch rows (measured: 0.3 s per 2,000 messages)
 INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, next_attempt_at)
-SELECT m.tenant, m.id, matched.endpoint_id,
+SELECT matched.tenant, matched.id, matched.endpoint_id,
        CASE WHEN matched.enabled THEN now() ELSE 'infinity'::timestamptz END
-FROM matched JOIN m USING (id) WHERE m.id IN (SELECT id FROM messages)
+FROM matched WHERE matched.id IN (SELECT id FROM messages)
 """
 
 
