@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def alembic_root() -> Path:
     """The checkout's alembic.ini, or the working directory's in an installed image."""
     return ROOT if (ROOT / "alembic.ini").exists() else Path.cwd()
-DEV_SCOPES = ("consents:write", "consents:read", "catalog:write", "catalog:read", "audit:read", "webhooks:admin")
+DEV_SCOPES = ("consents:write", "consents:read", "catalog:write", "catalog:read", "audit:read", "webhooks:admin",
+              "duties:read", "duties:write")
 
 
 def migrate(database_url: str | None = None, runtime_role: str | None = None) -> None:
