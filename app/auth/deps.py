@@ -85,6 +85,8 @@ PermissionsRead = Annotated[Principal, Depends(require("permissions:read", "cons
 WebhooksAdmin = Annotated[Principal, Depends(require("webhooks:admin"))]
 # Duties (docs/duties.md): the privacy officer's tools read and fulfil; a processor's token
 # (claim `processor`) sees and acknowledges only its own suppression duties.
+# The person themself (PIPA Art. 35): the token's `sub` is their member id, the tenant the token's.
+Self = Annotated[Principal, Depends(require("self"))]
 DutiesRead = Annotated[Principal, Depends(require("duties:read", "duties:write", "duties:ack", "audit:read"))]
 DutiesWrite = Annotated[Principal, Depends(require("duties:write"))]
 DutiesAck = Annotated[Principal, Depends(require("duties:ack"))]
