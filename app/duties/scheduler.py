@@ -80,28 +80,47 @@ def message(row: asyncpg.Record, doc: dict[str, Any], type_: str) -> dict[str, A
             "body": outbox.body(type_, row["now"], data)}
 
 
+def _announce(row: asyncpg.Record, secret: bytes, which: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sealed record and the message of one claimed duty."""
+    builder = Builder(tenant=row["tenant_id"], subject_ref=row["subject_ref"], secret=secret, now=row["now"])
+    if which == "overdue":
+        doc = builder.next(Head.of(row), action="overdue", status="overdue",
+                           detail={"deadline": format_time(row["due_at"])})
+        return builder.rows, message(row, doc, "duty.overdue")
+    doc = builder.next(Head.of(row), action="notified", status=row["status"], detail={"type": f"duty.{row['kind']}"})
+    return builder.rows, message(row, doc, f"duty.{row['kind']}")
+
+
+async def _write(conn: asyncpg.Connection, records: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    async with conn.transaction():  # a savepoint: a refused batch leaves the claim standing
+        await conn.execute(INSERT, dumps(records))
+        await conn.execute(ENQUEUE, dumps(messages))
+
+
 async def _step(conn: asyncpg.Connection, secret: bytes, which: str, limit: int) -> int:
-    """One batch of `which` ('overdue' or 'notify'); returns how many duties it moved."""
+    """One batch of `which` ('overdue' or 'notify'); returns how many duties it moved. A batch the
+    database refuses (a duty row a rogue hand changed, whose record its trigger then refuses) is
+    written one duty at a time: the others go on, the refused one is logged at ERROR and skipped."""
     async with conn.transaction():
         rows = await conn.fetch(CLAIM, which, limit)
         if not rows:
             return 0
-        records: list[dict[str, Any]] = []
-        messages: list[dict[str, Any]] = []
-        for row in rows:
-            builder = Builder(tenant=row["tenant_id"], subject_ref=row["subject_ref"], secret=secret, now=row["now"])
-            if which == "overdue":
-                doc = builder.next(Head.of(row), action="overdue", status="overdue",
-                                   detail={"deadline": format_time(row["due_at"])})
-                messages.append(message(row, doc, "duty.overdue"))
-            else:
-                doc = builder.next(Head.of(row), action="notified", status=row["status"],
-                                   detail={"type": f"duty.{row['kind']}"})
-                messages.append(message(row, doc, f"duty.{row['kind']}"))
-            records += builder.rows
-        await conn.execute(INSERT, dumps(records))
-        await conn.execute(ENQUEUE, dumps(messages))
-    return len(rows)
+        built = [_announce(row, secret, which) for row in rows]
+        try:
+            await _write(conn, [r for records, _ in built for r in records], [m for _, m in built])
+            return len(rows)
+        except asyncpg.PostgresError:
+            pass
+        moved = 0
+        for row, (records, msg) in zip(rows, built):
+            try:
+                await _write(conn, records, [msg])
+                moved += 1
+            except asyncpg.PostgresError as exc:
+                log.error("duty %s (tenant %r, %s) could not be %s: %s; verify the subject %r", row["id"],
+                          row["tenant_id"], row["kind"], "marked overdue" if which == "overdue" else "announced",
+                          exc, row["subject_ref"])
+    return moved
 
 
 async def run_pass(conn: asyncpg.Connection, secret: bytes, *, batch: int = BATCH) -> dict[str, int]:

@@ -291,3 +291,24 @@ async def test_a_duty_marked_done_in_the_table_or_a_forged_record_is_reported(cl
         await db.execute("UPDATE duties SET due_at = due_at + interval '10 years' WHERE id = $1", reconfirmation["id"])
     report = (await client.get("/v1/subjects/x-1/consents/verify", headers=headers)).json()
     assert any("due_at" in b["detail"] for b in report["breaks"] if b["kind"] == "duty_mismatch")
+
+
+async def test_a_duty_the_database_refuses_is_skipped_and_the_others_are_announced(
+        client, auth, demo, db, run_scheduler):
+    headers = auth(demo, "consents:write", "duties:read")
+    for member in ("k-1", "k-2"):
+        await sign_up(client, headers, member, {"marketing-sms"})
+    (poisoned,) = await duties(client, headers, subject_id="k-1", kind="ad_result_notice")
+    # a hand with triggers off dates the duty's last change tomorrow: its next record would be recorded
+    # in the future, which the records' trigger refuses
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute("UPDATE duties SET updated_at = now() + interval '1 day' WHERE id = $1", poisoned["id"])
+    moved = await run_scheduler()
+    assert moved["notified"] >= 1
+    (announced,) = await duties(client, headers, subject_id="k-2", kind="ad_result_notice")
+    detail = (await client.get(f"/v1/duties/{announced['id']}", headers=headers)).json()
+    assert [r["action"] for r in detail["records"]] == ["created", "notified"]
+    stuck = (await client.get(f"/v1/duties/{poisoned['id']}", headers=headers)).json()
+    assert [r["action"] for r in stuck["records"]] == ["created"]
+    assert (await run_scheduler())["notified"] == 0  # tried again, refused again, the pass ends
