@@ -83,6 +83,8 @@ class ConsentEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("subject_id", "seq"),
         Index("ix_consent_events_subject_purpose_seq", "subject_id", "purpose_id", "seq"),
+        # the auditors' tenant-wide search and export by recorded time (app/audit/), keyset on (recorded_at, id)
+        Index("ix_consent_events_tenant_recorded_id", "tenant_id", "recorded_at", "id"),
         CheckConstraint(sql_in("action", ACTIONS), name="action"),
         CheckConstraint(sql_in("status", STATUSES), name="status"),
         CheckConstraint(sql_in("method", METHODS), name="method"),

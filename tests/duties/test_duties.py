@@ -223,7 +223,7 @@ async def test_network_act_50_8_the_permission_check_reports_an_overdue_reconfir
         client, auth, demo):
     headers = auth(demo, "consents:write", "permissions:read", "catalog:write")
     await sign_up(client, headers, "q-1", {"marketing", "marketing-sms"}, occurred_at="2023-06-01T10:00:00+09:00")
-    noon = datetime.now(KST).replace(hour=12, minute=0, second=0, microsecond=0).isoformat()
+    noon = (datetime.now(KST) + timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0).isoformat()
     answer = (await client.get("/v1/subjects/q-1/permissions/sms", params={"at": noon}, headers=headers)).json()
     overdue = [r for r in answer["reasons"] if r["code"] == "reconfirmation_overdue"]
     assert len(overdue) == 1 and overdue[0]["allows"] is True and answer["allowed"] is True
