@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.pool = await create_pool(settings.database_url, settings)
+        app.state.audit_pool = (await create_pool(settings.audit_database_url, settings)
+                                if settings.audit_database_url else app.state.pool)
         app.state.known_tenants = KnownTenants(settings.tenant_cache_seconds)
         # What exists now (routes, models, settings, imported modules) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it, which took milliseconds
@@ -76,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if app.state.audit_pool is not app.state.pool:
+                await app.state.audit_pool.close()
             await app.state.pool.close()
             await engine.dispose()
 

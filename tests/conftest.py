@@ -143,7 +143,9 @@ def proof_keys() -> Iterator[tuple[Path, Path]]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, proof_keys: tuple[Path, Path]) -> Settings:
-    return Settings(database_url=database_url, jwt_secret=TEST_SECRET, jwt_issuer="test-issuer",
+    # AUDIT_DATABASE_URL points at the primary: the audit reads take their own pool, as on a replica
+    return Settings(database_url=database_url, audit_database_url=database_url, jwt_secret=TEST_SECRET,
+                    jwt_issuer="test-issuer",
                     signing_key_file=proof_keys[0], ledger_secret_file=proof_keys[1],
                     jwt_audience="consent-ledger-test", db_pool_size=40, db_catalog_pool_size=10,
                     # Webhooks: loopback receivers allowed explicitly, a retry schedule in tenths of seconds.

@@ -12,7 +12,7 @@ from app.audit.filters import EventFilter
 from app.auth.deps import AuditRead
 from app.catalog.schemas import Category, Channel, LegalBasis
 from app.consents.schemas import Action, ActorType, Method
-from app.core.db import LedgerReader
+from app.core.db import AuditReader
 from app.core.errors import problem_responses
 from app.core.responses import json_response
 from app.core.schemas import Key, UtcDatetime
@@ -43,7 +43,7 @@ Filter = Annotated[EventFilter, Depends(event_filter)]
 
 @router.get("/events", operation_id="audit-events")
 async def search_events(
-    principal: AuditRead, pool: LedgerReader, f: Filter,
+    principal: AuditRead, pool: AuditReader, f: Filter,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     counts: Annotated[bool, Query(description="Also count every matching event (slower on large ranges)")] = False,
@@ -58,7 +58,7 @@ async def search_events(
             responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}},
                              "description": "The matching events, streamed"}})
 async def export_events(
-    request: Request, principal: AuditRead, pool: LedgerReader, f: Filter,
+    request: Request, principal: AuditRead, pool: AuditReader, f: Filter,
     format: Annotated[Literal["ndjson", "csv"], Query(description="NDJSON: one event per line as hashed")] = "ndjson",
     headers: Annotated[Literal["en", "ko"], Query(description="CSV column names")] = "en",
     bom: Annotated[bool, Query(description="CSV: start with a UTF-8 BOM (for Excel)")] = False,

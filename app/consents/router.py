@@ -13,7 +13,7 @@ from app.consents.schemas import (
     StatePage, WithdrawalIn,
     WithdrawalResult,
 )
-from app.core.db import LedgerReader, ledger_transaction
+from app.core.db import AuditReader, LedgerReader, ledger_transaction
 from app.core.responses import json_response
 from app.core.errors import problem_responses
 from app.core.schemas import UtcDatetime
@@ -142,7 +142,7 @@ async def get_history(
 
 
 @router.get("/consents/verify", operation_id="consents-verify", response_model=ChainVerification)
-async def verify_chain(subject_id: SubjectId, request: Request, principal: AuditRead, conn: LedgerReader):
+async def verify_chain(subject_id: SubjectId, request: Request, principal: AuditRead, conn: AuditReader):
     """Check everything stored about the subject: every event row (the hash of its document, the
     links, the seals, time order), the head, the current state against the fold of the events, the
     notice and disclosure texts cited, the raw evidence against its commitments, and each event's

@@ -160,5 +160,11 @@ async def _ledger_reader(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
+async def _audit_reader(request: Request) -> asyncpg.Pool:
+    """AUDIT_DATABASE_URL's pool (a read replica), or the primary's when it is not set."""
+    return request.app.state.audit_pool
+
+
 LedgerWriter = Annotated[asyncpg.Connection, Depends(_ledger_writer, scope="function")]
 LedgerReader = Annotated[asyncpg.Pool, Depends(_ledger_reader)]
+AuditReader = Annotated[asyncpg.Pool, Depends(_audit_reader)]

@@ -15,6 +15,9 @@ def _csv(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    # Audit reads (search, export, per-subject verify, the audit bundle) go here when set: a read
+    # replica of the same database (docs/audit.md); unset, they read the primary like everything else.
+    audit_database_url: str | None = None
     # Least privilege (README, "Database roles"): migrations run as the owner role (DATABASE_OWNER_URL;
     # unset: DATABASE_URL, one account for everything, with a warning); the API and the worker run
     # as the runtime role (DATABASE_URL), named here so the migrations know whom to grant to.

@@ -134,7 +134,8 @@ async def _bundle(settings: Any, proof: Any, tenant: str, out: Path) -> dict[str
     from app.core.db import asyncpg_dsn
     from app.proof.bundle import write_bundle
 
-    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url), timeout=settings.db_connect_timeout_seconds,
+    url = settings.audit_database_url or settings.database_url  # a read replica when there is one
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=settings.db_connect_timeout_seconds,
                                  server_settings={"application_name": "consent-ledger-audit", "timezone": "UTC"})
     try:
         return await write_bundle(conn, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir)

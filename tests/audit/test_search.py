@@ -76,3 +76,14 @@ async def test_export_streams_what_the_search_finds_as_ndjson_csv_and_gzip(clien
     assert zipped.headers["content-encoding"] == "gzip"
     assert len(zipped.text.splitlines()) == 34  # httpx undoes the gzip, as any client does
     assert (await client.get("/v1/audit/export", params={"format": "xml"}, headers=audit)).status_code == 422
+
+
+async def test_audit_reads_take_the_audit_database_pool(app, client, auth, demo):
+    """Issue 11 point 8: with AUDIT_DATABASE_URL set (here: the primary, as the tests run), search,
+    export and verify read through a pool of their own; the ledger's writes never use it."""
+    assert app.state.settings.audit_database_url and app.state.audit_pool is not app.state.pool
+    audit = await _tenant_with_events(client, auth, demo)
+    before = app.state.audit_pool.get_size()
+    assert (await client.get("/v1/audit/events", headers=audit)).status_code == 200
+    assert (await client.get("/v1/subjects/a-0/consents/verify", headers=audit)).json()["valid"]
+    assert app.state.audit_pool.get_size() >= max(before, 1)
