@@ -16,7 +16,7 @@ import logging
 import asyncpg
 
 from app.catalog.legal import MAY_BE_CONDITION
-from app.core.db import asyncpg_dsn
+from app.core.periodic import every
 from app.core.settings import Settings
 
 log = logging.getLogger("consent_ledger.catalog")
@@ -69,19 +69,5 @@ async def apply_due(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 async def run_basis_changes(settings: Settings, stop: asyncio.Event) -> None:
     """Every BASIS_CHANGE_INTERVAL_SECONDS until `stop`; an outage is logged and retried."""
-    while not stop.is_set():
-        try:
-            conn = await asyncpg.connect(asyncpg_dsn(settings.database_url),
-                                         timeout=settings.db_connect_timeout_seconds,
-                                         server_settings={"application_name": "consent-ledger-scheduler",
-                                                          "timezone": "UTC"})
-            try:
-                await apply_due(conn)
-            finally:
-                await conn.close()
-        except Exception as exc:  # noqa: BLE001 - the loop must outlive outages
-            log.warning("scheduled reclassifications not applied this round: %s: %s", type(exc).__name__, exc)
-        try:
-            await asyncio.wait_for(stop.wait(), settings.basis_change_interval_seconds)
-        except TimeoutError:
-            pass
+    await every(settings, stop, settings.basis_change_interval_seconds, name="consent-ledger-scheduler",
+                job=apply_due, log=log, what="scheduled reclassifications")

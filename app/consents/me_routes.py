@@ -8,9 +8,8 @@ call, as easy as the grant was (Art. 37(1), Decree 44): the same withdrawal, by 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 
@@ -20,7 +19,7 @@ from app.consents.router import _client, _respond
 from app.consents.schemas import HistoryPage, WithdrawalIn, WithdrawalResult
 from app.core.db import LedgerReader, ledger_transaction
 from app.core.errors import InvalidRequest, problem_responses
-from app.core.responses import json_response
+from app.core.responses import json_response, json_value
 from app.core.schemas import UtcDatetime
 
 router = APIRouter(prefix="/v1/me", tags=["me"], responses=problem_responses(401, 403, 404, 422))
@@ -62,9 +61,6 @@ def _member(principal: Principal) -> str:
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
 
 @router.get("/consents", operation_id="me-consents")
 async def my_consents(principal: Self, pool: LedgerReader,
@@ -80,7 +76,7 @@ async def my_consents(principal: Self, pool: LedgerReader,
         words = shown.get(consent["purpose"])
         consent["legal_basis"] = row["legal_basis"] if row else None
         consent["category"] = row["category"] if row else None
-        consent["wording"] = ({"disclosure_hash": words["disclosure_hash"], "content": _json(words["wording"])}
+        consent["wording"] = ({"disclosure_hash": words["disclosure_hash"], "content": json_value(words["wording"])}
                               if words else None)
     return json_response(state)
 

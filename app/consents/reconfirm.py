@@ -8,17 +8,13 @@ ordinary withdrawal; silence keeps the consent (the sent notice is on the duty's
 
 from __future__ import annotations
 
-import uuid
 
 import asyncpg
 
 from app.auth.deps import Principal
-from app.consents import idempotency, ledger, receipts
+from app.consents import idempotency, ledger
 from app.consents.schemas import WithdrawalIn
-from app.consents.service import (
-    PURPOSE_STATES, ClientInfo, Outcome, _check_occurred_at, _evidence, _outbox_purpose, _owed,
-)
-from app.core import metrics
+from app.consents.service import PURPOSE_STATES, ClientInfo, Outcome, append, open_act
 from app.core.errors import Conflict, NotFound
 from app.proof.context import Proof
 
@@ -28,15 +24,11 @@ async def reconfirm(
     client: ClientInfo, idempotency_key: str | None, request_path: str, proof: Proof,
     key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
-    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
-    if replay:
-        return Outcome(replay.status_code, replay.body, replayed=True)
-    evidence = _evidence(principal, body, client)
-    evidence.reason = body.reason
-    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=False)
-    if head is None:
-        raise NotFound(f"no subject {subject_id!r}")
-    _check_occurred_at(evidence, head)
+    opened_act = await open_act(conn, principal, subject_id=subject_id, body=body, client=client,
+                                idempotency_key=idempotency_key, request_path=request_path, key_ttl=key_ttl)
+    if isinstance(opened_act, Outcome):
+        return opened_act
+    evidence, head = opened_act
     rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, [purpose_key], None, False)
     if not rows:
         raise NotFound(f"no purpose with key {purpose_key!r}")
@@ -49,17 +41,8 @@ async def reconfirm(
                        f"{row['status'] or 'not recorded'} for subject {subject_id!r}")
     change = ledger.Change(purpose_id=row["id"], purpose_key=row["key"], action="reconfirmed", status="granted",
                            previous_status="granted", previous_version=row["version"])
-    batch = ledger.chain_onto(head, tenant=principal.tenant, subject_ref=subject_id, changes=[change],
-                              evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
-    receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
-                            purposes={row["key"]: row}, controller=row["controller"])
-    purposes = {row["key"]: row}
-    duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
-                                 events=batch.printed, purposes=purposes, row=row, secret=proof.secret)
-    await ledger.write(conn, principal.tenant, subject_id, batch, receipt, purposes={row["key"]: _outbox_purpose(row)},
-                       duties=duties, opened=opened)
-    metrics.consent_events_written([("reconfirmed", row["kind"])])
-    event = batch.printed[0]
+    (event,), receipt, opened = await append(conn, principal, subject_id=subject_id, head=head, changes=[change],
+                                             evidence=evidence, rows=[row], proof=proof)
     result = {"subject_id": subject_id, "event": event, "duties": opened.get(event["id"], []),
               "receipt": {"id": receipt[0], "jws": receipt[1]}}
     await idempotency.store(conn, principal.tenant, idempotency_key, 201, result)

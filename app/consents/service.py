@@ -309,21 +309,57 @@ WHERE p.tenant_id = $1 AND (p.key = ANY($3::text[]) OR p.kind = $4 OR ($5 AND s.
 """
 
 
+async def open_act(
+    conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn, client: ClientInfo,
+    idempotency_key: str | None, request_path: str, key_ttl: float, reason: str | None = None,
+) -> Outcome | tuple[ledger.Evidence, ledger.Head]:
+    """The start of an act on a known subject (withdraw, reconfirm, terminate): the first answer of a
+    retried key (an Outcome), or the evidence and the subject's head, locked."""
+    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
+    if replay:
+        return Outcome(replay.status_code, replay.body, replayed=True)
+    evidence = _evidence(principal, body, client)
+    evidence.reason = body.reason or reason
+    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=False)
+    if head is None:
+        raise NotFound(f"no subject {subject_id!r}")
+    _check_occurred_at(evidence, head)
+    return evidence, head
+
+
+async def append(
+    conn: asyncpg.Connection, principal: Principal, *, subject_id: str, head: ledger.Head,
+    changes: list[ledger.Change], evidence: ledger.Evidence, rows: list[asyncpg.Record], proof: Proof,
+    terminating: bool = False,
+) -> tuple[list[dict[str, Any]], tuple[uuid.UUID, str], dict[str, list[dict[str, Any]]]]:
+    """Chain `changes` (purposes of `rows`, PURPOSE_STATES rows) onto the locked head and write them
+    with their receipt, webhook messages and duties, in one statement; returns the printed events,
+    the receipt (id, jws) and the duties each event opened."""
+    by_key = {r["key"]: r for r in rows}
+    batch = ledger.chain_onto(head, tenant=principal.tenant, subject_ref=subject_id, changes=changes,
+                              evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
+    receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
+                            purposes=by_key, controller=rows[0]["controller"])
+    duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
+                                 events=batch.printed, purposes=by_key, row=rows[0], secret=proof.secret,
+                                 terminating=terminating)
+    await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
+                       purposes={r["key"]: _outbox_purpose(r) for r in rows}, duties=duties, opened=opened)
+    metrics.consent_events_written((e["action"], by_key[e["purpose"]]["kind"]) for e in batch.printed)
+    return batch.printed, receipt, opened
+
+
 async def withdraw(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn | BulkWithdrawalIn,
     purpose_key: str | None, client: ClientInfo, idempotency_key: str | None, request_path: str, proof: Proof,
     key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
     """Withdraw granted purposes; what is not granted is reported unchanged, never written twice."""
-    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
-    if replay:
-        return Outcome(replay.status_code, replay.body, replayed=True)
-    evidence = _evidence(principal, body, client)
-    evidence.reason = body.reason
-    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=False)
-    if head is None:
-        raise NotFound(f"no subject {subject_id!r}")
-    _check_occurred_at(evidence, head)
+    opened_act = await open_act(conn, principal, subject_id=subject_id, body=body, client=client,
+                                idempotency_key=idempotency_key, request_path=request_path, key_ttl=key_ttl)
+    if isinstance(opened_act, Outcome):
+        return opened_act
+    evidence, head = opened_act
 
     named = [purpose_key] if purpose_key is not None else list(dict.fromkeys(getattr(body, "purposes", None) or []))
     kind = getattr(body, "kind", None) if purpose_key is None else None
@@ -352,16 +388,8 @@ async def withdraw(
     ]
     events, receipt = [], None
     if changes:
-        batch = ledger.chain_onto(head, tenant=principal.tenant, subject_ref=subject_id, changes=changes,
-                                  evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
-        receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
-                                purposes=by_key, controller=rows[0]["controller"])
-        duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
-                                     events=batch.printed, purposes=by_key, row=rows[0], secret=proof.secret)
-        await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
-                           purposes={r["key"]: _outbox_purpose(r) for r in rows}, duties=duties, opened=opened)
-        events = batch.printed
-        metrics.consent_events_written(("withdrawn", r["kind"]) for r in to_change)
+        events, receipt, _ = await append(conn, principal, subject_id=subject_id, head=head, changes=changes,
+                                          evidence=evidence, rows=rows, proof=proof)
     by_purpose = {e["purpose"]: e for e in events}
     results = []
     for key in keys:

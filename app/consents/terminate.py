@@ -4,18 +4,13 @@ purpose owes the destruction of its data when its retention ends (PIPA Art. 21; 
 
 from __future__ import annotations
 
-import uuid
 
 import asyncpg
 
 from app.auth.deps import Principal
-from app.consents import idempotency, ledger, receipts
+from app.consents import idempotency, ledger
 from app.consents.schemas import WithdrawalIn
-from app.consents.service import (
-    PURPOSE_STATES, ClientInfo, Outcome, _check_occurred_at, _evidence, _outbox_purpose, _owed,
-)
-from app.core import metrics
-from app.core.errors import NotFound
+from app.consents.service import PURPOSE_STATES, ClientInfo, Outcome, append, open_act
 
 ENDS = {"granted": "withdrawn", "acknowledged": "expired"}
 REASON = "the relationship ended (account terminated)"
@@ -25,15 +20,12 @@ async def terminate(
     conn: asyncpg.Connection, principal: Principal, *, subject_id: str, body: WithdrawalIn, client: ClientInfo,
     idempotency_key: str | None, request_path: str, proof, key_ttl: float = idempotency.DEFAULT_TTL_SECONDS,
 ) -> Outcome:
-    replay = await idempotency.claim(conn, principal.tenant, idempotency_key, request_path, body, ttl_seconds=key_ttl)
-    if replay:
-        return Outcome(replay.status_code, replay.body, replayed=True)
-    evidence = _evidence(principal, body, client)
-    evidence.reason = body.reason or REASON
-    head = await ledger.lock_subject(conn, principal.tenant, subject_id, create=False)
-    if head is None:
-        raise NotFound(f"no subject {subject_id!r}")
-    _check_occurred_at(evidence, head)
+    opened_act = await open_act(conn, principal, subject_id=subject_id, body=body, client=client,
+                                idempotency_key=idempotency_key, request_path=request_path, key_ttl=key_ttl,
+                                reason=REASON)
+    if isinstance(opened_act, Outcome):
+        return opened_act
+    evidence, head = opened_act
     rows = await conn.fetch(PURPOSE_STATES, principal.tenant, head.id, [], None, True)
     ending = [r for r in rows if r["status"] in ENDS]
     changes = [ledger.Change(purpose_id=r["id"], purpose_key=r["key"], action=ENDS[r["status"]],
@@ -41,18 +33,8 @@ async def terminate(
                for r in sorted(ending, key=lambda r: r["key"])]
     events, receipt, opened = [], None, {}
     if changes:
-        by_key = {r["key"]: r for r in rows}
-        batch = ledger.chain_onto(head, tenant=principal.tenant, subject_ref=subject_id, changes=changes,
-                                  evidence=evidence, request_id=uuid.uuid4(), secret=proof.secret)
-        receipt = receipts.sign(proof, subject_ref=subject_id, recorded_at=head.now, events=batch.printed,
-                                purposes=by_key, controller=rows[0]["controller"])
-        duties, opened = await _owed(conn, tenant=principal.tenant, subject_ref=subject_id, head=head,
-                                     events=batch.printed, purposes=by_key, row=rows[0], secret=proof.secret,
-                                     terminating=True)
-        await ledger.write(conn, principal.tenant, subject_id, batch, receipt,
-                           purposes={r["key"]: _outbox_purpose(r) for r in rows}, duties=duties, opened=opened)
-        events = batch.printed
-        metrics.consent_events_written((e["action"], by_key[e["purpose"]]["kind"]) for e in events)
+        events, receipt, opened = await append(conn, principal, subject_id=subject_id, head=head, changes=changes,
+                                               evidence=evidence, rows=rows, proof=proof, terminating=True)
     result = {"subject_id": subject_id, "events": events,
               "duties": [d for e in events for d in opened.get(e["id"], [])],
               "receipt": {"id": receipt[0], "jws": receipt[1]} if receipt else None}

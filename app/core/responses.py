@@ -35,3 +35,9 @@ def dumps(payload: Any) -> str:
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps_bytes(payload), status_code=status_code, headers=headers, media_type="application/json")
+
+
+def json_value(value: Any) -> Any:
+    """A json/jsonb column as Python: the API's connections decode it (app/core/db.py), a bare
+    connection (the worker's, a CLI's) hands over its text."""
+    return orjson.loads(value) if isinstance(value, str) else value

@@ -16,7 +16,6 @@ always has its duties and a rolled-back one none. The rules (docs/duties.md):
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +24,10 @@ from typing import Any
 
 import asyncpg
 
+from app.core.responses import json_value
 from app.consents.chain import format_time
 from app.duties import clocks
+from app.duties.models import DEFAULT_LEAD_DAYS
 from app.duties.records import Builder, Head
 from app.webhooks import outbox
 
@@ -188,7 +189,7 @@ def apply(builder: Builder, ctx: Context, events: Sequence[Mapping[str, Any]]) -
                                                     and event["previous_status"] != "granted"):
                 note(event, _reconfirmation(builder, ctx, event))
         if _stopped(event) or (ctx.terminating and event["status"] in ENDED):
-            rule = _json(purpose.get("retention")) or {
+            rule = json_value(purpose.get("retention")) or {
                 "until": "withdrawal" if purpose["legal_basis"] == "consent" else "termination"}
             if rule["until"] == "withdrawal" or ctx.terminating:
                 note(event, _destruction(builder, ctx, event, purpose, rule))
@@ -205,9 +206,6 @@ def apply(builder: Builder, ctx: Context, events: Sequence[Mapping[str, Any]]) -
     return opened
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
 
 def _destruction(builder: Builder, ctx: Context, event: Mapping[str, Any], purpose: Mapping[str, Any],
                  rule: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +213,7 @@ def _destruction(builder: Builder, ctx: Context, event: Mapping[str, Any], purpo
     days; kept apart from other data until then (PIPA Art. 21(1), (3))."""
     ended = _parse(_act_at(event))
     end = clocks.retention_end(ended, rule)
-    disclosure = _json(purpose.get("disclosure_ko")) or {}
+    disclosure = json_value(purpose.get("disclosure_ko")) or {}
     return builder.create(
         subject_id=ctx.subject_id, kind="destruction", purpose_key=purpose["key"], notify_at=end, cause=event,
         due_at=clocks.days_after(end - timedelta(microseconds=1), clocks.DESTRUCTION_DAYS),
@@ -227,9 +225,7 @@ def _destruction(builder: Builder, ctx: Context, event: Mapping[str, Any], purpo
 
 def settings_of(row: Mapping[str, Any] | str | None) -> dict[str, Any]:
     """A tenant_settings row (as JSON text or decoded; None: the defaults) as the rules read it."""
-    if isinstance(row, str):
-        row = json.loads(row)
-    row = row or {}
-    return {"lead_days": row.get("reconfirmation_lead_days", 30), "instructions": row.get("withdrawal_instructions"),
-            "overdue_denies": row.get("overdue_reconfirmation_denies", False)}
+    row = json_value(row) or {}
+    return {"lead_days": row.get("reconfirmation_lead_days", DEFAULT_LEAD_DAYS),
+            "instructions": row.get("withdrawal_instructions")}
 

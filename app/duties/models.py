@@ -27,6 +27,7 @@ STATUSES = ("due", "sent", "done", "overdue", "cancelled")
 ACTIONS = ("created", "notified", "overdue", "sent", "done", "cancelled")
 OPEN = ("due", "overdue")  # not yet met
 RECORD_VERSION = 1
+DEFAULT_LEAD_DAYS = 30  # a reconfirmation comes due this long before its deadline, unless the tenant says
 
 
 class PurposeWordingChange(SQLModel, table=True):
@@ -66,7 +67,8 @@ class TenantSettings(SQLModel, table=True):
         CheckConstraint("reconfirmation_lead_days BETWEEN 0 AND 365", name="lead_days"),
     )
     tenant_id: str = Field(sa_column=Column(Text, primary_key=True))
-    reconfirmation_lead_days: int = Field(default=30, sa_column=Column(Integer, nullable=False, server_default="30"))
+    reconfirmation_lead_days: int = Field(default=DEFAULT_LEAD_DAYS, sa_column=Column(
+        Integer, nullable=False, server_default=str(DEFAULT_LEAD_DAYS)))
     overdue_reconfirmation_denies: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false")))
     withdrawal_instructions: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
@@ -82,7 +84,8 @@ class Duty(SQLModel, table=True):
         Index("ix_duties_list", "tenant_id", "status", "kind", "due_at", "id"),
         Index("ix_duties_tenant_due", "tenant_id", "due_at", "id"),
         Index("ix_duties_subject", "subject_id", "purpose_key"),
-        Index("ix_duties_processor", "tenant_id", "processor_key", "status", postgresql_where=text("processor_key IS NOT NULL")),
+        Index("ix_duties_processor", "tenant_id", "processor_key", "status",
+              postgresql_where=text("processor_key IS NOT NULL")),
         Index("ix_duties_to_notify", "notify_at", postgresql_where=text("status = 'due' AND notified_at IS NULL")),
         Index("ix_duties_to_overdue", "due_at", postgresql_where=text("status = 'due'")),
     )

@@ -50,25 +50,8 @@ INSERT INTO reconsent_runs (change_id, last_subject, subjects, finished_at) VALU
 ON CONFLICT (change_id) DO UPDATE SET last_subject = EXCLUDED.last_subject, subjects = EXCLUDED.subjects,
     finished_at = EXCLUDED.finished_at
 """
-ENQUEUE = f"""
-WITH m AS (
-    SELECT * FROM json_to_recordset($1::text::json) AS u(id uuid, tenant text, subject_ref text, type text,
-        purpose text, kind text, channel text, category text, body text)
-), matched AS (
-    SELECT m.id, m.tenant, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
-      ON e.tenant_id = m.tenant AND e.deleted_at IS NULL AND {outbox.MATCH.format(ev="m")}
-    FOR KEY SHARE OF e
-), messages AS (
-    INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, body, created_at)
-    SELECT m.id, m.tenant, m.type, m.subject_ref, m.body, clock_timestamp() FROM m
-    WHERE m.id IN (SELECT id FROM matched)
-    RETURNING id
-)
-INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, next_attempt_at)
-SELECT matched.tenant, matched.id, matched.endpoint_id,
-       CASE WHEN matched.enabled THEN now() ELSE 'infinity'::timestamptz END
-FROM matched WHERE matched.id IN (SELECT id FROM messages)
-"""
+# To the endpoints that hear of the purpose's consent changes, as a consent message would go.
+ENQUEUE = outbox.enqueue_unordered(outbox.MATCH.format(ev="m"))
 NIL = uuid.UUID(int=0)
 
 

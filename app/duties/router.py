@@ -3,6 +3,8 @@ processor's acknowledgement, and the tenant's duty settings (docs/duties.md)."""
 
 from __future__ import annotations
 
+import json
+
 import uuid
 from typing import Annotated
 
@@ -11,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from app.auth.deps import CatalogRead, CatalogWrite, DutiesAck, DutiesRead, DutiesWrite
 from app.core.db import LedgerReader, ledger_transaction
 from app.core.errors import problem_responses
-from app.core.responses import json_response
+from app.core.responses import json_response, json_value
 from app.core.schemas import Key, UtcDatetime
 from app.duties import service
 from app.duties.schemas import AckIn, DutyDetail, DutyPage, DutySettings, FulfilmentIn, Kind, Status
@@ -83,7 +85,7 @@ RETURNING reconfirmation_lead_days, overdue_reconfirmation_denies, withdrawal_in
 def _settings(row) -> dict:
     if row is None:
         return DutySettings().model_dump()
-    return {**dict(row), "withdrawal_instructions": service._json(row["withdrawal_instructions"])}
+    return {**dict(row), "withdrawal_instructions": json_value(row["withdrawal_instructions"])}
 
 
 @router.get("/settings/duties", operation_id="duty-settings-get", response_model=DutySettings)
@@ -100,5 +102,5 @@ async def put_settings(body: DutySettings, request: Request, principal: CatalogW
         row = await conn.fetchrow(SAVE, principal.tenant, body.reconfirmation_lead_days,
                                   body.overdue_reconfirmation_denies,
                                   None if body.withdrawal_instructions is None else
-                                  service.json.dumps(body.withdrawal_instructions, ensure_ascii=False), principal.sub)
+                                  json.dumps(body.withdrawal_instructions, ensure_ascii=False), principal.sub)
     return json_response(_settings(row))

@@ -12,7 +12,6 @@ this wait, and a duty is never announced twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -21,8 +20,8 @@ from typing import Any
 import asyncpg
 
 from app.consents.chain import format_time
-from app.core.db import asyncpg_dsn
-from app.core.responses import dumps
+from app.core.periodic import every
+from app.core.responses import dumps, json_value
 from app.core.settings import Settings
 from app.duties import reconsent
 from app.duties.records import INSERT, Builder, Head
@@ -36,44 +35,20 @@ CLAIM = """
 SELECT d.*, s.external_id AS subject_ref, greatest(clock_timestamp(), d.updated_at) AS now
 FROM ledger_claim_duties($1, $2) d JOIN subjects s ON s.id = d.subject_id
 """
-# One message per duty; a delivery per matching endpoint (see the module's docstring). The endpoint
-# rows are key-share-locked as the outbox's are, so one being switched off is read as it ends up.
-ENQUEUE = """
-WITH m AS (
-    SELECT * FROM json_to_recordset($1::text::json)
-        AS u(id uuid, tenant text, subject_ref text, type text, purpose text, processor text, body text)
-), matched AS (
-    SELECT m.id, m.tenant, e.id AS endpoint_id, e.enabled FROM m JOIN webhook_endpoints e
-      ON e.tenant_id = m.tenant AND e.deleted_at IS NULL AND m.type = ANY(e.event_types)
+# One message per duty; a delivery per endpoint that lists its type (see the module's docstring).
+ENQUEUE = outbox.enqueue_unordered("""m.type = ANY(e.event_types)
      AND (cardinality(e.purposes) = 0 OR m.purpose IS NULL OR m.purpose = ANY(e.purposes))
      -- a processor's duty reaches that processor's endpoints and the tenant's own, no other processor's
      AND (m.processor IS NULL OR e.processor_id IS NULL
-          OR e.processor_id = (SELECT p.id FROM processors p WHERE p.tenant_id = m.tenant AND p.key = m.processor))
-    FOR KEY SHARE OF e
-), messages AS (
-    INSERT INTO webhook_messages (id, tenant_id, type, subject_ref, body, created_at)
-    SELECT m.id, m.tenant, m.type, m.subject_ref, m.body, clock_timestamp() FROM m
-    WHERE m.id IN (SELECT id FROM matched)
-    RETURNING id
-)
--- from `matched` alone: a join back to `m` (no statistics, no index) was a nested loop of
--- batch x batch rows (measured: 0.3 s per 2,000 messages)
-INSERT INTO webhook_deliveries (tenant_id, message_id, endpoint_id, next_attempt_at)
-SELECT matched.tenant, matched.id, matched.endpoint_id,
-       CASE WHEN matched.enabled THEN now() ELSE 'infinity'::timestamptz END
-FROM matched WHERE matched.id IN (SELECT id FROM messages)
-"""
+          OR e.processor_id = (SELECT p.id FROM processors p WHERE p.tenant_id = m.tenant AND p.key = m.processor))""")
 
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def message(row: asyncpg.Record, doc: dict[str, Any], type_: str) -> dict[str, Any]:
     data = {"tenant": row["tenant_id"], "subject_id": row["subject_ref"], "duty_id": str(row["id"]),
             "kind": row["kind"], "status": doc["status"], "purpose": row["purpose_key"],
             "processor": row["processor_key"], "notify_at": format_time(row["notify_at"]),
-            "due_at": format_time(row["due_at"]), "contents": _json(row["contents"]), "record_hash": doc["hash"]}
+            "due_at": format_time(row["due_at"]), "contents": json_value(row["contents"]), "record_hash": doc["hash"]}
     return {"id": uuid.uuid4(), "tenant": row["tenant_id"], "subject_ref": row["subject_ref"], "type": type_,
             "purpose": row["purpose_key"],
             "processor": row["processor_key"],
@@ -136,23 +111,12 @@ async def run_pass(conn: asyncpg.Connection, secret: bytes, *, batch: int = BATC
 
 async def run_scheduler(settings: Settings, stop: asyncio.Event, proof: Proof) -> None:
     """Every DUTY_INTERVAL_SECONDS until `stop`; an outage is logged and retried."""
-    while not stop.is_set():
-        try:
-            conn = await asyncpg.connect(asyncpg_dsn(settings.database_url),
-                                         timeout=settings.db_connect_timeout_seconds,
-                                         server_settings={"application_name": "consent-ledger-duties",
-                                                          "timezone": "UTC"})
-            try:
-                started = time.perf_counter()
-                moved = await run_pass(conn, proof.secret)
-                if any(moved.values()):
-                    log.info("duties: %d announced, %d overdue, %d asked to consent again (%.2f s)",
-                             moved["notified"], moved["overdue"], moved["reconsent"], time.perf_counter() - started)
-            finally:
-                await conn.close()
-        except Exception as exc:  # noqa: BLE001 - the loop must outlive outages
-            log.warning("duty scheduler round not completed: %s: %s", type(exc).__name__, exc)
-        try:
-            await asyncio.wait_for(stop.wait(), settings.duty_interval_seconds)
-        except TimeoutError:
-            pass
+    async def job(conn: asyncpg.Connection) -> None:
+        started = time.perf_counter()
+        moved = await run_pass(conn, proof.secret)
+        if any(moved.values()):
+            log.info("duties: %d announced, %d overdue, %d asked to consent again (%.2f s)",
+                     moved["notified"], moved["overdue"], moved["reconsent"], time.perf_counter() - started)
+
+    await every(settings, stop, settings.duty_interval_seconds, name="consent-ledger-duties", job=job, log=log,
+                what="the duty scheduler's round")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.schemas import Text200, Text2000, UtcDatetime
+from app.duties.models import DEFAULT_LEAD_DAYS
 
 Kind = Literal["ad_result_notice", "reconfirmation", "suppression", "destruction", "ask_at_14", "reconsent"]
 Status = Literal["due", "sent", "done", "overdue", "cancelled"]
@@ -69,7 +70,7 @@ class DutyPage(BaseModel):
 
 class DutySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reconfirmation_lead_days: int = Field(default=30, ge=0, le=365,
+    reconfirmation_lead_days: int = Field(default=DEFAULT_LEAD_DAYS, ge=0, le=365,
                                           description="How long before its deadline a reconfirmation comes due")
     overdue_reconfirmation_denies: bool = Field(
         default=False, description="Whether an overdue reconfirmation makes the permission check deny")

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from app.core.responses import json_value
 from app.auth.deps import Principal
 from app.consents.chain import format_time
 from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.consents import ledger
 from app.duties import clocks
+from app.duties.models import DEFAULT_LEAD_DAYS
 from app.duties.records import Builder, Head, document, write
 from app.duties.schemas import AckIn, FulfilmentIn
 
@@ -35,14 +36,12 @@ STATUS_SQL = {
 EFFECTIVE = "CASE WHEN d.status = 'due' AND d.due_at <= now() THEN 'overdue' ELSE d.status END"
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
 
 def read(row: asyncpg.Record) -> dict[str, Any]:
     return {"id": row["id"], "kind": row["kind"], "status": row["effective_status"], "subject_id": row["subject_ref"],
             "purpose": row["purpose_key"], "processor": row["processor_key"], "notify_at": row["notify_at"],
-            "due_at": row["due_at"], "contents": _json(row["contents"]), "fulfilment": _json(row["fulfilment"]),
+            "due_at": row["due_at"], "contents": json_value(row["contents"]),
+            "fulfilment": json_value(row["fulfilment"]),
             "cause_event_id": row["cause_event_id"], "created_at": row["created_at"], "updated_at": row["updated_at"],
             "closed_at": row["closed_at"], "last_hash": row["last_hash"]}
 
@@ -120,7 +119,8 @@ async def detail(conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, 
         raise NotFound(f"no duty {duty_id}")
     records = []
     for r in await conn.fetch(RECORDS, duty_id):
-        doc = document({**r, "detail": _json(r["detail"])}, tenant=principal.tenant, subject_ref=row["subject_ref"])
+        doc = document({**r, "detail": json_value(r["detail"])}, tenant=principal.tenant,
+                       subject_ref=row["subject_ref"])
         records.append({**doc, "hash": r["hash"]})
     return {**read(row), "records": records}
 
@@ -211,12 +211,12 @@ async def _next_cycle(conn: asyncpg.Connection, builder: Builder, row: asyncpg.R
     """The person was told and kept silent: the consent stands (Network Act Art. 50(8)), and the
     next reconfirmation is due two years on from the consent's date. Its first record names the
     duty it follows (no event caused it)."""
-    contents = _json(row["contents"])
+    contents = json_value(row["contents"])
     cycle = contents.get("cycle", 1) + 1
     consented = datetime.fromisoformat(contents["consented_at"].replace("Z", "+00:00"))
     lead = await conn.fetchval("SELECT reconfirmation_lead_days FROM tenant_settings WHERE tenant_id = $1",
                                row["tenant_id"])
-    announce, deadline = clocks.reconfirmation(consented, 30 if lead is None else lead, cycle)
+    announce, deadline = clocks.reconfirmation(consented, DEFAULT_LEAD_DAYS if lead is None else lead, cycle)
     builder.create(subject_id=row["subject_id"], kind="reconfirmation", purpose_key=row["purpose_key"],
                    notify_at=announce, due_at=deadline, cause=None,
                    contents={**contents, "cycle": cycle, "follows": {"duty_id": str(row["id"]),
@@ -228,7 +228,7 @@ async def _record(conn: asyncpg.Connection, principal: Principal, row: asyncpg.R
     """Record `action` with `facts` on the locked duty `row`, unless the duty is already closed: the
     same fulfilment again is a 200 that writes nothing (idempotent); another one is a 409."""
     if row["status"] in ("sent", "done", "cancelled"):
-        before = _json(row["fulfilment"]) or {}
+        before = json_value(row["fulfilment"]) or {}
         if row["status"] == action and all(before.get(k) == v for k, v in given.items()):
             return 200, await detail(conn, principal, row["id"])
         raise Conflict(f"the duty is already {row['status']} (at {format_time(row['closed_at'])}); a different "

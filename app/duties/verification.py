@@ -10,12 +10,12 @@ fulfilment leaves one of these breaks (and the Merkle log checks, shared with ev
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
+from app.core.responses import json_value
 from app.duties.records import document, document_hash
 from app.proof import keys
 
@@ -30,12 +30,9 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
 Add = Callable[..., None]
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
 
 def _stored(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {**record, "detail": _json(record["detail"])}
+    return {**record, "detail": json_value(record["detail"])}
 
 
 def _one(add: Add, records: list[Mapping[str, Any]], events: Mapping[uuid.UUID, Mapping[str, Any]],
@@ -81,12 +78,12 @@ def _row_differs(row: Mapping[str, Any], chain: list[Mapping[str, Any]]) -> list
     expected = {
         "tenant_id": first["tenant_id"], "kind": first["kind"], "purpose_key": first["purpose_key"],
         "processor_key": first["processor_key"], "notify_at": first["notify_at"], "due_at": first["due_at"],
-        "cause_event_id": first["cause_event_id"], "contents": _json(first["detail"]),
-        "fulfilment": _json(closing["detail"]) if closing else None,
+        "cause_event_id": first["cause_event_id"], "contents": json_value(first["detail"]),
+        "fulfilment": json_value(closing["detail"]) if closing else None,
         "closed_at": closing["recorded_at"] if closing else None,
     }
     return [name for name, value in expected.items()
-            if (_json(row[name]) if name in ("contents", "fulfilment") else row[name]) != value]
+            if (json_value(row[name]) if name in ("contents", "fulfilment") else row[name]) != value]
 
 
 def check(add: Add, *, tenant: str, member: str, events: Sequence[Mapping[str, Any]],

@@ -195,9 +195,7 @@ class Checker:
                     continue
                 index, h, ev_tenant, subject, seq, prev, recorded, notice, purpose, dh, leaf, version = got
                 v1, v2 = version == 1, version == 2
-                if version == DUTY:
-                    duty_count += 1
-                    events -= 1  # counted as a duty record below, not an event
+                duty_count += version == DUTY
                 legacy_count += v1
                 if notice is not None and notice in notices:
                     notice = None  # cited and found: nothing to report
@@ -266,7 +264,8 @@ class Checker:
             if dh is not None and (purpose, dh) not in disclosures:
                 add("disclosure_missing", f"no disclosure of purpose {_short(purpose)} with hash "
                                           f"{_short(dh, quote=False)} in {DISCLOSURES}")
-        out.events, out.legacy, out.v2_seen, out.duty_records = events, legacy_count, v2_seen, duty_count
+        # `events` counted every leaf read; duty records are leaves, not events
+        out.events, out.legacy, out.v2_seen, out.duty_records = events - duty_count, legacy_count, v2_seen, duty_count
         out.pieces, out.roots = _subtrees(hashes, first_line - 1, list(targets))
         return out
 
@@ -298,11 +297,7 @@ class Checker:
                 add("malformed_line", f"members {_short(sorted(rec))} (a v2 event's line has event and log_index)")
             if not _shape_ok(ev):
                 add("malformed_event", "not a chain version 2 document (its members or their types)")
-            try:
-                computed = sha256_hex(canonical_json({k: v for k, v in ev.items() if k != "hash"}))
-            except Exception as exc:  # noqa: BLE001 - e.g. a number RFC 8785 cannot represent
-                computed = f"(no RFC 8785 form: {exc})"
-            if computed != h:
+            if _document_hash(ev) != h:
                 add("event_hash", "the event does not hash to its hash: changed after it was recorded")
         elif version == 1:
             payload = rec.get("legacy")
@@ -335,6 +330,15 @@ class Checker:
                 version if version in (1, 2) else None)
 
 
+def _document_hash(doc: dict[str, Any]) -> str:
+    """SHA-256 of the RFC 8785 form of a printed event or duty record minus its `hash` (or why it
+    has none: a tampered line may hold a number RFC 8785 cannot represent)."""
+    try:
+        return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "hash"}))
+    except Exception as exc:  # noqa: BLE001
+        return f"(no RFC 8785 form: {exc})"
+
+
 DUTY = "duty"  # the `version` _slow gives a duty record's line
 DUTY_KEYS = frozenset({"record", "record_version", "tenant", "subject_id", "id", "duty_id", "seq", "kind", "purpose",
                        "processor", "action", "status", "notify_at", "due_at", "detail", "cause_event_id",
@@ -352,11 +356,7 @@ def _duty(rec: dict[str, Any], add: Any) -> tuple:
     h = doc.get("hash")
     if set(doc) != DUTY_KEYS or doc.get("record") != "duty" or doc.get("record_version") != 1:
         add("malformed_event", "not a duty record of record version 1 (its members)")
-    try:
-        computed = sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "hash"}))
-    except Exception as exc:  # noqa: BLE001 - e.g. a number RFC 8785 cannot represent
-        computed = f"(no RFC 8785 form: {exc})"
-    if computed != h:
+    if _document_hash(doc) != h:
         add("event_hash", "the duty record does not hash to its hash: changed after it was recorded")
     leaf = bytes.fromhex(h) if isinstance(h, str) and _HEX64(h) else b"\x00" * 32
     return (rec.get("log_index"), _hashable(h), _hashable(doc.get("tenant")), _hashable(doc.get("subject_id")),
