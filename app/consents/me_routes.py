@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 
 from app.auth.deps import Principal, Self
-from app.consents import queries, service
+from app.consents import queries, withdrawal
 from app.consents.router import _client, _respond
 from app.consents.schemas import HistoryPage, WithdrawalIn, WithdrawalResult
 from app.core.db import LedgerReader, ledger_transaction
@@ -110,7 +110,7 @@ async def my_withdrawal(purpose: str, request: Request, principal: Self, body: W
         raise InvalidRequest("here the person acts themself", errors=[
             {"field": "body.actor.type", "reason": "subject (operators and guardians use the tenant's routes)"}])
     async with ledger_transaction(request) as conn:
-        outcome = await service.withdraw(
+        outcome = await withdrawal.withdraw(
             conn, principal, subject_id=_member(principal), body=body, purpose_key=purpose, client=_client(request),
             idempotency_key=idempotency_key, request_path=request.url.path, proof=request.app.state.proof,
             key_ttl=request.app.state.settings.idempotency_key_ttl_seconds)

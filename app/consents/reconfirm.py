@@ -8,7 +8,6 @@ ordinary withdrawal; silence keeps the consent (the sent notice is on the duty's
 
 from __future__ import annotations
 
-
 import asyncpg
 
 from app.auth.deps import Principal

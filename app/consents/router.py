@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, status
 
 from app.auth.deps import AuditRead, ConsentsRead, ConsentsWrite
-from app.consents import evidence, queries, reconfirm, service, terminate, verification
+from app.consents import evidence, queries, reconfirm, service, terminate, verification, withdrawal
 from app.consents.schemas import (
     BulkWithdrawalIn, ChainVerification, ConsentRecord, EvidencePage, HistoryPage, ReconfirmResult, RecordResult, TerminationResult,
     StatePage, WithdrawalIn,
@@ -63,7 +63,7 @@ async def withdraw_many(
 ):
     """Withdraw several purposes at once, e.g. `{"kind": "marketing"}` for every marketing consent."""
     async with ledger_transaction(request) as conn:
-        outcome = await service.withdraw(
+        outcome = await withdrawal.withdraw(
             conn, principal, subject_id=subject_id, body=body, purpose_key=None, client=_client(request),
             idempotency_key=idempotency_key, request_path=request.url.path,
             proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,
@@ -79,7 +79,7 @@ async def withdraw_one(
 ):
     """Withdraw one purpose. Withdrawing again writes nothing and says it was already withdrawn."""
     async with ledger_transaction(request) as conn:
-        outcome = await service.withdraw(
+        outcome = await withdrawal.withdraw(
             conn, principal, subject_id=subject_id, body=body or WithdrawalIn(), purpose_key=purpose,
             client=_client(request), idempotency_key=idempotency_key, request_path=request.url.path,
             proof=request.app.state.proof, key_ttl=request.app.state.settings.idempotency_key_ttl_seconds,

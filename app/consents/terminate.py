@@ -4,7 +4,6 @@ purpose owes the destruction of its data when its retention ends (PIPA Art. 21; 
 
 from __future__ import annotations
 
-
 import asyncpg
 
 from app.auth.deps import Principal
