@@ -119,7 +119,8 @@ def test_verify_refuses_forgeries(key: Ed25519PrivateKey, signer: keys.Signer) -
     refused(forge(good, b"[1, 2]", key.sign), jwks, "not a JSON object")
     refused(forge(good, b'{"tree_size": 8, "tree_size": 9}', key.sign), jwks, "repeats a member")
     refused("not.a.token", jwks, "not a compact JWS")
-    refused(token, {"keys": [{**signer.public_jwk(), "x": b64(raw[:-1] + b"x")}]}, "thumbprint")
+    altered = raw[:-1] + bytes([raw[-1] ^ 1])  # always differs from the real key
+    refused(token, {"keys": [{**signer.public_jwk(), "x": b64(altered)}]}, "thumbprint")
     refused(token, {"keys": [signer.public_jwk(), signer.public_jwk()]}, "more than one key")
     refused(token, {}, "not a JWKS")
 
