@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from app.auth.tokens import TokenError
+from app.core import actor
 from app.core.errors import Forbidden, Unauthorized
 
 BEARER_DESCRIPTION = "JWT with claims tenant, sub, scope, iss, aud, exp"
@@ -57,27 +58,32 @@ async def authenticate(request: Request) -> Principal:
 class _Require(HTTPBearer):
     """A caller holding at least one of the scopes."""
 
-    def __init__(self, *any_of: str) -> None:
+    def __init__(self, *any_of: str, acts: bool = False) -> None:
         super().__init__(auto_error=False, description=BEARER_DESCRIPTION, scheme_name="HTTPBearer")
         self.any_of = frozenset(any_of)
+        self.acts = acts
         self.message = f"this operation needs the scope {' or '.join(repr(s) for s in any_of)}"
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         principal = await authenticate(request)
         if not principal.scopes & self.any_of:
             raise Forbidden(self.message)
+        if self.acts:  # the catalog history names the token's subject (app/core/actor.py)
+            actor.current.set(principal.sub)
         return principal
 
 
-def require(*any_of: str) -> _Require:
-    return _Require(*any_of)
+def require(*any_of: str, acts: bool = False) -> _Require:
+    """`acts`: the scope changes the catalog, whose history records who (the token's `sub`)."""
+    return _Require(*any_of, acts=acts)
 
 
 ConsentsWrite = Annotated[Principal, Depends(require("consents:write"))]
 ConsentsRead = Annotated[Principal, Depends(require("consents:read", "consents:write", "audit:read"))]
-CatalogWrite = Annotated[Principal, Depends(require("catalog:write"))]
+CatalogWrite = Annotated[Principal, Depends(require("catalog:write", acts=True))]
 CatalogRead = Annotated[Principal, Depends(require("catalog:read", "catalog:write"))]
-FormRead = Annotated[Principal, Depends(require("consents:write", "consents:read", "catalog:read", "catalog:write"))]
+FormRead = Annotated[Principal, Depends(require("consents:write", "consents:read", "catalog:read", "catalog:write",
+                                                "audit:read"))]
 AuditRead = Annotated[Principal, Depends(require("audit:read"))]
 # A processor's token: may ask whether an ad may be sent (nothing else); operators' read scopes too.
 PermissionsRead = Annotated[Principal, Depends(require("permissions:read", "consents:read", "consents:write",

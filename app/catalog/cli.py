@@ -35,6 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.auth.deps import Principal
     from app.catalog import purposes, schemas
+    from app.core import actor
     from app.core.db import create_engine, session_factory
     from app.core.errors import ProblemError
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     by = args.by or f"cli:{getpass.getuser()}"
 
     async def go() -> int:
+        actor.current.set(by)  # the catalog history's "who" (app/core/actor.py)
         engine = create_engine(settings.database_url, settings)
         try:
             async with session_factory(engine)() as session, session.begin():

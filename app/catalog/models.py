@@ -6,7 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, false, text, Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, false, text, Column, DateTime, ForeignKey, Identity,
+                        Index, Text, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
@@ -198,3 +199,28 @@ class CollectionPointPurpose(SQLModel, table=True):
     # service need consent (app/catalog/legal.py MAY_BE_CONDITION; PIPA Art. 16(3), 22(5)).
     condition_of_service: bool = Field(default=False, sa_column=Column(Boolean, nullable=False,
                                                                        server_default=false()))
+
+
+class CatalogChange(SQLModel, table=True):
+    """One change to the catalog, a notice, a webhook endpoint or a tenant's settings, written by the
+    tables' own trigger (alembic 0009; append-only): the row before and after, who, when. The form
+    as it was at a past time is read back from it (app/catalog/history.py)."""
+
+    __tablename__ = "catalog_changes"
+    __table_args__ = (
+        CheckConstraint("op IN ('baseline', 'insert', 'update', 'delete')", name="op"),
+        Index("ix_catalog_changes_tenant_changed", "tenant_id", "changed_at", "id"),
+        Index("ix_catalog_changes_entity", "entity", "entity_id", "changed_at", "id"),
+        Index("ix_catalog_changes_key", "tenant_id", "entity", "key", "changed_at"),
+    )
+    id: int = Field(sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
+    tenant_id: str | None = Field(default=None, sa_column=Column(Text))
+    entity: str = Field(sa_column=Column(Text, nullable=False))  # the table
+    entity_id: str = Field(sa_column=Column(Text, nullable=False))  # the row's identity in it
+    key: str | None = Field(default=None, sa_column=Column(Text))
+    op: str = Field(sa_column=Column(Text, nullable=False))
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    changed_by: str = Field(sa_column=Column(Text, nullable=False))
+    db_role: str = Field(sa_column=Column(Text, nullable=False))
+    changed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

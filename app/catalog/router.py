@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.auth.deps import CatalogRead, CatalogWrite, FormRead
-from app.catalog import purposes, schemas, service
+from app.catalog import history, purposes, schemas, service
 from app.catalog.models import CollectionPoint, Processor, Purpose, Recipient
 from app.core.db import Session
-from app.core.errors import problem_responses
+from app.core.errors import InvalidRequest, problem_responses
+from app.core.schemas import UtcDatetime
 
 router = APIRouter(prefix="/v1", responses=problem_responses(401, 403, 422))
 NOT_FOUND = problem_responses(404)
@@ -218,6 +220,16 @@ async def delete_collection_point(key: str, principal: CatalogWrite, session: Se
 
 @router.get("/collection-points/{key}/form", tags=["collection-points"], operation_id="collection-points-form",
             response_model=schemas.Form, responses={**NOT_FOUND, **CONFLICT})
-async def get_form(key: str, principal: FormRead, session: Session):
+async def get_form(
+    key: str, principal: FormRead, session: Session,
+    as_of: Annotated[UtcDatetime | None, Query(description="ISO 8601 instant with offset, not in the future: "
+                                                           "exactly what the form showed then, from the "
+                                                           "catalog's history")] = None,
+):
     """What to show: every presented purpose with its disclosures, all unchecked, and the notice in force."""
-    return await service.form(session, principal, key)
+    if as_of is None:
+        return await service.form(session, principal, key)
+    if as_of > service.now():
+        raise InvalidRequest("as_of is in the future: the catalog's history tells what was shown, not what will be",
+                             errors=[{"field": "query.as_of", "reason": "must not be in the future"}])
+    return await history.form_at(session, principal, key, as_of)

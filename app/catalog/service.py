@@ -228,15 +228,20 @@ def _required(purpose: Purpose, condition: bool) -> bool:
 
 
 async def form(session: AsyncSession, principal: Principal, key: str) -> schemas.Form:
-    """What the form shows: purposes processed without consent first (shown, acknowledged, never a
-    checkbox), then one section per consent category (PIPA Art. 22(1)), every box unchecked."""
+    """What the form shows now (the form at a past time: app/catalog/history.py)."""
     point = await get_by_key(session, principal, CollectionPoint, key)
     notice = await current_notice(session, principal.tenant, point.notice_key)
     if notice is None:
         raise Conflict(f"collection point {key!r} has no published notice {point.notice_key!r} in force; "
                        "publish one before asking for consent")
     presented = await presented_purposes(session, point)
-    recipients = await recipient_keys(session, [p for p, _ in presented])
+    return build_form(point, notice, presented, await recipient_keys(session, [p for p, _ in presented]))
+
+
+def build_form(point: CollectionPoint, notice: Notice, presented: list[Presented],
+               recipients: dict[uuid.UUID, Recipient]) -> schemas.Form:
+    """Purposes processed without consent first (shown, acknowledged, never a checkbox), then one
+    section per consent category (PIPA Art. 22(1)), every box unchecked."""
     items = [
         schemas.FormPurpose(
             key=p.key, kind=p.kind, legal_basis=p.legal_basis, legal_basis_article=legal.LEGAL_BASES[p.legal_basis],

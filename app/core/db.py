@@ -13,6 +13,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.core.responses import dumps
+from app.core.actor import ActingSession
 from app.core.settings import Settings
 
 # Stable constraint names keep Alembic diffs and error messages predictable.
@@ -72,7 +73,7 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, sync_session_class=ActingSession)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -32,6 +32,7 @@ RUNTIME_GRANTS: Mapping[str, tuple[str, ...]] = {
     "purposes": _CRUD,
     "purpose_disclosures": ("SELECT", "INSERT"),
     "purpose_basis_changes": ("SELECT", "INSERT"),  # append-only by trigger (0006)
+    "catalog_changes": ("SELECT",),  # written by the catalog tables' triggers only (0009)
     # ledger: events and evidence are appended; heads and states move only by trigger
     "subjects": ("SELECT",),
     "consent_events": ("SELECT", "INSERT"),

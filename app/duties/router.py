@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app.auth.deps import CatalogRead, CatalogWrite, DutiesAck, DutiesRead, DutiesWrite
+from app.core import actor
 from app.core.db import LedgerReader, ledger_transaction
 from app.core.errors import problem_responses
 from app.core.responses import json_response, json_value
@@ -99,6 +100,7 @@ async def put_settings(body: DutySettings, request: Request, principal: CatalogW
     """Set the lead time of reconfirmations (applies to those created afterwards), whether an
     overdue one denies the permission check, and the keep-or-withdraw wording of the notice."""
     async with ledger_transaction(request) as conn:
+        await actor.declare(conn, principal.sub)
         row = await conn.fetchrow(SAVE, principal.tenant, body.reconfirmation_lead_days,
                                   body.overdue_reconfirmation_denies,
                                   None if body.withdrawal_instructions is None else

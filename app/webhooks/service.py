@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from app.auth.deps import Principal
+from app.core import actor
 from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.core.settings import Settings
@@ -78,6 +79,7 @@ async def list_endpoints(pool: asyncpg.Pool, principal: Principal) -> list[dict[
 
 async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: EndpointCreate) -> dict[str, Any]:
     """`body.url` must have passed `check_url`."""
+    await actor.declare(conn, principal.sub)
     processor_id = await _processor_id(conn, principal.tenant, body.processor, "body.processor")
     secret = signing.new_secret()
     endpoint_id = await conn.fetchval(
@@ -93,6 +95,7 @@ async def create_endpoint(conn: asyncpg.Connection, principal: Principal, body: 
 async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
                           body: EndpointUpdate) -> dict[str, Any]:
     """`body.url`, if given, must have passed `check_url`."""
+    await actor.declare(conn, principal.sub)
     current = await get_endpoint(conn, principal, endpoint_id)
     changes = body.changes()
     if "processor" in changes:
@@ -123,6 +126,7 @@ async def update_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
 async def delete_endpoint(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID) -> None:
     """Soft delete: the delivery log stays for the auditors; nothing more is sent. The endpoint row
     is locked before its deliveries, the one lock order of the webhook tables (docs/design.md)."""
+    await actor.declare(conn, principal.sub)
     await conn.execute(outbox.ENDPOINT_OFF, endpoint_id, principal.tenant)
     deleted = await conn.fetchval(
         """UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, updated_at = now(),
@@ -139,6 +143,7 @@ async def delete_endpoint(conn: asyncpg.Connection, principal: Principal, endpoi
 
 async def rotate_secret(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
                         grace_seconds: int) -> dict[str, Any]:
+    await actor.declare(conn, principal.sub)
     secret = signing.new_secret()
     updated = await conn.fetchval(
         """UPDATE webhook_endpoints
@@ -261,6 +266,7 @@ async def retry_delivery(conn: asyncpg.Connection, principal: Principal, deliver
 
 async def recover(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
                   body: RecoverIn) -> dict[str, Any]:
+    await actor.declare(conn, principal.sub)
     await conn.execute(outbox.LOCK_ENDPOINT, endpoint_id, principal.tenant)  # before its deliveries
     endpoint = await get_endpoint(conn, principal, endpoint_id)
     if body.until is not None and body.until <= body.since:
