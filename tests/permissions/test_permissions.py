@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from tests.helpers import decisions_for, form, sign_up
+from tests.helpers import decisions_for, form
 
 DAY = datetime(2026, 11, 20, 5, 0, tzinfo=UTC)      # 14:00 KST
 NIGHT = datetime(2026, 11, 20, 13, 30, tzinfo=UTC)  # 22:30 KST

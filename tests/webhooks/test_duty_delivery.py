@@ -3,7 +3,6 @@ and after a SIGKILL the next worker picks up what came due meanwhile (never twic
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
