@@ -9,6 +9,9 @@ One ZIP (deflate):
 - `notices.json`, `disclosures.json`: every notice version and every purpose disclosure the events cite;
 - `checkpoints.json`: every signed checkpoint of the tenant, ascending tree size (the last one, made
   just before the snapshot, covers every event in the bundle);
+- `catalog.json`: the catalog's history (alembic 0009): every change to purposes, collection points,
+  notices, recipients, processors, webhook endpoints and settings, before and after, who, when; the
+  form any event was recorded on can be rebuilt from it (app/catalog/history.py does so);
 - `jwks.json`: the service's public keys; `README.md`: how to verify (Korean and English);
 - `manifest.json`: format, tenant, counts, and the SHA-256 and size of every other member.
 
@@ -29,6 +32,7 @@ import os
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -37,8 +41,10 @@ import orjson
 from app.consents import chain, queries
 from app.duties import records as duty_records
 from app.proof import log as proof_log
+from app.proof.bundle_readme import README_TEXT, V1_EN, V1_KO
 from app.proof.context import Proof
-from app.proof.verify_bundle import (CHECKPOINTS, DISCLOSURES, EVENTS, FORMAT, JWKS, MANIFEST, NOTICES, README)
+from app.proof.verify_bundle import (CATALOG, CHECKPOINTS, DISCLOSURES, EVENTS, FORMAT, JWKS, MANIFEST, NOTICES,
+                                     README)
 
 PREFETCH = 5000  # rows per cursor round trip
 FLUSH = 1 << 20  # bytes of event lines handed to the compressor at once
@@ -64,6 +70,13 @@ ORDER BY l.idx
 NOTICES_SQL = """
 SELECT id, key, version, title, language, body, sha256, effective_at, published_at
 FROM notices WHERE id = ANY($1::uuid[]) ORDER BY key, version, id
+"""
+# The catalog's history (alembic 0009) as it stood in the snapshot: what every form showed, when.
+CATALOG_SQL = """
+SELECT json_build_object('id', id, 'entity', entity, 'entity_id', entity_id, 'key', key, 'op', op,
+                         'before', before, 'after', after, 'changed_by', changed_by, 'db_role', db_role,
+                         'changed_at', to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
+FROM catalog_changes WHERE tenant_id = $1 ORDER BY changed_at, id
 """
 DISCLOSURES_SQL = """
 SELECT d.purpose_id, d.hash, d.content::text AS content
@@ -103,92 +116,6 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-README_TEXT = """\
-# consent-ledger audit bundle / 동의 원장 감사 번들
-
-Tenant / 테넌트: `{tenant}` · events / 이벤트: {events} · tree size / 트리 크기: {tree_size} ·
-created / 생성: {created_at}
-
-## 한국어
-
-이 파일은 한 테넌트의 동의 원장 전체를, 서비스나 데이터베이스 없이 누구나 다시 계산해 검증할 수 있도록
-묶은 것입니다.
-
-- `events.ndjson`: Merkle 로그의 순서대로 한 줄에 한 이벤트. `event`는 API가 보여 주는 이벤트 그대로이며,
-  `hash` = SHA-256(RFC 8785로 정규화한 `event`에서 `hash`를 뺀 것). 체인 버전 1 이벤트는 그 해시가 덮는
-  원래 페이로드(`legacy`)를 함께 싣습니다.
-- `notices.json`: 이벤트가 인용한 고지문(개인정보 처리방침 등) 전문. `sha256` = SHA-256(본문 UTF-8).
-- `disclosures.json`: 이벤트가 인용한 항목별 고지 내용. `hash` = SHA-256(RFC 8785(content)).
-- `checkpoints.json`: 서명된 체크포인트(Ed25519, compact JWS). 각 체크포인트의 `root_hash`는 처음
-  `tree_size`개 이벤트의 Merkle 루트(RFC 9162)입니다. `jwks.json`: 서비스의 공개 키.
-- `manifest.json`: 각 파일의 SHA-256과 크기.
-- IP 주소·사용자 에이전트 같은 원본 증거는 들어 있지 않습니다(버전 2 이벤트는 키가 있는 커밋먼트만
-  가집니다).{v1_ko}
-
-검증:
-
-    consent-ledger verify-bundle {filename} [--public-key 공개키.pem|jwks.json] [--trusted-checkpoint 체크포인트.json]
-
-번들 안의 `jwks.json`은 번들을 만든 쪽이 준 것이므로, 감사인은 서비스가 따로 공개한 키를
-`--public-key`로 주는 것이 좋습니다(키를 바꾼 적이 있으면 쓰인 키 모두). 예전에 받아 둔 체크포인트
-(CHECKPOINT_DIR의 파일이나 `ledger.checkpoint` 웹훅 본문)를 `--trusted-checkpoint`로 주면, 그 뒤에 과거
-기록이 고쳐졌는지(서비스의 키로 다시 서명했더라도) 드러나고, `--public-key`가 없으면 모든 체크포인트가
-그 체크포인트에 서명한 키로 서명되어 있어야 합니다. 둘 다 없으면 번들 자신의 키를 믿었다는 경고가
-출력됩니다. 종료 코드: 0 유효, 1 깨진 곳 있음(종류·위치·설명 출력), 2 읽을 수 없는 입력(검증기의 크기
-제한을 넘는 번들 포함).
-
-직접 검증기를 만들려면 consent-ledger 저장소의 `docs/proof-test-vectors.md`(정규화 규칙, 바이트 단위
-정의, 시험 벡터)를 보십시오.
-
-## English
-
-This file holds one tenant's whole consent ledger, so that anyone can recompute and check it without
-the service or its database.
-
-- `events.ndjson`: one event per line, in Merkle log order. `event` is the event exactly as the API
-  prints it; `hash` = SHA-256 of the RFC 8785 form of `event` minus `hash`. Chain version 1 events also
-  carry the original payload their hash covers (`legacy`).
-- `notices.json`: the full text of every notice the events cite; `sha256` = SHA-256(UTF-8 body).
-- `disclosures.json`: every purpose disclosure the events cite; `hash` = SHA-256(RFC 8785(content)).
-- `checkpoints.json`: signed checkpoints (Ed25519, compact JWS); each `root_hash` is the RFC 9162
-  Merkle root of the first `tree_size` events. `jwks.json`: the service's public keys.
-- `manifest.json`: the SHA-256 and size of every file.
-- No raw evidence (IP address, user agent): version 2 events carry only a keyed commitment to it.{v1_en}
-
-To verify:
-
-    consent-ledger verify-bundle {filename} [--public-key KEY.pem|jwks.json] [--trusted-checkpoint CHECKPOINT.json]
-
-The bundle's own `jwks.json` comes from whoever made the bundle: an auditor should give the key the
-service published elsewhere with `--public-key` (every key it used, if it changed keys). A checkpoint
-saved earlier (a file from CHECKPOINT_DIR or a `ledger.checkpoint` webhook body) given with
-`--trusted-checkpoint` shows whether history it covered was rewritten since, even if re-signed with the
-service's own key; without `--public-key`, every checkpoint must then be signed by the key that signed
-the saved one. With neither, verify-bundle warns that it trusted the bundle's own keys. Exit status:
-0 valid, 1 breaks found (kind, where, detail printed), 2 unreadable input (a bundle past the verifier's
-size limits included).
-
-To write your own verifier, see `docs/proof-test-vectors.md` in the consent-ledger repository
-(canonical form, byte-by-byte definitions, test vectors).
-"""
-
-
-# Chain version 1 events (docs/proof-test-vectors.md section 8), said where they are in a bundle.
-V1_KO = """
-  단, 체인 버전 1 이벤트 {v1}건은 해시가 원본을 덮으므로 `legacy`에 IP·사용자 에이전트가 들어 있습니다.
-  이 이벤트들의 해시는 `legacy` 페이로드만 덮습니다. 출력된 이벤트 가운데 회원 ID(`subject_id`),
-  `purpose`, `collection_point`, 고지문(`notice`)의 `key`·`version`·`sha256`·`superseded_at`,
-  `evidence`는 해시가 덮지 않는 값입니다(페이로드에는 그 대신 내부 ID가 있습니다). 나머지 값은
-  페이로드와 값과 형식까지 같아야 하고, 버전 1 이벤트는 모든 버전 2 이벤트보다 앞에만 올 수 있습니다."""
-V1_EN = """
-  Except: the {v1} chain version 1 events carry their IP address and user agent in `legacy`, because
-  their hash covers them. Their hash covers that payload, not the printed event: of these events, the
-  member id (`subject_id`), `purpose`, `collection_point`, the notice's `key`, `version`, `sha256` and
-  `superseded_at`, and `evidence` are not covered by their hash (the payload holds internal ids
-  instead). Every other printed member must agree with the payload, value and type, and version 1
-  events may only come before every version 2 event."""
-
-
 class _Member:
     """A ZIP member written through this, hashed as it goes."""
 
@@ -219,7 +146,10 @@ class _Array(_Member):
         self.write(b"[")
 
     def add(self, item: Any) -> None:
-        self.write((b",\n" if self.count else b"\n") + orjson.dumps(item))
+        self.add_json(orjson.dumps(item))
+
+    def add_json(self, item: bytes) -> None:
+        self.write((b",\n" if self.count else b"\n") + item)
         self.count += 1
 
     def close(self) -> dict[str, Any]:
@@ -230,14 +160,19 @@ class _Array(_Member):
 class BundleWriter:
     """The ZIP itself, with no database: events.ndjson is streamed through `events` and
     checkpoints.json through `checkpoints` (each hashed as it goes), then `finish` writes the other
-    members and the manifest. bench/proof.py builds synthetic bundles with it."""
+    members and the manifest. bench/proof.py builds synthetic bundles with it.
 
-    def __init__(self, path: Path, tenant: str) -> None:
+    `out`: a path, or a file object (an unseekable one too: the ZIP then carries data descriptors).
+    `drain`: awaited between batches, so that the reader of a stream sets the pace (app/audit/bundle_route.py)."""
+
+    def __init__(self, out: Path | Any, tenant: str, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         self.tenant = tenant
-        self.zf = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL)
+        self.zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESSLEVEL)
         self.events = _Member(self.zf, EVENTS)
         self.checkpoints: _Array | None = None
+        self.catalog: _Array | None = None
         self.files: list[dict[str, Any]] = []
+        self.drain = drain or _nothing
 
     def start_checkpoints(self) -> _Array:
         """Close events.ndjson and open checkpoints.json (ascending tree size; `add` each)."""
@@ -245,12 +180,18 @@ class BundleWriter:
         self.checkpoints = _Array(self.zf, CHECKPOINTS)
         return self.checkpoints
 
+    def start_catalog(self) -> _Array:
+        """Close checkpoints.json and open catalog.json (the catalog's history; `add_json` each change)."""
+        self.files.append((self.checkpoints or self.start_checkpoints()).close())
+        self.catalog = _Array(self.zf, CATALOG)
+        return self.catalog
+
     def finish(self, *, tree_size: int, root_hash: str | None, counts: dict[str, int], notices: list[dict[str, Any]],
                disclosures: list[dict[str, Any]], jwks: dict[str, Any], filename: str,
                created_at: str | None = None) -> dict[str, Any]:
         created_at = created_at or chain.format_time(datetime.now(UTC))
         checkpoints = self.checkpoints or self.start_checkpoints()
-        self.files.append(checkpoints.close())
+        self.files.append(self.catalog.close() if self.catalog else checkpoints.close())
         for name, value in ((NOTICES, notices), (DISCLOSURES, disclosures), (JWKS, jwks)):
             self.files.append(_write(self.zf, name, _json(value)))
         v1 = counts.get("chain_v1_events", 0)
@@ -262,7 +203,8 @@ class BundleWriter:
             "format": FORMAT, "tenant": self.tenant, "created_at": created_at, "tree_size": tree_size,
             "root_hash": root_hash,
             "counts": {**counts, "notices": len(notices), "disclosures": len(disclosures),
-                       "checkpoints": checkpoints.count},
+                       "checkpoints": checkpoints.count,
+                       **({"catalog_changes": self.catalog.count} if self.catalog else {})},
             "files": self.files,
         }
         self.zf.writestr(MANIFEST, _json(manifest))
@@ -276,9 +218,10 @@ class BundleWriter:
             pass
 
 
-async def _write_events(conn: asyncpg.Connection, member: _Member, tenant: str, tree_size: int,
+async def _write_events(conn: asyncpg.Connection, writer: BundleWriter, tenant: str, tree_size: int,
                         ) -> tuple[dict[str, int], set, dict[tuple[str, str], Any]]:
     """Stream the events into events.ndjson; compression runs in a thread while the next rows arrive."""
+    member = writer.events
     counts = {"events": 0, "duty_records": 0, "chain_v1_events": 0}
     notice_ids: set = set()
     disclosures: dict[tuple[str, str], Any] = {}  # (purpose key, hash) -> purpose id
@@ -303,6 +246,7 @@ async def _write_events(conn: asyncpg.Connection, member: _Member, tenant: str, 
             if buffered >= FLUSH:
                 if pending is not None:
                     await pending
+                await writer.drain()
                 pending = asyncio.ensure_future(asyncio.to_thread(member.write, b"\n".join(lines) + b"\n"))
                 lines, buffered = [], 0
         if pending is not None:
@@ -316,6 +260,10 @@ async def _write_events(conn: asyncpg.Connection, member: _Member, tenant: str, 
     return counts, notice_ids, disclosures
 
 
+async def _nothing() -> None:
+    return None
+
+
 def _write(zf: Any, name: str, data: bytes) -> dict[str, Any]:
     member = _Member(zf, name)
     member.write(data)
@@ -323,36 +271,55 @@ def _write(zf: Any, name: str, data: bytes) -> dict[str, Any]:
 
 
 async def write_bundle(pool_or_conn: asyncpg.Pool | asyncpg.Connection, tenant: str, proof: Proof, out: Path, *,
-                       checkpoint_dir: Path | None = None) -> dict[str, Any]:
+                       checkpoint_dir: Path | None = None,
+                       reader: asyncpg.Pool | asyncpg.Connection | None = None) -> dict[str, Any]:
     """Write the tenant's audit bundle to `out` (atomically: a temporary file renamed into place) and
     return its manifest. First a fresh checkpoint in a transaction of its own (log.make_checkpoint,
     forced: it also re-checks that the log extends the last checkpoint and the newest file in
     `checkpoint_dir`, and refuses with LogInconsistent otherwise), so every event is covered; then
-    everything else from one repeatable-read snapshot."""
+    everything else from one repeatable-read snapshot, on `reader` (a read replica) when given: a
+    replica that has not yet received that checkpoint gives the bundle of the one before, whole."""
     await proof_log.make_checkpoint(pool_or_conn, tenant, proof, force=True, checkpoint_dir=checkpoint_dir)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if isinstance(pool_or_conn, asyncpg.Pool):
-        async with pool_or_conn.acquire() as conn:
-            manifest = await _snapshot(conn, tenant, proof, tmp, out.name)
-    else:
-        manifest = await _snapshot(pool_or_conn, tenant, proof, tmp, out.name)
+    writer = BundleWriter(tmp, tenant)
+    try:
+        manifest = await snapshot(reader or pool_or_conn, writer, proof, out.name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return manifest
 
 
-async def _snapshot(conn: asyncpg.Connection, tenant: str, proof: Proof, tmp: Path, filename: str) -> dict[str, Any]:
-    writer = BundleWriter(tmp, tenant)
+async def snapshot(source: asyncpg.Pool | asyncpg.Connection, writer: BundleWriter, proof: Proof,
+                   filename: str) -> dict[str, Any]:
+    """Everything but the checkpoint, from one snapshot of `source`, into `writer`; its manifest."""
+    if isinstance(source, asyncpg.Pool):
+        async with source.acquire() as conn:
+            return await _snapshot(conn, writer, proof, filename)
+    return await _snapshot(source, writer, proof, filename)
+
+
+async def _snapshot(conn: asyncpg.Connection, writer: BundleWriter, proof: Proof, filename: str) -> dict[str, Any]:
+    tenant = writer.tenant
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             if await conn.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant) is None:
                 raise LookupError(f"no tenant {tenant!r}")
             last = await conn.fetchrow(LATEST_SQL, tenant)
             tree_size = last["tree_size"] if last else 0
-            counts, notice_ids, cited = await _write_events(conn, writer.events, tenant, tree_size)
+            counts, notice_ids, cited = await _write_events(conn, writer, tenant, tree_size)
             checkpoints = writer.start_checkpoints()
             async for row in conn.cursor(CHECKPOINTS_SQL, tenant, tree_size, prefetch=PREFETCH):
                 checkpoints.add(_checkpoint(row))
+                if checkpoints.count % PREFETCH == 0:
+                    await writer.drain()
+            catalog = writer.start_catalog()
+            async for row in conn.cursor(CATALOG_SQL, tenant, prefetch=PREFETCH):
+                catalog.add_json(row[0].encode())
+                if catalog.count % PREFETCH == 0:
+                    await writer.drain()
             notices = await conn.fetch(NOTICES_SQL, list(notice_ids))
             wanted = sorted(cited)
             found = {(r["purpose_id"], r["hash"]): r["content"] for r in await conn.fetch(
@@ -368,5 +335,4 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, proof: Proof, tmp: Pa
                          for purpose, h in wanted if (cited[purpose, h], h) in found])
     except BaseException:
         writer.abort()
-        tmp.unlink(missing_ok=True)
         raise

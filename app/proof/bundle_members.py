@@ -13,6 +13,7 @@ from app.core.hashing import canonical_json, sha256_hex
 from app.proof.bundle_events import _CHAIN_LEGACY_AFTER_V2, _LEGACY_AFTER_V2, Checker
 from app.proof.bundle_format import (
     _HEX64,
+    CATALOG,
     DISCLOSURES,
     EVENTS,
     FORMAT,
@@ -135,7 +136,23 @@ class _Verification(_Checkpoints):
                 self.result.add("malformed_member", f"key {n} is not a JWK with kty, crv, x and kid (text)", file=JWKS)
         return {"keys": [jwk for jwk in keys_ if isinstance(jwk, dict)]}
 
-    # -- notices, disclosures
+    # -- the catalog's history, notices, disclosures
+
+    def catalog(self) -> None:
+        """catalog.json, when the bundle has it: a list of changes, each an object naming what changed,
+        how and when (its digest is checked by `read`). What they say is the service's record of its
+        catalog, not proof: the events' hashes bind the wording shown, whatever this says."""
+        if CATALOG not in self.names and CATALOG not in self.listed:
+            return
+        items = self.read_json(CATALOG, [])
+        if not isinstance(items, list):
+            self.result.add("malformed_member", "not a list of catalog changes", file=CATALOG)
+            return
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), str)
+                                                     for k in ("entity", "entity_id", "op", "changed_at")):
+                self.result.add("malformed_member", f"entry {n} is not a change (entity, entity_id, op and "
+                                                    "changed_at as text)", file=CATALOG)
 
     def notices(self) -> dict[str, tuple]:
         out: dict[str, tuple] = {}

@@ -134,13 +134,22 @@ async def _bundle(settings: Any, proof: Any, tenant: str, out: Path) -> dict[str
     from app.core.db import asyncpg_dsn
     from app.proof.bundle import write_bundle
 
-    url = settings.audit_database_url or settings.database_url  # a read replica when there is one
-    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=settings.db_connect_timeout_seconds,
-                                 server_settings={"application_name": "consent-ledger-audit", "timezone": "UTC"})
+    async def connect(url: str) -> asyncpg.Connection:
+        return await asyncpg.connect(asyncpg_dsn(url), timeout=settings.db_connect_timeout_seconds,
+                                     server_settings={"application_name": "consent-ledger-audit", "timezone": "UTC"})
+
+    primary = await connect(settings.database_url)  # the checkpoint is a write
     try:
-        return await write_bundle(conn, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir)
+        if not settings.audit_database_url:
+            return await write_bundle(primary, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir)
+        replica = await connect(settings.audit_database_url)  # the rest is read there
+        try:
+            return await write_bundle(primary, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir,
+                                      reader=replica)
+        finally:
+            await replica.close()
     finally:
-        await conn.close()
+        await primary.close()
 
 
 def main(argv: list[str] | None = None) -> int:

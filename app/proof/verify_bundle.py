@@ -84,6 +84,7 @@ from app.proof.bundle_format import (  # noqa: F401 (re-exported)
     _TYPE,
     BLOCK,
     CHECKPOINT_TYP,
+    CATALOG,
     CHECKPOINTS,
     CHUNK,
     DISCLOSURES,
@@ -189,6 +190,7 @@ def verify(path: Path, public_key: Path | None = None, trusted_checkpoint: Path 
                     "Give --public-key (the service's key, obtained elsewhere) or --trusted-checkpoint (a checkpoint "
                     "you saved earlier).")
             notices, disclosures = run.notices(), run.disclosures()
+            run.catalog()
             checker = Checker(result.tenant or "", notices, disclosures)
             jobs = _jobs(zf, jobs)
             pool = None

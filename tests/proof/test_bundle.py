@@ -119,7 +119,11 @@ async def test_a_bundle_verifies_and_holds_what_the_api_prints(app, client, auth
 
     members = _members(path)
     assert set(members) == {"manifest.json", "events.ndjson", "notices.json", "disclosures.json", "checkpoints.json",
-                            "jwks.json", "README.md"}
+                            "catalog.json", "jwks.json", "README.md"}
+    # The catalog as it was: its whole history, every purpose the events cite among it (issue 11 point 3).
+    catalog = json.loads(members["catalog.json"])
+    assert {c["key"] for c in catalog if c["entity"] == "purposes"} >= {"marketing-sms", "membership"}
+    assert all(c["op"] in ("insert", "update", "delete", "baseline") and c["changed_at"].endswith("Z") for c in catalog)
     manifest = json.loads(members["manifest.json"])
     assert manifest["format"] == "consent-ledger-bundle/1" and manifest["tenant"] == tenant
     assert manifest["tree_size"] == stored + duties and manifest["counts"]["events"] == stored
@@ -251,6 +255,14 @@ async def test_every_tampering_is_named(bundle, tmp_path, capsys):
     result = verify(_write_members(tmp_path / "stale.zip", _with_lines(members, edited), fix_manifest=False))
     assert {"member_hash", "event_hash"} <= set(result.by_kind)
     assert [b.file for b in result.breaks if b.kind == "member_hash"] == ["events.ndjson"]
+    # the catalog's history rewritten in the bundle: its hash is named; a malformed one is named as such
+    history = json.loads(members["catalog.json"])
+    history[0]["changed_by"] = "someone else"
+    stale = verify(_write_members(tmp_path / "catalog.zip", {**members, "catalog.json": json.dumps(history).encode()},
+                                  fix_manifest=False))
+    assert [(b.kind, b.file) for b in stale.breaks] == [("member_hash", "catalog.json")]
+    malformed = verify(_write_members(tmp_path / "catalog2.zip", {**members, "catalog.json": b'[{"op": 1}]'}))
+    assert [(b.kind, b.file) for b in malformed.breaks] == [("malformed_member", "catalog.json")]
 
 
 async def test_an_edit_with_its_hash_recomputed_still_breaks_the_chain_and_the_checkpoints(bundle, tmp_path):
