@@ -17,6 +17,7 @@ from app.duties.router import router as duties_router
 from app.consents.me_routes import router as me_router
 from app.audit.router import router as audit_router
 from app.audit.changes import router as changes_router
+from app.audit.bundle_route import router as bundle_router
 from app.permissions.audience_router import AUDIENCE_PATH
 from app.permissions.audience_router import router as audience_router
 from app.permissions.transactions import router as transactions_router
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(me_router)
     app.include_router(audit_router)
     app.include_router(changes_router)
+    app.include_router(bundle_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)
 

@@ -1,0 +1,122 @@
+"""GET /v1/audit/bundle: the tenant's audit bundle (app/proof/bundle.py), streamed as it is written.
+
+The ZIP is written to an unseekable stream (so each member carries a data descriptor instead of
+sizes patched in afterwards) whose chunks go to the response as they come: the first bytes leave
+at once, however large the ledger, and the writer waits (`drain`) while more than BUFFER bytes are
+unread, so memory stays flat whatever the client's pace. The checkpoint that covers every event is
+taken first, on the primary; the rest is read in one snapshot from AUDIT_DATABASE_URL when set.
+A failure after the first byte cannot become an error status: the stream stops short, and the ZIP
+without its directory is unreadable, never a smaller bundle that verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+from fastapi import APIRouter, Request
+from starlette.responses import StreamingResponse
+
+from app.auth.deps import AuditRead
+from app.core.db import AuditReader
+from app.core.errors import problem_responses
+from app.proof import log as proof_log
+from app.proof.bundle import BundleWriter, snapshot
+from app.proof.context import Proof
+
+log = logging.getLogger("consent_ledger.audit")
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 409))
+BUFFER = 4 << 20  # unread bytes before the writer waits
+
+
+class _Stream:
+    """A write-only, unseekable file: what the ZIP writer writes (from the event loop or from the
+    thread that compresses events) is queued for the response."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.lock = threading.Lock()
+        self.size = 0
+        self.ready = asyncio.Event()  # something to read, or the end
+        self.taken = asyncio.Event()  # the reader took something
+        self.done = False
+
+    def write(self, data: bytes) -> int:
+        with self.lock:
+            self.chunks.append(bytes(data))
+            self.size += len(data)
+        self.loop.call_soon_threadsafe(self.ready.set)
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    def finish(self) -> None:
+        self.done = True
+        self.ready.set()
+
+    async def drain(self) -> None:
+        while self.size > BUFFER and not self.done:
+            self.taken.clear()
+            await self.taken.wait()
+
+    def take(self) -> bytes:
+        with self.lock:
+            data = b"".join(self.chunks)
+            self.chunks.clear()
+            self.size = 0
+        self.taken.set()
+        return data
+
+
+async def _produce(stream: _Stream, writer: BundleWriter, reader: asyncpg.Pool, proof: Proof, filename: str) -> None:
+    try:
+        await snapshot(reader, writer, proof, filename)
+    finally:
+        stream.finish()
+
+
+async def _body(stream: _Stream, task: asyncio.Task) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            await stream.ready.wait()
+            stream.ready.clear()
+            if data := stream.take():
+                yield data
+            if stream.done and not stream.size:
+                break
+        await task  # a failure ends the stream short: the ZIP has no directory, so nothing verifies
+    except BaseException:
+        task.cancel()
+        raise
+
+
+@router.get("/bundle", operation_id="audit-bundle",
+            responses={200: {"content": {"application/zip": {}},
+                             "description": "The tenant's audit bundle (docs/proof.md): verify it offline with "
+                                            "`consent-ledger verify-bundle`"}})
+async def audit_bundle(request: Request, principal: AuditRead, reader: AuditReader):
+    """Everything needed to check the tenant's ledger without the service: every event and duty record
+    in log order, the notices and disclosures they cite, the catalog's history, the signed checkpoints,
+    the public keys and a README (Korean and English) saying how to verify it."""
+    state = request.app.state
+    proof: Proof = state.proof
+    # Before the first byte, so that a rewritten history is a 409 problem, not a broken download.
+    await proof_log.make_checkpoint(state.pool, principal.tenant, proof, force=True,
+                                    checkpoint_dir=state.settings.checkpoint_dir)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    filename = f"{principal.tenant}-audit-{stamp}.zip"
+    stream = _Stream(asyncio.get_running_loop())
+    writer = BundleWriter(stream, principal.tenant, drain=stream.drain)
+    task = asyncio.create_task(_produce(stream, writer, reader, proof, filename))
+    return StreamingResponse(_body(stream, task), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
