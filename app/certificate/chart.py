@@ -18,14 +18,13 @@ from typing import Callable, Iterator, Sequence
 from app.certificate.gather import Act, PurposeLine
 from app.certificate.labels import ACTION, KST, STATUS
 
-WIDTH = 1000
-LABEL = 210  # the purposes' names, left of the bands
+WIDTH = 760
+LABEL = 170  # the purposes' names, left of the bands
 RIGHT = 24
 ROW = 38
 BAND = 22
 TOP = 8
 AXIS = 44
-LEGEND = 44
 HATCHED = ("refused", "withdrawn", "expired", "revoked")
 
 # Tick steps below a month, in seconds; months and years are stepped on the calendar.
@@ -119,7 +118,7 @@ def _band(line: PurposeLine, y: float, x: Callable[[datetime], float], end: date
            f'<text x="{LABEL - 10}" y="{y + 9:.1f}" text-anchor="end" font-size="12" font-weight="600" '
            f'fill="#1a1a1a">{escape(line.key)}</text>']
     if line.title_ko:
-        title = line.title_ko if len(line.title_ko) <= 22 else line.title_ko[:21] + "…"
+        title = line.title_ko if len(line.title_ko) <= 15 else line.title_ko[:14] + "…"
         out.append(f'<text x="{LABEL - 10}" y="{y + 23:.1f}" text-anchor="end" font-size="10" fill="#555555">'
                    f'{escape(title)}</text>')
     mid = y + BAND / 2
@@ -147,32 +146,43 @@ def _band(line: PurposeLine, y: float, x: Callable[[datetime], float], end: date
     return out
 
 
-def _legend(y: float, shown: Sequence[str]) -> list[str]:
-    out, cx = [f'<g class="legend">'], LABEL
+def _width(text: str, size: float = 10) -> float:
+    """About how wide a label is drawn (Hangul a full em, Latin about half)."""
+    return sum(size if ord(ch) > 0x2E80 else size * 0.56 for ch in text)
+
+
+def _legend(y: float, shown: Sequence[str]) -> tuple[list[str], float]:
+    """The key to the colours (statuses shown) and to the marks, flowed over as many lines as it
+    takes; (parts, height)."""
+    items: list[tuple[float, Callable[[float, float], str]]] = []
     for status in shown:
         ko, en, _, mark = STATUS[status]
-        out.append(f'<rect x="{cx}" y="{y}" width="26" height="12" fill="{_fill(status)}" stroke="{mark}" '
-                   f'stroke-width="0.6"/><text x="{cx + 32}" y="{y + 10}" font-size="11" fill="#1a1a1a">'
-                   f'{escape(ko)} {escape(en)}</text>')
-        cx += 44 + 7 * (len(ko) * 2 + len(en)) // 1
-    shapes = (("granted", "●", "동의·확인 granted"), ("refused", "■", "거부 refused"),
-              ("withdrawn", "◆", "철회 withdrawn"), ("reconfirmed", "◎", "재확인 reconfirmed"),
-              ("expired", "▲", "종료 expired"))
-    cx = LABEL
-    for action, _, text in shapes:
-        out.append(_mark(action, cx + 8, y + 28, "#444444"))
-        out.append(f'<text x="{cx + 20}" y="{y + 32}" font-size="11" fill="#1a1a1a">{escape(text)}</text>')
-        cx += 40 + 7 * len(text)
+        items.append((34 + _width(f"{ko} {en}"), lambda cx, cy, s=status, m=mark, t=f"{ko} {en}": (
+            f'<rect x="{cx:.1f}" y="{cy - 9:.1f}" width="24" height="11" fill="{_fill(s)}" stroke="{m}" '
+            f'stroke-width="0.6"/><text x="{cx + 29:.1f}" y="{cy:.1f}" font-size="10" fill="#1a1a1a">'
+            f"{escape(t)}</text>")))
+    for action, text in (("granted", "동의·확인 granted"), ("refused", "거부 refused"),
+                         ("withdrawn", "철회 withdrawn"), ("reconfirmed", "재확인 reconfirmed"),
+                         ("expired", "종료 expired")):
+        items.append((26 + _width(text), lambda cx, cy, a=action, t=text: (
+            _mark(a, cx + 8, cy - 4, "#444444")
+            + f'<text x="{cx + 20:.1f}" y="{cy:.1f}" font-size="10" fill="#1a1a1a">{escape(t)}</text>')))
+    out, cx, cy, left = ['<g class="legend">'], LABEL - 150.0, y + 12, LABEL - 150.0
+    for i, (width, draw) in enumerate(items):
+        if cx + width > WIDTH - RIGHT or i == len(shown):  # the marks start a line of their own
+            cx, cy = left, cy + 18
+        out.append(draw(cx, cy))
+        cx += width + 14
     out.append("</g>")
-    return out
+    return out, cy - y + 8
 
 
 def timeline(purposes: Sequence[PurposeLine], end: datetime) -> str:
     """The SVG element (no XML prologue: it is inlined in the HTML)."""
     acts: list[Act] = [a for p in purposes for a in p.acts]
     if not acts:
-        return ('<svg class="timeline" viewBox="0 0 1000 40" role="img" aria-label="no acts" '
-                'xmlns="http://www.w3.org/2000/svg"><text x="500" y="24" text-anchor="middle" font-size="13">'
+        return ('<svg class="timeline" viewBox="0 0 760 40" role="img" aria-label="no acts" '
+                'xmlns="http://www.w3.org/2000/svg"><text x="380" y="24" text-anchor="middle" font-size="13">'
                 '기록된 행위 없음 / no acts recorded</text></svg>')
     start = min(a.recorded_at for a in acts)
     end = max(end, max(a.recorded_at for a in acts))
@@ -183,11 +193,13 @@ def timeline(purposes: Sequence[PurposeLine], end: datetime) -> str:
     def x(at: datetime) -> float:
         return LABEL + 12 + inner * (at - lo).total_seconds() / (hi - lo).total_seconds()
 
-    height = TOP + 12 + len(purposes) * ROW + AXIS + LEGEND
+    axis_y = TOP + 12 + len(purposes) * ROW
+    shown = [s for s in STATUS if any(a.event["status"] == s for a in acts)]
+    legend, legend_height = _legend(axis_y + AXIS, shown)
+    height = axis_y + AXIS + legend_height
     parts = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" '
              f'aria-label="동의 상태 타임라인 / consent timeline" xmlns="http://www.w3.org/2000/svg" '
              f'font-family="Noto Sans CJK KR, Noto Sans KR, sans-serif">', _defs()]
-    axis_y = TOP + 12 + len(purposes) * ROW
     step, marks = ticks(lo, hi)
     for at in marks:
         tx = x(at)
@@ -205,7 +217,6 @@ def timeline(purposes: Sequence[PurposeLine], end: datetime) -> str:
                  f'발급 issued {escape(end.astimezone(KST).strftime("%Y-%m-%d %H:%M:%S"))}</text>'
                  f'<text x="{LABEL + 12}" y="{axis_y + 32}" font-size="10" fill="#444444">'
                  f'KST (UTC+9) · {escape(start.astimezone(KST).strftime("%Y-%m-%d %H:%M:%S"))}</text>')
-    shown = [s for s in STATUS if any(a.event["status"] == s for a in acts)]
-    parts += _legend(axis_y + AXIS, shown)
+    parts += legend
     parts.append("</svg>")
     return "".join(parts)

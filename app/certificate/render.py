@@ -84,17 +84,19 @@ def _purpose_name(line: PurposeLine) -> str:
     if line.title_ko:
         out += f"<br>{escape(line.title_ko)}"
     if line.title_en:
-        out += f'<br><span class="en-text">{escape(line.title_en)}</span>'
+        out += f'<br><span class="en-text small">{escape(line.title_en)}</span>'
     return out
 
 
 def _summary(c: Certificate) -> str:
     rows = "".join(
-        f"<tr><td>{_purpose_name(p)}</td><td>{_section_title(p)}</td><td>{basis(p.legal_basis)}</td>"
-        f"<td>{status_badge(p.status)}</td><td>{kst(p.acts[-1].recorded_at)}</td><td>{len(p.acts)}</td></tr>"
+        f"<tr><td>{_purpose_name(p)}</td><td>{basis(p.legal_basis)}<br>"
+        f'<span class="article">{_section_title(p)}</span></td>'
+        f"<td>{status_badge(p.status)}</td><td>{kst(p.acts[-1].recorded_at).replace(' ', '<br>', 1)}</td>"
+        f'<td class="num">{len(p.acts)}</td></tr>'
         for p in c.purposes)
     return (heading("1", "현재 상태", "State at issue", "state")
-            + f"<table><thead><tr>{th('항목', 'Purpose')}{th('구분', 'Section')}{th('법적 근거', 'Legal basis')}"
+            + f'<table class="summary"><thead><tr>{th("항목", "Purpose")}{th("법적 근거 · 구분", "Legal basis · section")}'
               f"{th('상태', 'Status')}{th('시점', 'Since')}{th('행위', 'Acts')}</tr></thead>"
               f"<tbody>{rows}</tbody></table>")
 
@@ -109,15 +111,13 @@ def _chart(c: Certificate) -> str:
               "KST.</span></figcaption></figure>")
 
 
-def _notice(c: Certificate, event: dict[str, Any]) -> str:
+def _notice(event: dict[str, Any]) -> str:
+    """Key and version (the title and whole hash are in §4's notice table)."""
     notice = event["notice"]
     if not notice:
         return "—"
-    title = (c.notices.get(notice["id"]) or {}).get("title")
-    out = f'<span class="mono">{escape(notice["key"])}</span> v{escape(notice["version"])}'
-    if title:
-        out += f"<br>{escape(title)}"
-    return out + f"<br>{short(notice['sha256'])}"
+    return (f'<span class="mono">{escape(notice["key"])}</span><br><span class="nowrap">v{escape(notice["version"])}'
+            f"</span><br>{short(notice['sha256'])}")
 
 
 def _where(c: Certificate, event: dict[str, Any]) -> str:
@@ -134,29 +134,32 @@ def _act_row(c: Certificate, act: Act) -> str:
     if event["disclosure_hash"]:
         wording = f'<a href="#d-{escape(event["purpose"])}-{escape(event["disclosure_hash"][:16])}">' \
                   f'{short(event["disclosure_hash"])}</a>'
-    return (f'<tr id="act-{event["seq"]}"><td>#{event["seq"]}</td><td>{kst(act.recorded_at)}</td>'
-            f'<td>{pair(ACTION, event["action"])} → {status_badge(event["status"])}</td>'
-            f"<td>{basis(act.legal_basis)}</td><td>{_notice(c, event)}</td><td>{wording}</td>"
+    act_cell = status_badge(event["status"])
+    if event["action"] != event["status"]:  # e.g. a reconfirmation keeps the consent granted
+        act_cell = f"{pair(ACTION, event['action'])} →<br>{act_cell}"
+    return (f'<tr id="act-{event["seq"]}"><td>#{event["seq"]}</td><td>{kst(act.recorded_at).replace(" ", "<br>", 1)}</td>'
+            f"<td>{act_cell}</td>"
+            f"<td>{basis(act.legal_basis)}</td><td>{_notice(event)}</td><td>{wording}</td>"
             f"<td>{_where(c, event)}</td></tr>")
 
 
 def _acts(c: Certificate) -> str:
-    out = [heading("3", "항목별 기록", "Acts by purpose", "acts")]
+    body = []
     for p in c.purposes:
         recipient = ""
         if p.recipient:
-            recipient = f' · 제공받는 자 {escape(p.recipient)}' + (
-                f' <span class="en-text">recipient {escape(p.recipient_en)}</span>' if p.recipient_en else "")
-        out.append(f'<h3 id="p-{escape(p.key)}"><span class="mono">{escape(p.key)}</span>'
-                   f'{" — " + escape(p.title_ko) if p.title_ko else ""}'
-                   f'<span class="en">{escape(p.title_en or "")}</span></h3>'
-                   f'<p class="article">{_section_title(p).replace("<br>", " · ")} · 현재 근거 now: {basis(p.legal_basis)}'
-                   f"{recipient}</p>")
-        out.append(f"<table><thead><tr>{th('#', 'seq')}{th('기록 시각', 'Recorded')}{th('행위 → 상태', 'Act → status')}"
-                   f"{th('법적 근거', 'Legal basis')}{th('고지문', 'Notice')}{th('고지 내용', 'Wording')}"
-                   f"{th('수집 경로 · 방법 · 주체', 'Collection point · method · actor')}</tr></thead><tbody>"
-                   + "".join(_act_row(c, a) for a in p.acts) + "</tbody></table>")
-    return "".join(out)
+            recipient = f" · 제공받는 자 {escape(p.recipient)}" + (
+                f' <span class="en-text">(recipient: {escape(p.recipient_en)})</span>' if p.recipient_en else "")
+        title = (f" — {escape(p.title_ko)}" if p.title_ko else "") + (
+            f' <span class="en-text">{escape(p.title_en)}</span>' if p.title_en else "")
+        body.append(f'<tr class="group" id="p-{escape(p.key)}"><td colspan="7"><b class="mono">{escape(p.key)}</b>'
+                    f"{title}{recipient}</td></tr>")
+        body += [_act_row(c, a) for a in p.acts]
+    return (heading("3", "항목별 기록", "Acts by purpose", "acts")
+            + f'<table class="acts"><thead><tr>{th("#", "seq")}{th("기록 시각", "Recorded")}'
+              f'{th("행위 → 상태", "Act → status")}{th("법적 근거", "Legal basis")}{th("고지문", "Notice")}'
+              f'{th("고지 내용", "Wording")}{th("수집 경로 · 방법 · 주체", "Point · method · actor")}</tr></thead>'
+              f'<tbody>{"".join(body)}</tbody></table>')
 
 
 def _text_block(lang: str, text: dict[str, Any] | None) -> str:
@@ -172,7 +175,7 @@ def _text_block(lang: str, text: dict[str, Any] | None) -> str:
             shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
             rows.append(f"<dt>{escape(ko if lang == 'ko' else en)}</dt><dd>{escape(shown)}</dd>")
     label = "한국어" if lang == "ko" else "English"
-    return f'<div class="lang">{label}</div><dl>{"".join(rows)}</dl>'
+    return f'<div><div class="lang">{label}</div><dl>{"".join(rows)}</dl></div>'
 
 
 def _wording(c: Certificate) -> str:
@@ -186,7 +189,8 @@ def _wording(c: Certificate) -> str:
         out.append(f'<div class="wording" id="d-{escape(purpose)}-{escape(digest[:16])}">'
                    f'<b class="mono">{escape(purpose)}</b> · 행위 acts {", ".join(f"#{s}" for s in seqs)}'
                    f'<div class="hash">SHA-256 {escape(digest)}</div>'
-                   f'{_text_block("ko", content.get("ko"))}{_text_block("en", content.get("en"))}</div>')
+                   f'<div class="langs">{_text_block("ko", content.get("ko"))}{_text_block("en", content.get("en"))}'
+                   "</div></div>")
     missing = sorted({(a.event["purpose"], a.event["disclosure_hash"]) for a in c.acts_in_order
                       if a.event["disclosure_hash"]} - set(c.disclosures))
     for purpose, digest in missing:

@@ -43,6 +43,17 @@ table.facts td { border-bottom: 1px dotted var(--rule); }
 pre { font-size: 7pt; line-height: 1.35; white-space: pre-wrap; word-break: break-all; background: var(--soft);
       padding: 2mm; margin: 1mm 0 2mm; border-left: 2px solid var(--rule); }
 .article { color: var(--muted); font-size: 7.5pt; }
+.small { font-size: 7.5pt; }
+.nowrap { white-space: nowrap; }
+td.num { text-align: right; }
+table.summary td:nth-child(1) { width: 42%; } table.summary td:nth-child(2) { width: 26%; }
+table.summary td:nth-child(4) { width: 13%; white-space: nowrap; }
+table.summary th:nth-child(5) { width: 6%; white-space: nowrap; }
+table.acts td:nth-child(1) { width: 5%; } table.acts td:nth-child(2) { width: 13%; white-space: nowrap; }
+table.acts td:nth-child(3) { width: 17%; } table.acts td:nth-child(4) { width: 16%; }
+table.acts td:nth-child(5) { width: 17%; } table.acts td:nth-child(6) { width: 12%; }
+tr.group td { background: #edf1f6; font-size: 8.5pt; padding-top: 1.6mm; border-bottom: 1px solid #9fb0c6; }
+tr.group { break-after: avoid; page-break-after: avoid; }
 .status { display: inline-block; padding: 0 1.6mm; border-radius: 1mm; font-weight: 700; font-size: 8pt;
           border: 1px solid currentColor; white-space: nowrap; }
 .s-granted { color: #1b5e20; } .s-acknowledged { color: #0d47a1; } .s-refused { color: #455a64; }
@@ -56,7 +67,8 @@ figcaption { font-size: 8pt; color: var(--muted); margin-top: 1mm; }
 svg.timeline { display: block; width: 100%; height: auto; }
 .wording { border: 1px solid var(--rule); padding: 2mm 3mm; margin: 2mm 0 3mm; break-inside: avoid;
            page-break-inside: avoid; }
-.wording dl { display: grid; grid-template-columns: 30mm 1fr; gap: .6mm 3mm; margin: 1mm 0; font-size: 8.5pt; }
+.wording .langs { display: grid; grid-template-columns: 1fr 1fr; gap: 5mm; }
+.wording dl { display: grid; grid-template-columns: 19mm 1fr; gap: .4mm 2mm; margin: .5mm 0; font-size: 8pt; }
 .wording dt { color: var(--muted); }
 .wording dd { margin: 0; }
 .wording .lang { font-size: 7.5pt; font-weight: 700; color: var(--accent); margin-top: 1.5mm; }
@@ -75,6 +87,10 @@ footer.doc { margin-top: 6mm; padding-top: 2mm; border-top: 1px solid var(--rule
 @media print {
   html { background: none; }
   .page { width: auto; margin: 0; padding: 0; box-shadow: none; }
+  body { font-size: 8.5pt; }
+  table { font-size: 7.5pt; }
+  h1 { font-size: 17pt; }
+  h2 { margin-top: 5mm; }
   a { color: inherit; text-decoration: none; }
 }
 """
