@@ -122,7 +122,7 @@ def _band(line: PurposeLine, y: float, x: Callable[[datetime], float], end: date
         out.append(f'<text x="{LABEL - 10}" y="{y + 23:.1f}" text-anchor="end" font-size="10" fill="#555555">'
                    f'{escape(title)}</text>')
     mid = y + BAND / 2
-    out.append(f'<line x1="{LABEL}" y1="{mid:.1f}" x2="{WIDTH - RIGHT}" y2="{mid:.1f}" stroke="#d0d0d0" '
+    out.append(f'<line x1="{LABEL + 12}" y1="{mid:.1f}" x2="{WIDTH - RIGHT}" y2="{mid:.1f}" stroke="#d0d0d0" '
                f'stroke-width="1" stroke-dasharray="2 3"/>')
     acts = line.acts
     for act, following in zip(acts, [*acts[1:], None]):

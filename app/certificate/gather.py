@@ -101,6 +101,7 @@ class Certificate:
     checkpoint: dict[str, Any] | None  # the newest checkpoint whose JWS verifies
     verification: dict[str, Any]  # app/consents/verification.py's report
     jwks_url: str
+    requested_by: str | None  # the auditor token's `sub`; None: the person themself (/v1/me)
     acts_in_order: list[Act] = field(default_factory=list)
 
 
@@ -156,7 +157,7 @@ async def _inclusion(conn: asyncpg.Connection, tenant: str, event: Mapping[str, 
 
 
 async def gather(pool: asyncpg.Pool, tenant: str, member: str, *, proof: Proof, now: datetime,
-                 jwks_url: str) -> Certificate:
+                 jwks_url: str, requested_by: str | None) -> Certificate:
     """Everything the certificate of `member` (the tenant's member id) shows; 404 for a member the
     tenant does not have."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -210,5 +211,5 @@ async def gather(pool: asyncpg.Pool, tenant: str, member: str, *, proof: Proof, 
         tenant=tenant, controller=tenant_row["name"], controller_en=tenant_row["name_en"], member=member,
         issued_at=now, purposes=sorted(lines.values(), key=lambda p: (order.get(p.section, len(order)), p.key)),
         disclosures=disclosures, notices=notices, points=points, checkpoint=checkpoint, verification=checked,
-        jwks_url=jwks_url, acts_in_order=ordered)
+        jwks_url=jwks_url, requested_by=requested_by, acts_in_order=ordered)
 

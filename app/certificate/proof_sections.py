@@ -131,8 +131,16 @@ def _appendix(c: Certificate) -> str:
     return "".join(out)
 
 
+def _sign_off(c: Certificate) -> str:
+    """For the paper an officer hands over: where they sign (not on the person's own copy)."""
+    if c.requested_by is None:
+        return ""
+    return ('<div class="sign"><div>개인정보 보호책임자 확인 (서명) · Privacy officer (signature)</div>'
+            "<div>제출일 · Date submitted</div></div>")
+
+
 def render(c: Certificate) -> str:
-    return "".join((_evidence(c), _checkpoint(c), _how(c), _appendix(c),
+    return "".join((_evidence(c), _checkpoint(c), _how(c), _sign_off(c), _appendix(c),
                     '<footer class="doc">consent-ledger · 이 문서는 서명된 원장에서 자동으로 만들어졌으며 '
                     "스크립트나 외부 자원을 쓰지 않습니다. · Generated from the signed ledger; it runs no script "
                     "and loads nothing from elsewhere.</footer>"))

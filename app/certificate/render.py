@@ -54,12 +54,17 @@ def _header(c: Certificate) -> str:
                    f'이 기록에서 변경 흔적 {len(checked["breaks"])}건이 발견되었습니다. '
                    f'<span class="en-text">The check found {len(checked["breaks"])} break(s) in this record:'
                    f'</span><ul>{items}</ul></div>')
+    requester = ('정보주체 본인 (개인정보 보호법 제35조) <span class="en-text">the person themself (PIPA Art. 35)</span>'
+                 if c.requested_by is None else
+                 f'감사 권한 <span class="mono">audit:read</span> · <span class="mono">{escape(c.requested_by)}</span> '
+                 '<span class="en-text">an auditor\'s token</span>')
     return f"""<header class="doc">
 <div class="kicker">{controller}</div>
 <h1>개인정보 동의 확인서<span class="en">Certificate of consent</span></h1>
 <table class="facts">
 <tr><th>정보주체(회원 ID) <span class="en">Data subject (member id)</span></th><td class="mono">{escape(c.member)}</td></tr>
 <tr><th>개인정보처리자 <span class="en">Controller</span></th><td>{controller} · <span class="mono">{escape(c.tenant)}</span></td></tr>
+<tr><th>발급 요청 <span class="en">Requested by</span></th><td>{requester}</td></tr>
 <tr><th>발급 시각 <span class="en">Issued</span></th><td>{kst(c.issued_at)} <span class="en-text">({escape(format_time(c.issued_at) or "")})</span></td></tr>
 <tr><th>근거 체크포인트 <span class="en">Checkpoint</span></th><td>{anchor}</td></tr>
 <tr><th>기록 <span class="en">Record</span></th><td>항목 {len(c.purposes)}개, 행위 {len(c.acts_in_order)}건 · {len(c.purposes)} purposes, {len(c.acts_in_order)} acts</td></tr>

@@ -23,9 +23,9 @@ HTML = {200: {"content": {"text/html": {}},
               "description": "The certificate: one HTML document, inline CSS and SVG, no script, nothing fetched"}}
 
 
-async def _certificate(request: Request, pool, tenant: str, member: str) -> HTMLResponse:
+async def _certificate(request: Request, pool, tenant: str, member: str, requested_by: str | None) -> HTMLResponse:
     found = await gather.gather(pool, tenant, member, proof=request.app.state.proof, now=datetime.now(UTC),
-                                jwks_url=str(request.base_url).rstrip("/") + JWKS_PATH)
+                                jwks_url=str(request.base_url).rstrip("/") + JWKS_PATH, requested_by=requested_by)
     return HTMLResponse(render.render(found), headers=HEADERS)
 
 
@@ -36,10 +36,10 @@ async def subject_certificate(subject_id: SubjectId, request: Request, principal
     timeline (a chart and a table), the wording shown at each act and the legal basis, the evidence
     commitments (never raw IP or user agent), each event's hash, seal and RFC 9162 inclusion proof
     against the newest signed checkpoint, and how to check it (Korean and English)."""
-    return await _certificate(request, pool, principal.tenant, subject_id)
+    return await _certificate(request, pool, principal.tenant, subject_id, principal.sub)
 
 
 @router.get("/v1/me/certificate", operation_id="me-certificate", response_class=HTMLResponse, responses=HTML)
 async def my_certificate(request: Request, principal: Self, pool: AuditReader):
     """My consent certificate (PIPA Art. 35): the same document an auditor gets for me, about me only."""
-    return await _certificate(request, pool, principal.tenant, _member(principal))
+    return await _certificate(request, pool, principal.tenant, _member(principal), None)

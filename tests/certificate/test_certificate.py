@@ -9,6 +9,7 @@ import html
 import re
 from html.parser import HTMLParser
 
+import pytest
 from joserfc import jws
 from joserfc.jwk import KeySet
 
@@ -27,6 +28,7 @@ class _Tags(HTMLParser):
         self.attributes += [(name, value or "") for name, value in attrs]
 
 
+pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 DOCUMENTS = re.compile(r'<pre class="event-document">(.*?)</pre>', re.S)
 
 
@@ -145,3 +147,19 @@ async def test_scopes_tenants_and_unknown_members(client, auth, demo, new_tenant
     long_id = "x" * 256
     answer = await client.get(f"/v1/subjects/{long_id}/certificate", headers=auth(demo, "audit:read"))
     assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "path.subject_id"
+
+
+async def test_a_rewritten_event_is_shown_as_a_break_not_as_verified(client, auth, demo, db):
+    """A rogue DBA edits one event (triggers off): the certificate says the check failed, names the
+    break at that act, and does not print the verified line."""
+    operator = auth(demo)
+    assert (await sign_up(client, operator, "cert-x", {"marketing"})).status_code == 201
+    subject = await db.fetchrow("SELECT id FROM subjects WHERE tenant_id = $1 AND external_id = 'cert-x'", demo)
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute("UPDATE consent_events SET method = 'paper' WHERE subject_id = $1 AND seq = 1", subject["id"])
+    page = (await client.get("/v1/subjects/cert-x/certificate", headers=auth(demo, "audit:read"))).text
+    assert "✗ 검증 실패" in page and "Check failed" in page and "✓ 검증 통과" not in page
+    assert "<b>altered_event</b> #1" in page
+    row = re.search(r'<tr><td><a href="#proof-1">#1</a>.*?</tr>', page, re.S).group(0)  # §5, the act's row
+    assert '<span class="bad">altered_event' in row
