@@ -3,6 +3,7 @@ appendix with every event's hashed document and inclusion proof (docs/certificat
 
 from __future__ import annotations
 
+from datetime import datetime
 from html import escape
 
 from app.certificate.gather import Act, Certificate
@@ -47,7 +48,7 @@ def _evidence(c: Certificate) -> str:
               "hash), with which the controller can show, while the raw data exists, that it is this act's. The "
               "seal is the service's keyed MAC of the event hash: the row was written by the service, not by "
               "whoever administers the database.</span></p>"
-            + f"<table><thead><tr>{th('#', 'seq')}{th('방법 · 주체 · 경로', 'Method · actor · point')}"
+            + f"<table class=\"evidence\"><thead><tr>{th('#', 'seq')}{th('방법 · 주체 · 경로', 'Method · actor · point')}"
               f"{th('증거 커밋먼트', 'Evidence commitment')}{th('이벤트 해시 (SHA-256)', 'Event hash')}"
               f"{th('봉인 · 로그', 'Seal · log')}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
@@ -67,7 +68,7 @@ out.</span></p>
 <table class="facts">
 <tr><th>트리 크기 <span class="en">Tree size</span></th><td>{cp["tree_size"]:,}</td></tr>
 <tr><th>루트 해시 <span class="en">Root hash</span></th><td class="hash" id="checkpoint-root">{escape(cp["root_hash"])}</td></tr>
-<tr><th>서명 시각 <span class="en">Signed at</span></th><td>{escape(cp["issued_at"])}</td></tr>
+<tr><th>서명 시각 <span class="en">Signed at</span></th><td>{kst(datetime.fromisoformat(cp["issued_at"].replace("Z", "+00:00")))} <span class="en-text">({escape(cp["issued_at"])})</span></td></tr>
 <tr><th>서명 키 <span class="en">Key id (kid)</span></th><td class="hash">{escape(cp["key_id"])}</td></tr>
 <tr><th>공개 키 <span class="en">Public keys (JWKS)</span></th><td class="hash">{escape(c.jwks_url)}</td></tr>
 </table>

@@ -52,6 +52,8 @@ table.summary th:nth-child(5) { width: 6%; white-space: nowrap; }
 table.acts td:nth-child(1) { width: 5%; } table.acts td:nth-child(2) { width: 13%; white-space: nowrap; }
 table.acts td:nth-child(3) { width: 17%; } table.acts td:nth-child(4) { width: 16%; }
 table.acts td:nth-child(5) { width: 17%; } table.acts td:nth-child(6) { width: 12%; }
+table.evidence td:nth-child(1) { width: 15%; } table.evidence td:nth-child(2) { width: 15%; }
+table.evidence td:nth-child(3), table.evidence td:nth-child(4) { width: 27%; }
 tr.group td { background: #edf1f6; font-size: 8.5pt; padding-top: 1.6mm; border-bottom: 1px solid #9fb0c6; }
 tr.group { break-after: avoid; page-break-after: avoid; }
 .status { display: inline-block; padding: 0 1.6mm; border-radius: 1mm; font-weight: 700; font-size: 8pt;
