@@ -125,6 +125,8 @@ async def test_scopes_tenants_and_unknown_members(client, auth, demo, new_tenant
     audited = await client.get("/v1/subjects/cert-a/certificate", headers=auth(demo, "audit:read"))
     hashes = re.compile(r'<td class="hash">([0-9a-f]{64})</td>')
     assert hashes.findall(mine.text) == hashes.findall(audited.text)  # the same facts either way
+    assert "the person themself (PIPA Art. 35)" in mine.text and "Privacy officer (signature)" not in mine.text
+    assert "an auditor's token" in html.unescape(audited.text) and "Privacy officer (signature)" in audited.text
 
     # unknown member, another tenant's member: 404 problem+json, the same answer
     for path, headers in (("/v1/subjects/nobody/certificate", auth(demo, "audit:read")),
