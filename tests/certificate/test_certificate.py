@@ -165,3 +165,14 @@ async def test_a_rewritten_event_is_shown_as_a_break_not_as_verified(client, aut
     assert "<b>altered_event</b> #1" in page
     row = re.search(r'<tr><td><a href="#proof-1">#1</a>.*?</tr>', page, re.S).group(0)  # §5, the act's row
     assert '<span class="bad">altered_event' in row
+
+
+async def test_a_history_too_long_for_paper_is_a_422_naming_the_member(client, auth, demo, monkeypatch):
+    from app.certificate import gather
+
+    assert (await sign_up(client, auth(demo), "cert-long", {"marketing"})).status_code == 201
+    monkeypatch.setattr(gather, "MAX_EVENTS", 3)
+    monkeypatch.setattr(gather, "PAGE", 2)
+    answer = await client.get("/v1/subjects/cert-long/certificate", headers=auth(demo, "audit:read"))
+    assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["errors"] == [{"field": "path.subject_id", "reason": "more than 3 events"}]
