@@ -18,6 +18,7 @@ from app.consents.me_routes import router as me_router
 from app.audit.router import router as audit_router
 from app.audit.changes import router as changes_router
 from app.audit.bundle_route import router as bundle_router
+from app.certificate.router import router as certificate_router
 from app.permissions.audience_router import AUDIENCE_PATH
 from app.permissions.audience_router import router as audience_router
 from app.permissions.transactions import router as transactions_router
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "duties", "description": "What the law requires after an act: result notices, "
                                               "reconfirmations, processors' suppression, with proof (docs/duties.md)"},
             {"name": "audit", "description": "Tenant-wide search and export of the ledger (scope audit:read)"},
+            {"name": "certificate", "description": "One member's consents as a printable HTML certificate with "
+                                                  "its proofs (Korean and English)"},
             {"name": "me", "description": "The person's own view (PIPA Art. 35): a token of scope `self`, "
                                          "sub = member id"},
             {"name": "health", "description": "Unauthenticated liveness and readiness"},
@@ -122,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(changes_router)
     app.include_router(bundle_router)
+    app.include_router(certificate_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)
 

@@ -193,21 +193,27 @@ def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[
 
 async def verify(pool: asyncpg.Pool, tenant: str, external_id: str, secret: bytes) -> dict[str, Any]:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        subject = await conn.fetchrow(SUBJECT, tenant, external_id)
-        if subject is None:
-            raise NotFound(f"no subject {external_id!r}")
-        events = await conn.fetch(EVENTS, subject["id"])
-        states = await conn.fetch(STATES, subject["id"])
-        cited = await conn.fetch(
-            CITED, list({e["purpose_id"] for e in events}),
-            list({e["collection_point_id"] for e in events if e["collection_point_id"]}),
-            list({e["notice_id"] for e in events if e["notice_id"]}))
-        evidence = await conn.fetch(EVIDENCE, subject["id"])
-        logged = await conn.fetch(LOG, subject["id"])
-        duty_records = await conn.fetch(duty_checks.RECORDS, subject["id"])
-        duties = await conn.fetch(duty_checks.DUTIES, subject["id"])
-        first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
-            else None
+        return await verify_in(conn, tenant, external_id, secret)
+
+
+async def verify_in(conn: asyncpg.Connection, tenant: str, external_id: str, secret: bytes) -> dict[str, Any]:
+    """`verify` on a connection whose (repeatable-read) transaction the caller holds, so that what it
+    reads next (e.g. the certificate's history and proofs) is the snapshot just checked."""
+    subject = await conn.fetchrow(SUBJECT, tenant, external_id)
+    if subject is None:
+        raise NotFound(f"no subject {external_id!r}")
+    events = await conn.fetch(EVENTS, subject["id"])
+    states = await conn.fetch(STATES, subject["id"])
+    cited = await conn.fetch(
+        CITED, list({e["purpose_id"] for e in events}),
+        list({e["collection_point_id"] for e in events if e["collection_point_id"]}),
+        list({e["notice_id"] for e in events if e["notice_id"]}))
+    evidence = await conn.fetch(EVIDENCE, subject["id"])
+    logged = await conn.fetch(LOG, subject["id"])
+    duty_records = await conn.fetch(duty_checks.RECORDS, subject["id"])
+    duties = await conn.fetch(duty_checks.DUTIES, subject["id"])
+    first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
+        else None
     report = Report()
     _chain(report, subject, events, secret)
     _state(report, events, states)
