@@ -63,7 +63,10 @@ async def _forms(url: str) -> None:
             assert [p.key for p in (await history.form_at(session, principal, "changed", MAR)).purposes] == ["reworded"]
             baselines = dict((await session.execute(BASELINES)).all())
             assert baselines == {"tenants": 1, "notices": 1, "purposes": 2, "collection_points": 2,
-                                 "collection_point_purposes": 2}
+                                 "collection_point_purposes": 2, "history": 1}
+            # A point deleted before the history began left nothing: "not there" is not known either.
+            with pytest.raises(Conflict, match="history starts at"):
+                await history.form_at(session, principal, "deleted-long-ago", FEB)
     finally:
         await engine.dispose()
 

@@ -3,10 +3,13 @@
 The ZIP is written to an unseekable stream (so each member carries a data descriptor instead of
 sizes patched in afterwards) whose chunks go to the response as they come: the first bytes leave
 at once, however large the ledger, and the writer waits (`drain`) while more than BUFFER bytes are
-unread, so memory stays flat whatever the client's pace. The checkpoint that covers every event is
-taken first, on the primary; the rest is read in one snapshot from AUDIT_DATABASE_URL when set.
-A failure after the first byte cannot become an error status: the stream stops short, and the ZIP
-without its directory is unreadable, never a smaller bundle that verifies.
+unread, so memory stays flat whatever the client's pace. A client that reads nothing for
+IDLE_SECONDS loses the download (its snapshot would otherwise hold a connection and old row
+versions for as long as it likes); at most CONCURRENT bundles are written at once per process
+(429 beyond). Before the first byte: the checkpoint that covers every event (on the primary: a
+rewritten history is a 409 problem) and the snapshot's connection (from AUDIT_DATABASE_URL's pool
+when set: a full pool is a 503 problem). A failure after the first byte cannot become an error
+status: the stream stops short, and a ZIP without its manifest never verifies.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -24,14 +27,17 @@ from starlette.responses import StreamingResponse
 
 from app.auth.deps import AuditRead
 from app.core.db import AuditReader
-from app.core.errors import problem_responses
+from app.core.errors import Busy, problem_responses
 from app.proof import log as proof_log
 from app.proof.bundle import BundleWriter, snapshot
 from app.proof.context import Proof
 
 log = logging.getLogger("consent_ledger.audit")
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 409))
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 409, 429))
 BUFFER = 4 << 20  # unread bytes before the writer waits
+IDLE_SECONDS = 300.0  # a reader taking nothing this long loses the download
+CONCURRENT = 2  # bundles written at once by one process
+_writing = threading.BoundedSemaphore(CONCURRENT)
 
 
 class _Stream:
@@ -67,7 +73,10 @@ class _Stream:
     async def drain(self) -> None:
         while self.size > BUFFER and not self.done:
             self.taken.clear()
-            await self.taken.wait()
+            try:
+                await asyncio.wait_for(self.taken.wait(), IDLE_SECONDS)
+            except TimeoutError:
+                raise TimeoutError(f"the client read nothing for {IDLE_SECONDS:.0f} s") from None
 
     def take(self) -> bytes:
         with self.lock:
@@ -78,14 +87,22 @@ class _Stream:
         return data
 
 
-async def _produce(stream: _Stream, writer: BundleWriter, reader: asyncpg.Pool, proof: Proof, filename: str) -> None:
+async def _produce(stream: _Stream, writer: BundleWriter, conn: asyncpg.Connection, proof: Proof, filename: str,
+                   release: Callable[[], Awaitable[None]]) -> None:
+    """Write the bundle; whatever happens, give back the connection and the slot at once (a client
+    that stalls the response does not hold them)."""
     try:
-        await snapshot(reader, writer, proof, filename)
+        await snapshot(conn, writer, proof, filename)
     finally:
         stream.finish()
+        await release()
 
 
-async def _body(stream: _Stream, task: asyncio.Task) -> AsyncIterator[bytes]:
+async def _body(stream: _Stream, produce: Callable[[], Awaitable[None]], filename: str) -> AsyncIterator[bytes]:
+    """The response body. The writer (`produce()`, which finishes `stream`) runs as a task started
+    here, so that however the response ends (done, failed, the client gone) it is cancelled and
+    awaited."""
+    task = asyncio.create_task(produce())
     try:
         while True:
             await stream.ready.wait()
@@ -94,10 +111,14 @@ async def _body(stream: _Stream, task: asyncio.Task) -> AsyncIterator[bytes]:
                 yield data
             if stream.done and not stream.size:
                 break
-        await task  # a failure ends the stream short: the ZIP has no directory, so nothing verifies
-    except BaseException:
-        task.cancel()
+        await task  # a failure ends the stream short: the ZIP has no manifest, so nothing verifies
+    except Exception:
+        log.exception("audit bundle %s: stopped before its end", filename)
         raise
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @router.get("/bundle", operation_id="audit-bundle",
@@ -108,15 +129,54 @@ async def audit_bundle(request: Request, principal: AuditRead, reader: AuditRead
     """Everything needed to check the tenant's ledger without the service: every event and duty record
     in log order, the notices and disclosures they cite, the catalog's history, the signed checkpoints,
     the public keys and a README (Korean and English) saying how to verify it."""
-    state = request.app.state
-    proof: Proof = state.proof
-    # Before the first byte, so that a rewritten history is a 409 problem, not a broken download.
-    await proof_log.make_checkpoint(state.pool, principal.tenant, proof, force=True,
-                                    checkpoint_dir=state.settings.checkpoint_dir)
+    if not _writing.acquire(blocking=False):
+        raise Busy(f"{CONCURRENT} audit bundles are being written; try again when one is done",
+                   headers={"Retry-After": "30"})
+    conn = None
+    try:
+        state = request.app.state
+        proof: Proof = state.proof
+        await proof_log.make_checkpoint(state.pool, principal.tenant, proof, force=True,
+                                        checkpoint_dir=state.settings.checkpoint_dir)
+        conn = await reader.acquire()
+    except BaseException:
+        if conn is not None:
+            await reader.release(conn)
+        _writing.release()
+        raise
+
+    released = False
+
+    async def release() -> None:  # once: from the writer's end, or the response's if it never started
+        nonlocal released
+        if released:
+            return
+        released = True
+        try:
+            await reader.release(conn)
+        finally:
+            _writing.release()
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"{principal.tenant}-audit-{stamp}.zip"
     stream = _Stream(asyncio.get_running_loop())
     writer = BundleWriter(stream, principal.tenant, drain=stream.drain)
-    task = asyncio.create_task(_produce(stream, writer, reader, proof, filename))
-    return StreamingResponse(_body(stream, task), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    body = _body(stream, lambda: _produce(stream, writer, conn, proof, filename, release), filename)
+    return _BundleResponse(body, release, media_type="application/zip",
+                           headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+class _BundleResponse(StreamingResponse):
+    """A streamed response that gives back the bundle's connection and slot however it ends, even when
+    the client leaves before the body's first step (the body's own `finally` then never runs)."""
+
+    def __init__(self, body: AsyncIterator[bytes], release: Callable[[], Awaitable[None]], **kwargs) -> None:
+        super().__init__(body, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            await self.release()

@@ -4,6 +4,10 @@ Every change to purposes, collection points and what they present, notices, reci
 processors, webhook endpoints (never their secrets), the tenant and its settings: the row before
 and after, who (the token's `sub`, or `db:<role> (<application>)` when made outside the service's
 routes) and when. Keyset on (changed_at, id) over the index (tenant_id, changed_at, id).
+
+changed_at is when the change's statement ran; a change becomes visible when its transaction
+commits, which may be later: a client following the feed with `changed_from` should start again a
+little before its last row (the service's statement timeout bounds the gap).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from app.core.schemas import UtcDatetime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 422))
 
+# "history": where a tenant's history starts (its catalog as it was before is not known)
 Entity = Literal["tenants", "tenant_settings", "recipients", "processors", "purposes", "notices",
-                 "collection_points", "collection_point_purposes", "webhook_endpoints"]
+                 "collection_points", "collection_point_purposes", "webhook_endpoints", "history"]
 Op = Literal["baseline", "insert", "update", "delete"]
 Text = Annotated[str | None, Query(min_length=1, max_length=255)]
 
-COLUMNS = "id, entity, entity_id, key, op, before, after, changed_by, db_role, changed_at"
+COLUMNS = "id, entity, entity_id, key, op, before, after, changed_by, db_role, changed_at, transaction_at"
 
 
 def _cursor(parts: list[str]) -> tuple[datetime, int]:

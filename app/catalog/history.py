@@ -2,10 +2,12 @@
 alembic 0009), so "which wording did this form show at T" is answered from the catalog's history,
 not from today's rows.
 
-A row's state at T is its latest change at or before T (none, or a delete: it did not exist). A
+A row's state at T is its latest change made at or before T (none, or a delete: it did not exist);
+"latest" by id: two changes of one row are serialised by its lock, so ids follow their commits. A
 row that existed before the history began has a `baseline` change from the time it is known to be
-as it is (the migration's note); asked about an earlier time, the answer is "not known", never a
-guess (409).
+as it is (the migration's note), and the tenant a `history` mark where its history starts; asked
+about an earlier time, the answer is "not known", never a guess (409). The form is rendered by
+today's code (build_form) from the rows as they were.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ _LATEST = """
 SELECT DISTINCT ON (entity_id) entity_id, op, after, changed_at
 FROM catalog_changes
 WHERE tenant_id = :tenant AND entity = :entity AND changed_at <= :at AND {which}
-ORDER BY entity_id, changed_at DESC, id DESC
+ORDER BY entity_id, id DESC
 """
+_STARTS = "SELECT max(changed_at) FROM catalog_changes WHERE tenant_id = :tenant AND entity = 'history'"
 # The earliest change of rows that existed at T but whose history starts later (a baseline).
 _UNKNOWN = """
 SELECT min(changed_at) FROM catalog_changes
@@ -67,15 +70,20 @@ async def form_at(session: AsyncSession, principal: Principal, key: str, at: dat
     points = await _rows(session, tenant, "collection_points", at, "key = :key", key=key)
     if not points:
         await _unknown(session, tenant, "collection_points", at, "key = :key", f"collection point {key!r}", key=key)
+        starts = await session.scalar(text(_STARTS), {"tenant": tenant})
+        if starts is not None and at < starts:
+            raise Conflict(f"the catalog's history starts at {starts.isoformat()}: whether collection point {key!r} "
+                           f"existed at {at.isoformat()} is not known",
+                           errors=[{"field": "query.as_of", "reason": f"before {starts.isoformat()}"}])
         raise NotFound(f"no collection point with key {key!r} at {at.isoformat()}")
     point = CollectionPoint.model_validate(next(iter(points.values())))
-    links = sorted((row for row in (await _rows(session, tenant, "collection_point_purposes", at, "key = :key",
-                                                key=key)).values()
-                    if row["collection_point_id"] == str(point.id)), key=lambda row: row["position"])
+    links = sorted((await _rows(session, tenant, "collection_point_purposes", at, "starts_with(entity_id, :point)",
+                                point=f"{point.id}/")).values(), key=lambda row: row["position"])
     wanted = _ids(row["purpose_id"] for row in links)
     purposes = await _rows(session, tenant, "purposes", at, "entity_id = ANY(:ids)", ids=wanted)
     if len(purposes) < len(wanted):
         await _unknown(session, tenant, "purposes", at, "entity_id = ANY(:ids)", "a presented purpose", ids=wanted)
+        raise _incomplete("a purpose the point presented", at)
     presented = [(Purpose.model_validate(purposes[row["purpose_id"]]), bool(row["condition_of_service"]))
                  for row in links if row["purpose_id"] in purposes]
     presented = [(p, c) for p, c in presented if p.active]
@@ -84,6 +92,7 @@ async def form_at(session: AsyncSession, principal: Principal, key: str, at: dat
                   (await _rows(session, tenant, "recipients", at, "entity_id = ANY(:ids)", ids=wanted)).items()}
     if len(recipients) < len(wanted):
         await _unknown(session, tenant, "recipients", at, "entity_id = ANY(:ids)", "a recipient", ids=wanted)
+        raise _incomplete("the recipient of a presented purpose", at)
     notice = _in_force([Notice.model_validate(row) for row in
                         (await _rows(session, tenant, "notices", at, "key = :key", key=point.notice_key)).values()], at)
     if notice is None:
@@ -91,6 +100,12 @@ async def form_at(session: AsyncSession, principal: Principal, key: str, at: dat
                        f"{at.isoformat()}: the form could not be shown then",
                        errors=[{"field": "query.as_of", "reason": "no notice in force"}])
     return build_form(point, notice, presented, recipients)
+
+
+def _incomplete(what: str, at: datetime) -> Conflict:
+    """The history lacks a row the form needs (removed behind the service's back): never a partial form."""
+    return Conflict(f"the catalog's history has no record of {what} at {at.isoformat()}: the form as it was "
+                    "cannot be rebuilt", errors=[{"field": "query.as_of", "reason": "the history is incomplete"}])
 
 
 def _in_force(notices: list[Notice], at: datetime) -> Notice | None:

@@ -223,4 +223,5 @@ class CatalogChange(SQLModel, table=True):
     after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
     changed_by: str = Field(sa_column=Column(Text, nullable=False))
     db_role: str = Field(sa_column=Column(Text, nullable=False))
-    changed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    changed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))  # the statement's time
+    transaction_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))  # its start

@@ -88,6 +88,12 @@ class IdempotencyInProgress(ProblemError):
     status, slug, title = 409, "idempotency-in-progress", "A request with this Idempotency-Key is in progress"
 
 
+class Busy(ProblemError):
+    """A bounded resource is taken (say, the audit bundles being written): try again later."""
+
+    status, slug, title = 429, "busy", "Too many requests of this kind at once"
+
+
 class Unauthorized(ProblemError):
     status, slug, title = 401, "unauthorized", "Authentication required"
 

@@ -212,9 +212,18 @@ class BundleWriter:
         return manifest
 
     def abort(self) -> None:
+        """Give up: the member being written is closed first (else the ZIP cannot be closed, and says
+        so when collected); no manifest is ever written, so what was written never verifies."""
+        for member in (self.catalog, self.checkpoints, self.events):
+            if member is not None and not member.file.closed:
+                try:
+                    member.file.close()
+                except Exception:  # noqa: BLE001 - the file is deleted, or the stream cut, anyway
+                    pass
+                break
         try:
             self.zf.close()
-        except Exception:  # noqa: BLE001 - the file is deleted anyway
+        except Exception:  # noqa: BLE001 - as above
             pass
 
 

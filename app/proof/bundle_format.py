@@ -18,6 +18,7 @@ MANIFEST = "manifest.json"
 MEMBERS = (EVENTS, NOTICES, DISCLOSURES, CHECKPOINTS, JWKS, README)
 # The catalog's history (issue 11): in bundles made since; a bundle without it is still whole.
 CATALOG = "catalog.json"
+CATALOG_MIN_LINE = 100  # bytes: the shortest change (a tenant's baseline) has about 250
 
 MAX_LISTED = 1000  # breaks listed in full; all are counted by kind
 SIGNATURE_BATCH = 2000  # checkpoint signatures per worker task
@@ -31,7 +32,7 @@ MAX_JOBS = 8  # by default; past ~6 workers the reading process is the limit (be
 CHUNK = 1 << 20  # bytes inflated at a time from every member but events.ndjson (BLOCK)
 LINE_MAX = 1 << 20  # bytes of one line of events.ndjson or checkpoints.json
 LIMITS = {MANIFEST: 1 << 20, JWKS: 1 << 20, README: 1 << 20, NOTICES: 64 << 20, DISCLOSURES: 64 << 20,
-          CHECKPOINTS: 256 << 20, CATALOG: 256 << 20}  # inflated bytes of each member; events.ndjson: no fixed limit, but
+          CHECKPOINTS: 256 << 20, CATALOG: 64 << 20}  # inflated bytes of each member; events.ndjson: no fixed limit, but
 WHOLE_JSON_MAX = 64 << 20  # checkpoints.json not laid out one per line is parsed whole: at most this
 # ... events.ndjson and checkpoints.json may inflate to at most RATIO times their compressed size plus
 # RATIO_SLACK (a bundle's are ~5 and ~2.5: hashes, UUIDs and signatures do not compress; a bomb's ~1000),

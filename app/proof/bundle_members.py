@@ -14,6 +14,7 @@ from app.proof.bundle_events import _CHAIN_LEGACY_AFTER_V2, _LEGACY_AFTER_V2, Ch
 from app.proof.bundle_format import (
     _HEX64,
     CATALOG,
+    CATALOG_MIN_LINE,
     DISCLOSURES,
     EVENTS,
     FORMAT,
@@ -139,16 +140,23 @@ class _Verification(_Checkpoints):
     # -- the catalog's history, notices, disclosures
 
     def catalog(self) -> None:
-        """catalog.json, when the bundle has it: a list of changes, each an object naming what changed,
-        how and when (its digest is checked by `read`). What they say is the service's record of its
-        catalog, not proof: the events' hashes bind the wording shown, whatever this says."""
-        if CATALOG not in self.names and CATALOG not in self.listed:
+        """catalog.json, when the bundle has it: a JSON array laid out one change per line (as written),
+        each an object naming what changed, how and when; its digest is checked by `read`. Read a line
+        at a time: a hostile one of a million empty objects costs no more than its bytes. What the
+        changes say is the service's record of its catalog, not proof: the events' hashes bind the
+        wording shown, whatever this says."""
+        data = self.read(CATALOG)
+        if data is None:
             return
-        items = self.read_json(CATALOG, [])
-        if not isinstance(items, list):
-            self.result.add("malformed_member", "not a list of catalog changes", file=CATALOG)
+        lines = data.rstrip(b"\n").split(b"\n")
+        if lines[:1] != [b"["] or lines[-1:] != [b"]"] or len(lines) > len(data) // CATALOG_MIN_LINE + 2:
+            self.result.add("malformed_member", "not a JSON array of catalog changes, one per line", file=CATALOG)
             return
-        for n, item in enumerate(items):
+        for n, line in enumerate(lines[1:-1]):
+            try:
+                item = orjson.loads(line[:-1] if line.endswith(b",") else line)
+            except orjson.JSONDecodeError:
+                item = None
             if not isinstance(item, dict) or not all(isinstance(item.get(k), str)
                                                      for k in ("entity", "entity_id", "op", "changed_at")):
                 self.result.add("malformed_member", f"entry {n} is not a change (entity, entity_id, op and "

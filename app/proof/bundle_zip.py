@@ -10,6 +10,7 @@ from typing import Any, Self
 import orjson
 
 from app.proof.bundle_format import (
+    CATALOG,
     CHUNK,
     JSON_DENSITY,
     JSON_SLACK,
@@ -96,7 +97,7 @@ def _check_sizes(zf: zipfile.ZipFile) -> None:
     """Every member a verifier reads, against its budget as the ZIP declares it: a bomb is refused
     before anything is inflated (or any worker started)."""
     for info in zf.infolist():
-        if info.filename in MEMBERS or info.filename == MANIFEST:
+        if info.filename in MEMBERS or info.filename in (MANIFEST, CATALOG):
             budget, why = _budget(info)
             if budget is not None and info.file_size > budget:
                 raise Unreadable(_too_big(info.filename, budget, why, info.file_size))

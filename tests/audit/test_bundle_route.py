@@ -82,9 +82,8 @@ async def test_a_slow_reader_keeps_the_writer_waiting_not_the_memory(monkeypatch
             finally:
                 stream.finish()
 
-        task = asyncio.create_task(produce())
         peak, size = 0, 0
-        async for chunk in bundle_route._body(stream, task):
+        async for chunk in bundle_route._body(stream, produce, "x.zip"):
             peak, size = max(peak, len(chunk) + stream.size), size + len(chunk)
             await asyncio.sleep(0.05)  # a slow client
         assert size > 4 << 20
@@ -92,3 +91,79 @@ async def test_a_slow_reader_keeps_the_writer_waiting_not_the_memory(monkeypatch
 
     paced, unpaced = await download(drain=True), await download(drain=False)
     assert paced < 128 * 1024 < 512 * 1024 < unpaced, (paced, unpaced)
+
+
+def _scope(headers: dict[str, str]) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+            "path": "/v1/audit/bundle", "raw_path": b"/v1/audit/bundle", "query_string": b"", "root_path": "",
+            "headers": [(b"authorization", headers["Authorization"].encode()), (b"host", b"test")],
+            "client": ("127.0.0.1", 50000), "server": ("test", 80)}
+
+
+async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_slot(app, auth, demo, monkeypatch):
+    import asyncio
+
+    from app.audit import bundle_route
+
+    headers = auth(demo, "audit:read")
+    for i in range(3):
+        assert (await sign_up(httpx_client(app), auth(demo), f"l-{i}", {"marketing-sms"})).status_code == 201
+    pool = app.state.audit_pool
+
+    async def run(receive_after_start, send_blocks: bool) -> list[dict]:
+        started, sent, calls = asyncio.Event(), [], 0
+
+        async def receive():
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await started.wait()
+            return await receive_after_start()
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.start":
+                started.set()
+            elif send_blocks:
+                await asyncio.Event().wait()  # a client that never reads
+
+        await asyncio.wait_for(app(_scope(headers), receive, send), 30)
+        return sent
+
+    free = pool.get_idle_size() if hasattr(pool, "get_idle_size") else None
+
+    async def gone():
+        return {"type": "http.disconnect"}
+
+    await run(gone, send_blocks=False)  # gone as soon as the headers left
+    # Stalled: the writer waits IDLE_SECONDS for the reader, then gives up and lets go.
+    monkeypatch.setattr(bundle_route, "BUFFER", 1)
+    monkeypatch.setattr(bundle_route, "IDLE_SECONDS", 0.5)
+
+    async def later():
+        await asyncio.sleep(3)
+        return {"type": "http.disconnect"}
+
+    await run(later, send_blocks=True)
+    await asyncio.sleep(0.1)
+    assert bundle_route._writing._value == bundle_route.CONCURRENT  # every slot given back
+    if free is not None:
+        assert pool.get_idle_size() >= free
+
+    # Busy: past CONCURRENT bundles at once, a 429 problem with Retry-After.
+    for _ in range(bundle_route.CONCURRENT):
+        bundle_route._writing.acquire()
+    try:
+        busy = await httpx_client(app).get("/v1/audit/bundle", headers=headers)
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "30"
+        assert busy.headers["content-type"] == "application/problem+json"
+    finally:
+        for _ in range(bundle_route.CONCURRENT):
+            bundle_route._writing.release()
+
+
+def httpx_client(app):
+    import httpx
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -128,3 +129,48 @@ async def test_the_runtime_role_cannot_write_the_history(runtime_db, demo):
         await runtime_db.execute(
             "INSERT INTO catalog_changes (tenant_id, entity, entity_id, op, changed_by, db_role, changed_at) "
             "VALUES ($1, 'purposes', 'x', 'insert', 'me', 'me', now())", demo)
+
+
+async def test_a_change_is_dated_when_it_is_made_in_utc_and_secrets_stay_secret(client, auth, demo, db, database_url):
+    officer, audit = auth(demo, sub="officer-kim"), auth(demo, "audit:read")
+    live = await form(client, officer)
+    # A transaction held open (the service's own account, in Seoul's time zone) changes the wording
+    # long after it began: the change is dated when it was made, and the form read in between stands.
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"),
+                                 server_settings={"timezone": "Asia/Seoul"})
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1")
+            await asyncio.sleep(0.05)
+            between = _now()
+            await asyncio.sleep(0.05)
+            await conn.execute("""UPDATE purposes SET disclosures = jsonb_set(disclosures, '{ko,purpose}', '"늦은 변경"'),
+                                  updated_at = now() WHERE tenant_id = $1 AND key = 'analytics'""", demo)
+    finally:
+        await conn.close()
+    assert (await client.get("/v1/collection-points/signup/form", params={"as_of": between},
+                             headers=officer)).json() == live
+    now = (await client.get("/v1/collection-points/signup/form", params={"as_of": _now()}, headers=officer)).json()
+    assert now == await form(client, officer)  # times in UTC, whatever the writer's zone
+    (late,) = await _changes(client, audit, key="analytics", changed_from=between)
+    assert late["changed_by"].startswith("db:") and late["transaction_at"] < between < late["changed_at"]
+
+    # A webhook endpoint's secret and URL query are kept only as hashes; a rotation still shows.
+    endpoint = await db.fetchval(
+        "INSERT INTO webhook_endpoints (tenant_id, url, secret) VALUES ($1, 'https://hooks.example/in?token=abc123', "
+        "'whsec_first') RETURNING id", demo)
+    await db.execute("UPDATE webhook_endpoints SET secret = 'whsec_second' WHERE id = $1", endpoint)
+    await db.execute("UPDATE webhook_endpoints SET failing_since = now() WHERE id = $1", endpoint)  # bookkeeping
+    changes = await _changes(client, audit, entity="webhook_endpoints", entity_id=str(endpoint))
+    assert [c["op"] for c in changes] == ["insert", "update"]
+    text = json.dumps(changes)
+    assert "abc123" not in text and "whsec_" not in text and "https://hooks.example/in?sha256:" in text
+    assert changes[1]["before"]["secret"] != changes[1]["after"]["secret"]
+
+    # A row moved to another key in psql is gone from the old key and new under the other.
+    await db.execute("UPDATE collection_points SET key = 'signup-2' WHERE tenant_id = $1 AND key = 'signup'", demo)
+    at = _now()
+    assert (await client.get("/v1/collection-points/signup/form", params={"as_of": at}, headers=officer)
+            ).status_code == 404
+    moved = (await client.get("/v1/collection-points/signup-2/form", params={"as_of": at}, headers=officer)).json()
+    assert moved == await form(client, officer, "signup-2") and len(moved["purposes"]) == len(live["purposes"])

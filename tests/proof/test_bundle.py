@@ -258,11 +258,13 @@ async def test_every_tampering_is_named(bundle, tmp_path, capsys):
     # the catalog's history rewritten in the bundle: its hash is named; a malformed one is named as such
     history = json.loads(members["catalog.json"])
     history[0]["changed_by"] = "someone else"
-    stale = verify(_write_members(tmp_path / "catalog.zip", {**members, "catalog.json": json.dumps(history).encode()},
+    stale = verify(_write_members(tmp_path / "catalog.zip", {**members, "catalog.json": b"[\n" + b",\n".join(
+                                      json.dumps(c).encode() for c in history) + b"\n]\n"},
                                   fix_manifest=False))
     assert [(b.kind, b.file) for b in stale.breaks] == [("member_hash", "catalog.json")]
-    malformed = verify(_write_members(tmp_path / "catalog2.zip", {**members, "catalog.json": b'[{"op": 1}]'}))
-    assert [(b.kind, b.file) for b in malformed.breaks] == [("malformed_member", "catalog.json")]
+    for garbage in (b'[{"op": 1}]', b"[\n" + b"{},\n" * 200_000 + b"{}\n]\n", b'[\n{"op": 1}\n]\n'):
+        malformed = verify(_write_members(tmp_path / "catalog2.zip", {**members, "catalog.json": garbage}))
+        assert [(b.kind, b.file) for b in malformed.breaks] == [("malformed_member", "catalog.json")], garbage[:20]
 
 
 async def test_an_edit_with_its_hash_recomputed_still_breaks_the_chain_and_the_checkpoints(bundle, tmp_path):
