@@ -19,13 +19,20 @@ Text2000 = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048, strip_whitespace=True)]
 
 
+_FIRST, _LAST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def to_utc(value: datetime) -> datetime:
-    """`value` in UTC; an instant whose UTC date leaves years 1-9999 is a ValueError (a 422), since
-    Python cannot represent it and PostgreSQL would only be reached with an overflow."""
+    """`value` in UTC; an instant whose UTC date leaves years 1-9999, or comes within a day of either
+    end, is a ValueError (a 422): Python cannot represent it, or the rules could not (shown in Korean
+    time, a day or a period added), and PostgreSQL would only be reached with an overflow."""
     try:
-        return value.astimezone(UTC)
+        utc = value.astimezone(UTC)
     except OverflowError:
-        raise ValueError("the instant is outside the supported range (years 1 to 9999 in UTC)") from None
+        utc = None
+    if utc is None or not _FIRST <= utc <= _LAST:
+        raise ValueError("the instant is outside the supported range (2 January of year 1 to 30 December 9999, UTC)")
+    return utc
 
 
 def _text_only(value: object) -> object:

@@ -10,7 +10,9 @@ from tests.core.test_errors import problem
 from tests.helpers import decisions_for, form, sign_up
 
 # Valid ISO 8601 instants whose UTC equivalent falls outside year 1-9999.
-OUT_OF_RANGE = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+# And those within a day of either end: shown in Korean time, or a day added, they would leave it too.
+OUT_OF_RANGE = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T23:59:59Z",
+                "9999-12-31T15:00:00Z"]
 
 
 def _fields(body: dict) -> list[str]:
@@ -28,10 +30,13 @@ async def test_as_of_outside_the_range_is_422(client, auth, demo, value):
 async def test_as_of_at_the_extremes_in_utc_still_answers(client, auth, demo):
     headers = auth(demo)
     assert (await sign_up(client, headers, "extreme-subject")).status_code == 201
-    for value in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+    for value in ("0001-01-02T00:00:00Z", "9999-12-30T00:00:00Z"):
         response = await client.get("/v1/subjects/extreme-subject/consents", params={"as_of": value},
                                     headers=headers)
         assert response.status_code == 200, response.text
+        permission = await client.get("/v1/subjects/extreme-subject/permissions/sms", params={"at": value},
+                                      headers=headers)
+        assert permission.status_code == 200, permission.text  # the night rule reads it in Korean time
 
 
 @pytest.mark.parametrize("value", [*OUT_OF_RANGE, "1999-12-31T23:59:59Z", "1970-01-01T00:00:00Z"])
