@@ -16,6 +16,7 @@ from app.permissions.router import router as permissions_router
 from app.duties.router import router as duties_router
 from app.consents.me_routes import router as me_router
 from app.audit.router import router as audit_router
+from app.audit.verifications import router as verifications_router
 from app.permissions.audience_router import AUDIENCE_PATH
 from app.permissions.audience_router import router as audience_router
 from app.permissions.transactions import router as transactions_router
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(duties_router)
     app.include_router(me_router)
     app.include_router(audit_router)
+    app.include_router(verifications_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)
 

@@ -4,6 +4,7 @@ app/cli.py adds these with `add_commands(subparsers)` and hands the parsed argum
 in COMMANDS to `run(args, settings)`. `python -m app.proof.cli ...` runs them on their own.
 
     consent-ledger audit bundle --tenant T --out FILE     needs DATABASE_URL and the keys
+    consent-ledger audit verify --tenant T                app/audit/verify_cli.py (its exit status there)
     consent-ledger verify-bundle FILE [--public-key KEY] [--trusted-checkpoint CP] [--json]
 
 verify-bundle needs neither a database nor any secret. Exit status: 0 valid, 1 breaks found (each
@@ -33,6 +34,11 @@ def add_commands(subparsers: Any) -> None:
                        "public keys (DATABASE_URL and the signing key required)")
     p_bundle.add_argument("--tenant", required=True)
     p_bundle.add_argument("--out", required=True, type=Path, help="the ZIP file to write")
+    from app.audit import verify_cli
+
+    verify_cli.add_arguments(actions.add_parser(
+        "verify", help="verify every subject of a tenant and its checkpoints against the log, resuming a run "
+                       "already going; exit 0 valid, 1 broken, 2 configuration (DATABASE_URL and the keys required)"))
     p_verify = subparsers.add_parser(
         "verify-bundle", help="check an audit bundle offline (no database, no secret); exit 0 valid, 1 breaks, "
                               "2 unreadable")
@@ -54,6 +60,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         return verify_bundle(args)
     if args.command == "audit" and args.audit_action == "bundle":
         return audit_bundle(args, settings)
+    if args.command == "audit" and args.audit_action == "verify":
+        from app.audit import verify_cli
+
+        return verify_cli.run(args, settings)
     raise ValueError(f"not a command of app.proof.cli: {args.command}")
 
 
