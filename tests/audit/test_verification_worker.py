@@ -1,0 +1,86 @@
+"""Tenant-wide verification in the real worker process (killed mid-run and resumed) and through
+`consent-ledger audit verify` as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+from app.cli import ROOT
+from tests.consents.test_rogue_dba import as_rogue, subject_row
+from tests.helpers import sign_up
+from tests.webhooks.test_faults import until, worker_process  # noqa: F401 (a fixture)
+
+SUBJECTS = 40
+RUN = "SELECT * FROM verification_runs WHERE id = $1"
+
+
+async def seed(client, headers, prefix: str, count: int) -> None:
+    for i in range(count):
+        response = await sign_up(client, headers, f"{prefix}{i:03d}", granted={"marketing"})
+        assert response.status_code == 201, response.text
+
+
+async def test_a_killed_worker_leaves_the_run_to_the_next_which_finishes_it_counting_once(
+        client, auth, db, demo, worker_process, database_url):  # noqa: F811
+    headers = auth(demo, "consents:write", "audit:read")
+    await seed(client, headers, "r-", SUBJECTS)
+    victim = await subject_row(db, demo, "r-017")
+    await as_rogue(db, ("UPDATE consent_events SET purpose_key = 'other' WHERE subject_id = $1 AND seq = 1",
+                        victim["id"]))
+    run = (await client.post("/v1/audit/verifications", json={"batch_subjects": 1}, headers=headers)).json()
+    env = {"VERIFICATION_INTERVAL_SECONDS": "0.2", "VERIFICATION_LEASE_SECONDS": "2",
+           "AUDIT_DATABASE_URL": database_url, "CHECKPOINT_INTERVAL_SECONDS": "3600"}
+    first = worker_process(**env)
+    await first.started()
+    await until(lambda: _progress(db, run["id"]), 30, "the first worker's progress", interval=0.005)
+    # hold the run's row: the worker's next step waits on it, so it dies between two steps or in one
+    async with db.transaction():
+        held = await db.fetchrow(RUN + " FOR UPDATE", run["id"])
+        os.killpg(first.proc.pid, 9)
+        first.proc.wait(10)
+    assert 0 < held["subjects_done"] < SUBJECTS and held["status"] == "running", dict(held)
+    killed_at = held["subjects_done"]
+    second = worker_process(**env)
+    await second.started()
+    await until(lambda: _finished(db, run["id"]), 60, "the second worker to finish the run")
+    done = (await client.get(f"/v1/audit/verifications/{run['id']}", headers=headers)).json()
+    events = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    assert done["progress"]["subjects_done"] == SUBJECTS and done["progress"]["events_done"] == events
+    assert done["valid"] is False and done["broken_total"] == 1
+    assert [(s["subject_id"], s["kinds"]) for s in done["broken"]] == [("r-017", ["altered_event", "catalog_mismatch"])]
+    assert killed_at < SUBJECTS
+
+
+async def _progress(db, run_id) -> bool:
+    row = await db.fetchrow(RUN, run_id)
+    return row["subjects_done"] >= 3
+
+
+async def _finished(db, run_id) -> bool:
+    return (await db.fetchrow(RUN, run_id))["status"] == "finished"
+
+
+def _cli(database_url: str, tenant: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "app.cli", "audit", "verify", "--tenant", tenant, *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+async def test_the_cli_prints_a_summary_and_exits_by_the_result(client, auth, db, demo, database_url):
+    headers = auth(demo, "consents:write", "audit:read")
+    await seed(client, headers, "c-", 6)
+    clean = await asyncio.to_thread(_cli, database_url, demo, "--batch-subjects", "2")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "\r" not in clean.stdout  # no progress line when not on a terminal
+    assert f"tenant {demo!r}: VALID" in clean.stdout and "6 subjects" in clean.stdout
+    c2 = await subject_row(db, demo, "c-002")
+    await as_rogue(db, ("DELETE FROM consent_events WHERE subject_id = $1 AND seq = 2", c2["id"]))
+    broken = await asyncio.to_thread(_cli, database_url, demo, "--jobs", "2")  # in worker processes
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "BROKEN" in broken.stdout and "broken subject c-002: " in broken.stdout
+    assert "missing_event" in broken.stdout
+    missing = await asyncio.to_thread(_cli, database_url, "no-such-tenant")
+    assert missing.returncode == 2 and "no tenant" in missing.stderr
