@@ -111,7 +111,7 @@ async def check_batch(conn: asyncpg.Connection, tenant: str, after: str | None, 
             return Batch()
         ids = [s["id"] for s in subjects]
         events = await conn.fetch(EVENTS, ids)
-        cited = await conn.fetch(verification.CITED, *verification.cited_ids(events))
+        cited = verification.Cited(await conn.fetch(verification.CITED, *verification.cited_ids(events)))
         states, evidence, logged, records, duties = [
             _by_subject(await conn.fetch(sql, ids)) for sql in (STATES, EVIDENCE, LOG, RECORDS, DUTIES)]
         if any(e["chain_version"] == 1 for e in events):

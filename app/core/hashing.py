@@ -21,7 +21,26 @@ _MAX_SAFE = 2**53 - 1
 
 
 def _fast(value: Any) -> bool:
-    if isinstance(value, str) or value is None or isinstance(value, bool):
+    # Loops, not all() over generators: this walks every event document of a verification (the
+    # generators cost as much as the serialisation itself). Exact types first, then subclasses.
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return True
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str or not k.isascii():
+                return False
+            if type(v) is not str and v is not None and not _fast(v):
+                return False
+        return True
+    if kind is int:
+        return -_MAX_SAFE <= value <= _MAX_SAFE
+    if kind is list:
+        for v in value:
+            if type(v) is not str and v is not None and not _fast(v):
+                return False
+        return True
+    if isinstance(value, (str, bool)):
         return True
     if isinstance(value, int):
         return -_MAX_SAFE <= value <= _MAX_SAFE
@@ -30,6 +49,38 @@ def _fast(value: Any) -> bool:
     if isinstance(value, list):
         return all(_fast(v) for v in value)
     return False
+
+
+def _flat(value: dict) -> bool:
+    """`_fast` for the shape of an event or duty document, in one pass without recursion: members
+    that are strings, null, safe integers or objects of strings and nulls."""
+    for k, v in value.items():
+        kind = type(v)
+        if kind is str or v is None:
+            pass
+        elif kind is int:
+            if not -_MAX_SAFE <= v <= _MAX_SAFE:
+                return False
+        elif kind is dict:
+            for k2, v2 in v.items():
+                if (type(v2) is not str and v2 is not None) or type(k2) is not str or not k2.isascii():
+                    return False
+        else:
+            return False
+        if type(k) is not str or not k.isascii():
+            return False
+    return True
+
+
+def canonical_document(value: dict) -> bytes:
+    """canonical_json of an object, faster when it has the flat shape of a ledger document (every
+    event of a verification goes through here); the same bytes either way."""
+    if type(value) is dict and _flat(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass
+    return canonical_json(value)
 
 
 def canonical_json(value: Any) -> bytes:
