@@ -115,15 +115,10 @@ async def _verify(settings: Any, proof: Any, args: argparse.Namespace, out: Text
 
 
 def run(args: argparse.Namespace, settings: Any, out: TextIO = sys.stdout) -> int:
-    from app.proof.context import Proof
+    from app.proof.cli import database_and_keys
 
-    if not settings.database_url:
-        print("DATABASE_URL is not set", file=sys.stderr)
-        return 2
-    try:
-        proof = Proof.from_settings(settings)
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
+    proof = database_and_keys(settings)
+    if proof is None:
         return 2
     try:
         return asyncio.run(_verify(settings, proof, args, out))

@@ -111,17 +111,25 @@ def summary(result: Any) -> str:
     return f"{result.path}: {state}\n  {facts}{trusted} ({result.seconds:.2f} s{rate})"
 
 
-def audit_bundle(args: argparse.Namespace, settings: Any) -> int:
-    from app.core.errors import ProblemError
+def database_and_keys(settings: Any) -> Any:
+    """The Proof of a command that needs DATABASE_URL and the keys; None (said on stderr) without."""
     from app.proof.context import Proof
 
     if not settings.database_url:
         print("DATABASE_URL is not set", file=sys.stderr)
-        return 2
+        return None
     try:
-        proof = Proof.from_settings(settings)
+        return Proof.from_settings(settings)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
+        return None
+
+
+def audit_bundle(args: argparse.Namespace, settings: Any) -> int:
+    from app.core.errors import ProblemError
+
+    proof = database_and_keys(settings)
+    if proof is None:
         return 2
     try:
         manifest = asyncio.run(_bundle(settings, proof, args.tenant, args.out))

@@ -98,12 +98,20 @@ async def test_a_rewritten_log_fails_its_signed_checkpoint(app, client, runtime_
     assert [s["kinds"] for s in done["broken"]] == [["log_mismatch"]]
 
 
-async def test_a_second_start_returns_the_running_run(client, auth, demo, members):
+async def test_a_second_start_returns_the_running_run_and_a_finished_one_allows_the_next(
+        app, client, runtime_db, demo, members):
     first = await start(client, members)
     again = await client.post("/v1/audit/verifications", headers=members)
     assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert again.headers["location"] == f"/v1/audit/verifications/{first['id']}"
     listed = (await client.get("/v1/audit/verifications", headers=members)).json()
     assert [r["id"] for r in listed["items"]] == [first["id"]]
+    await carry(app, runtime_db, demo)
+    second = await start(client, members)  # the first finished: a new run
+    page = (await client.get("/v1/audit/verifications?limit=1", headers=members)).json()
+    assert [r["id"] for r in page["items"]] == [second["id"]] and page["next_cursor"]
+    page = (await client.get(f"/v1/audit/verifications?limit=1&cursor={page['next_cursor']}", headers=members)).json()
+    assert [r["id"] for r in page["items"]] == [first["id"]] and page["next_cursor"] is None
 
 
 async def test_another_tenant_sees_nothing_and_starts_only_its_own(client, auth, demo, members, new_tenant):
