@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -71,6 +72,32 @@ async def _vacuum(dsn: str) -> None:
         await conn.close()
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def _postgres_seconds(pgdata: Path) -> float:
+    """CPU of the postmaster, its live children and (cutime, cstime) the children it has reaped:
+    every backend's work, the ones that came and went during the run included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 async def _run(settings: Settings, proof: Proof, jobs: int) -> dict:
     conn = await verify_job.connect(settings.database_url, settings, "bench-verify")
     try:
@@ -112,16 +139,26 @@ def main(argv: list[str] | None = None) -> int:
         size = asyncio.run(_checkpoint(runtime, proof))
         asyncio.run(_vacuum(dsn))
         print(f"checkpoint of {size:,} leaves signed, VACUUM ANALYZE: {time.perf_counter() - t:.0f} s", flush=True)
+        cpu, pg_cpu = _cpu_seconds(), _postgres_seconds(pg.pgdata)
         n, base = asyncio.run(_baseline(dsn))
+        cpu, pg_cpu = _cpu_seconds() - cpu, _postgres_seconds(pg.pgdata) - pg_cpu
+        print(f"  baseline CPU per event: Python {cpu / n * 1e6:.0f} us, PostgreSQL {pg_cpu / n * 1e6:.0f} us",
+              flush=True)
         print(f"baseline: {n:,} events read and hashed in {base:.1f} s ({n / base:,.0f} events/s)", flush=True)
         for jobs in (int(j) for j in args.jobs.split(",")):
+            cpu, pg_cpu = _cpu_seconds(), _postgres_seconds(pg.pgdata)
             r = asyncio.run(_run(settings, proof, jobs))
+            cpu, pg_cpu = _cpu_seconds() - cpu, _postgres_seconds(pg.pgdata) - pg_cpu
+            per = 1e6 / r["events"]
             rate = r["events"] / r["seconds"]
             print(f"project, jobs {jobs}: {r['events']:,} events of {r['subjects']:,} subjects in {r['seconds']:.1f} s "
                   f"({rate:,.0f} events/s; valid {r['valid']}, {r['broken']} broken); baseline/project "
                   f"{base / r['seconds']:.2f}; at this rate {TARGET_EVENTS:,} events take "
                   f"{TARGET_EVENTS / rate:.0f} s (target {TARGET_SECONDS:.0f} s; load {os.getloadavg()[0]:.1f})",
                   flush=True)
+            print(f"  CPU per event: Python {cpu * per:.0f} us (this process and its workers), PostgreSQL "
+                  f"{pg_cpu * per:.0f} us: on {os.cpu_count()} idle cores at most "
+                  f"{(os.cpu_count() or 1) / ((cpu + pg_cpu) * per) * 1e6:,.0f} events/s", flush=True)
     finally:
         pg.stop(mode="immediate")
         shutil.rmtree(work, ignore_errors=True)

@@ -84,3 +84,35 @@ async def test_the_cli_prints_a_summary_and_exits_by_the_result(client, auth, db
     assert "missing_event" in broken.stdout
     missing = await asyncio.to_thread(_cli, database_url, "no-such-tenant")
     assert missing.returncode == 2 and "no tenant" in missing.stderr
+
+
+def _cli_on_a_terminal(database_url: str, tenant: str) -> tuple[int, str]:
+    """The CLI with its standard output on a pseudo-terminal, as a person runs it."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "audit", "verify", "--tenant", tenant,
+                                "--batch-subjects", "1"], cwd=ROOT, env=env, stdout=follower,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    return process.wait(60), out.decode(errors="replace")
+
+
+async def test_the_cli_shows_a_progress_line_on_a_terminal(client, auth, demo, database_url):
+    await seed(client, auth(demo, "consents:write"), "t-", 4)
+    code, out = await asyncio.to_thread(_cli_on_a_terminal, database_url, demo)
+    assert code == 0, out
+    lines = out.split("\r")
+    assert len(lines) > 2 and "%" in lines[-1] and "subjects 4/4" in lines[-1] and "events/s" in out and "ETA" in out
+    assert "VALID" in out
