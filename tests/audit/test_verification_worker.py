@@ -113,6 +113,8 @@ async def test_the_cli_shows_a_progress_line_on_a_terminal(client, auth, demo, d
     await seed(client, auth(demo, "consents:write"), "t-", 4)
     code, out = await asyncio.to_thread(_cli_on_a_terminal, database_url, demo)
     assert code == 0, out
-    lines = out.split("\r")
-    assert len(lines) > 2 and "%" in lines[-1] and "subjects 4/4" in lines[-1] and "events/s" in out and "ETA" in out
+    # the terminal turns each newline into "\r\n"; the progress line is rewritten with a bare "\r"
+    updates = [line.split("\n")[0] for line in out.replace("\r\n", "\n").split("\r")[1:]]
+    assert len(updates) > 2 and all("%" in u and "events/s" in u and "ETA" in u for u in updates), updates
+    assert "100.0%" in updates[-1] and "subjects 4/4" in updates[-1], updates
     assert "VALID" in out
