@@ -6,7 +6,10 @@ batch, never per subject.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,10 +104,31 @@ async def bound(conn: asyncpg.Connection, tenant: str, after: str | None, limit:
     return ids[-1]["external_id"] if ids else None
 
 
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """A batch allocates ~100 objects per event (rows, UUIDs, timestamps, documents), none in a
+    cycle, all gone after it: the cyclic collector would walk them again and again as they pile up
+    (measured: a third of the CPU per event, the rows' decoding three times slower). Reference
+    counting frees them all the same."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 async def check_batch(conn: asyncpg.Connection, tenant: str, after: str | None, limit: int, secret: bytes,
                       first_v2: list[int | None] | None = None, upto: str | None = None) -> Batch:
     """The subjects of `read_subjects`, read in one snapshot and checked. `first_v2`: a one-element
     cache of the tenant's first version 2 leaf, filled on need."""
+    with _without_cycle_collection():
+        return await _check_batch(conn, tenant, after, limit, secret, first_v2, upto)
+
+
+async def _check_batch(conn: asyncpg.Connection, tenant: str, after: str | None, limit: int, secret: bytes,
+                       first_v2: list[int | None] | None, upto: str | None) -> Batch:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         subjects = await read_subjects(conn, tenant, after, limit, upto)
         if not subjects:

@@ -99,4 +99,4 @@ def stored_hash(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> s
     """The hash a stored row should carry, by its chain version."""
     if event["chain_version"] == 1:
         return legacy_hash(legacy_payload(event))
-    return document_hash(document(event, tenant=tenant, subject_ref=subject_ref))
+    return sha256_hex(canonical_document(document(event, tenant=tenant, subject_ref=subject_ref)))  # no `hash` member

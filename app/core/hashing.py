@@ -51,25 +51,39 @@ def _fast(value: Any) -> bool:
     return False
 
 
+_ASCII_KEYS: set[tuple[Any, ...]] = set()  # key tuples already seen to be ASCII strings (documents share a few)
+
+
+def _ascii_keys(value: dict) -> bool:
+    keys = tuple(value)
+    if keys in _ASCII_KEYS:
+        return True
+    if not all(type(k) is str and k.isascii() for k in keys):
+        return False
+    if len(_ASCII_KEYS) < 4096:
+        _ASCII_KEYS.add(keys)
+    return True
+
+
 def _flat(value: dict) -> bool:
     """`_fast` for the shape of an event or duty document, in one pass without recursion: members
-    that are strings, null, safe integers or objects of strings and nulls."""
-    for k, v in value.items():
+    that are strings, null, safe integers or objects of strings and nulls, under ASCII keys."""
+    for v in value.values():
         kind = type(v)
         if kind is str or v is None:
-            pass
-        elif kind is int:
+            continue
+        if kind is int:
             if not -_MAX_SAFE <= v <= _MAX_SAFE:
                 return False
         elif kind is dict:
-            for k2, v2 in v.items():
-                if (type(v2) is not str and v2 is not None) or type(k2) is not str or not k2.isascii():
+            for v2 in v.values():
+                if type(v2) is not str and v2 is not None:
                     return False
+            if not _ascii_keys(v):
+                return False
         else:
             return False
-        if type(k) is not str or not k.isascii():
-            return False
-    return True
+    return _ascii_keys(value)
 
 
 def canonical_document(value: dict) -> bytes:
