@@ -3,7 +3,8 @@
 Starts a run (or finds the one going), carries it in this process when no worker holds it, or
 follows the worker that does, until it finishes. On a terminal: one line rewritten in place
 (percentage, counts, rate, ETA); otherwise a plain summary at the end. Exit status: 0 valid,
-1 broken (each broken subject and log break listed), 2 missing configuration or no such tenant.
+1 broken (each broken subject and log break listed), 2 missing configuration, no such tenant or
+the database lost (the run resumes from its last step), 130 interrupted (likewise).
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ def run(args: argparse.Namespace, settings: Any, out: TextIO = sys.stdout) -> in
         return 2
     try:
         return asyncio.run(_verify(settings, proof, args, out))
+    except KeyboardInterrupt:
+        print("\ninterrupted: the run stays where its last step left it; run the command again to resume",
+              file=sys.stderr)
+        return 130
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"verification not finished ({type(exc).__name__}: {exc}); run the command again to resume",
               file=sys.stderr)

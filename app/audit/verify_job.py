@@ -16,6 +16,7 @@ blocks (app/proof/bundle_workers.py); the main loop plans them ahead and commits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -268,6 +269,10 @@ async def carry_on(write: asyncpg.Connection, settings: Settings, proof: Proof, 
         except LeaseLost:
             log.warning("verification %s of tenant %r: another worker holds it now; leaving it", run["id"],
                         run["tenant_id"])
+        except asyncio.CancelledError:  # Ctrl-C on `audit verify`, a cancelled task: the next holder need not wait
+            with contextlib.suppress(Exception):
+                await write.execute(RELEASE, run["id"], owner)
+            raise
         finally:
             await read.close()
     return finished

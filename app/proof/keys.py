@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from app.core.hashing import canonical_json  # RFC 8785 bytes, through its fast path
+from app.core.hashing import canonical_document, canonical_json  # RFC 8785 bytes, through its fast paths
 
 ALG = "EdDSA"
 SECRET_MIN_BYTES = 32
@@ -277,6 +277,11 @@ def _sealing(secret: bytes) -> Any:
     return hmac.new(secret, SEAL_CONTEXT, hashlib.sha256)
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> Any:
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
 def seal(secret: bytes, event_hash_hex: str) -> str:
     """An event's seal: only a holder of the secret can make one for a given event hash. (The keyed
     state after the context is made once per secret and copied: every event of a verification and
@@ -289,4 +294,6 @@ def seal(secret: bytes, event_hash_hex: str) -> str:
 def commitment(secret: bytes, obj: dict[str, Any]) -> str:
     """A keyed commitment to raw evidence (RFC 8785 form), checkable while the evidence exists and
     not brute-forceable from the chain once it is erased."""
-    return hmac.new(secret, canonical_json(obj), hashlib.sha256).hexdigest()
+    mac = _keyed(secret).copy()
+    mac.update(canonical_document(obj))
+    return mac.hexdigest()
