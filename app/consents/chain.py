@@ -26,9 +26,9 @@ def format_time(value: datetime | None) -> str | None:
     v = value if value.tzinfo is UTC else value.astimezone(UTC)
     if v.year < 1000:  # strftime's own %Y, whatever the platform pads it to
         return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    # the same text as that strftime, at a third of its cost (every event of a verification prints two)
-    return (f"{v.year}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}."
-            f"{v.microsecond:06d}Z")
+    # the same text as that strftime, at a fraction of its cost (every event of a verification prints
+    # two): in UTC, isoformat ends in "+00:00"
+    return v.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _text(value: Any) -> str | None:
