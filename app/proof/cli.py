@@ -27,7 +27,8 @@ COMMANDS = ("audit", "verify-bundle")
 
 
 def add_commands(subparsers: Any) -> None:
-    p_audit = subparsers.add_parser("audit", help="audit bundles: a tenant's whole ledger, checkable offline")
+    p_audit = subparsers.add_parser("audit", help="audit bundles (a tenant's whole ledger, checkable offline) and "
+                                                  "tenant-wide verification")
     actions = p_audit.add_subparsers(dest="audit_action", required=True)
     p_bundle = actions.add_parser(
         "bundle", help="write a tenant's audit bundle (ZIP): events, notices, disclosures, signed checkpoints, "
