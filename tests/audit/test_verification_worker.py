@@ -119,3 +119,32 @@ async def test_the_cli_shows_a_progress_line_on_a_terminal(client, auth, demo, d
     assert len(updates) >= 2 and all("%" in u and "events/s" in u and "ETA" in u for u in updates), updates
     assert "subjects 0/4" in updates[0] and "100.0%" in updates[-1] and "subjects 4/4" in updates[-1], updates
     assert "VALID" in out
+
+
+async def test_ctrl_c_leaves_the_run_to_the_next_command_which_resumes_it(client, auth, db, demo, database_url):
+    headers = auth(demo, "consents:write", "audit:read")
+    await seed(client, headers, "i-", 12)
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "audit", "verify", "--tenant", demo,
+                                "--batch-subjects", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        run_id = await until(lambda: db.fetchval("SELECT id FROM verification_runs WHERE tenant_id = $1 AND "
+                                                 "subjects_done >= 2", demo), 30, "the command's progress",
+                             interval=0.005)
+        async with db.transaction():  # its next step waits on the row: interrupted between two steps
+            await db.execute(RUN + " FOR UPDATE", run_id)
+            process.send_signal(2)  # SIGINT, as Ctrl-C
+            await asyncio.sleep(0.5)
+        code = await asyncio.to_thread(process.wait, 30)
+        assert code == 130, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    row = await db.fetchrow(RUN, run_id)
+    assert row["status"] == "running" and row["lease_until"] is None and row["subjects_done"] < 12, dict(row)
+    again = await asyncio.to_thread(_cli, database_url, demo)  # no wait for a lease: resumed at once
+    assert again.returncode == 0 and f"(verification {run_id})" in again.stdout, again.stdout + again.stderr
+    row = await db.fetchrow(RUN, run_id)
+    events = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
+    assert (row["subjects_done"], row["events_done"]) == (12, events)
