@@ -11,7 +11,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-import app.catalog.models  # noqa: F401 - register tables
+import app.audit.models  # noqa: F401 - register tables
+import app.catalog.models  # noqa: F401
 import app.consents.models  # noqa: F401
 import app.duties.models  # noqa: F401
 import app.proof.models  # noqa: F401

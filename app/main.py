@@ -19,6 +19,7 @@ from app.audit.router import router as audit_router
 from app.audit.changes import router as changes_router
 from app.audit.bundle_route import router as bundle_router
 from app.certificate.router import router as certificate_router
+from app.audit.verifications import router as verifications_router
 from app.permissions.audience_router import AUDIENCE_PATH
 from app.permissions.audience_router import router as audience_router
 from app.permissions.transactions import router as transactions_router
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(changes_router)
     app.include_router(bundle_router)
     app.include_router(certificate_router)
+    app.include_router(verifications_router)
     app.include_router(webhooks_router)
     app.include_router(proof_router)
 

@@ -129,11 +129,44 @@ def _state(report: Report, events: list[Mapping[str, Any]], states: list[Mapping
         report.add("state_mismatch", "the purpose has events but no current state", event)
 
 
-def _cited(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[str, Any]],
+def _commitment(known: dict[uuid.UUID, str], raw: Mapping[str, Any], secret: bytes) -> str:
+    if raw["id"] not in known:
+        known[raw["id"]] = keys.commitment(secret, {"id": str(raw["id"]), "ip": raw["ip"],
+                                                    "user_agent": raw["user_agent"], "guardian": raw["guardian"]})
+    return known[raw["id"]]
+
+
+class Cited:
+    """The catalog rows the events cite (CITED), indexed, each text's hash computed once however
+    many events cite it (a tenant-wide run shares one per batch of subjects)."""
+
+    def __init__(self, rows: list[Mapping[str, Any]]) -> None:
+        self.by = {(r["what"], r["id"]): r for r in rows if r["what"] != "disclosure"}
+        self.disclosures = {(r["id"], r["key"]): r for r in rows if r["what"] == "disclosure"}
+        self._notice_ok: dict[Any, bool] = {}
+        self._disclosure_ok: dict[tuple[Any, str], bool] = {}
+
+    def notice_ok(self, notice: Mapping[str, Any]) -> bool:
+        """The stored text hashes to the stored sha256."""
+        if notice["id"] not in self._notice_ok:
+            self._notice_ok[notice["id"]] = sha256_hex(notice["body"]) == notice["sha256"]
+        return self._notice_ok[notice["id"]]
+
+    def disclosure_ok(self, purpose_id: Any, disclosure_hash: str) -> bool:
+        """A stored disclosure of the purpose hashes to `disclosure_hash`."""
+        key = (purpose_id, disclosure_hash)
+        if key not in self._disclosure_ok:
+            row = self.disclosures.get(key)
+            self._disclosure_ok[key] = row is not None and \
+                sha256_hex(canonical_json(row["content"])) == disclosure_hash
+        return self._disclosure_ok[key]
+
+
+def _cited(report: Report, events: list[Mapping[str, Any]], cited: Cited,
            evidence: list[Mapping[str, Any]], secret: bytes, tenant: str) -> None:
     raw_by_id = {r["id"]: r for r in evidence}
-    by = {(r["what"], r["id"]): r for r in rows if r["what"] != "disclosure"}
-    disclosures = {(r["id"], r["key"]): r for r in rows if r["what"] == "disclosure"}
+    commitments: dict[uuid.UUID, str] = {}  # one visit's decisions share one evidence row
+    by = cited.by
     for event in events:
         purpose = by.get(("purpose", event["purpose_id"]))
         if purpose is None or purpose["tenant_id"] != tenant or purpose["key"] != event["purpose_key"]:
@@ -145,23 +178,19 @@ def _cited(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[s
         if event["notice_id"] is not None:
             notice = by.get(("notice", event["notice_id"]))
             if notice is None or (notice["key"], notice["version"]) != (event["notice_key"], event["notice_version"]) \
-                    or sha256_hex(notice["body"]) != notice["sha256"] or notice["sha256"] != event["notice_sha256"]:
+                    or not cited.notice_ok(notice) or notice["sha256"] != event["notice_sha256"]:
                 report.add("notice_mismatch", "the stored notice text does not hash to the version the event "
                                               "was recorded on", event)
-        if event["disclosure_hash"] is not None:
-            disclosure = disclosures.get((event["purpose_id"], event["disclosure_hash"]))
-            if disclosure is None or sha256_hex(canonical_json(disclosure["content"])) != event["disclosure_hash"]:
-                report.add("disclosure_mismatch", "no stored disclosure text hashes to the disclosure_hash shown",
-                           event)
+        if event["disclosure_hash"] is not None and not cited.disclosure_ok(event["purpose_id"],
+                                                                             event["disclosure_hash"]):
+            report.add("disclosure_mismatch", "no stored disclosure text hashes to the disclosure_hash shown", event)
         if event["evidence_id"] is not None:
             raw = raw_by_id.get(event["evidence_id"])
             if raw is None:
                 report.add("evidence_mismatch", "the evidence row the event commits to is gone", event)
             elif raw["commitment"] != event["evidence_commitment"]:
                 report.add("evidence_mismatch", "the evidence row carries another commitment", event)
-            elif raw["purged_at"] is None and keys.commitment(secret, {
-                    "id": str(raw["id"]), "ip": raw["ip"], "user_agent": raw["user_agent"],
-                    "guardian": raw["guardian"]}) != event["evidence_commitment"]:
+            elif raw["purged_at"] is None and _commitment(commitments, raw, secret) != event["evidence_commitment"]:
                 # purged rows keep only the commitment, which the chain itself covers
                 report.add("evidence_mismatch", "the raw evidence does not match the event's commitment", event)
 
@@ -191,6 +220,33 @@ def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[
     return {"logged": len(rows) - pending, "pending": pending}
 
 
+def check(subject: Mapping[str, Any], *, events: list[Mapping[str, Any]], states: list[Mapping[str, Any]],
+          cited: Cited, evidence: list[Mapping[str, Any]], logged: list[Mapping[str, Any]],
+          duty_records: list[Mapping[str, Any]], duties: list[Mapping[str, Any]], first_v2: int | None,
+          secret: bytes) -> dict[str, Any]:
+    """Every check of one subject on rows already read (one snapshot): `verify` below reads them for
+    one subject, app/audit/verify_batch.py for many at once."""
+    tenant = subject["tenant_id"]
+    report = Report()
+    _chain(report, subject, events, secret)
+    _state(report, events, states)
+    _cited(report, events, cited, evidence, secret, tenant)
+    duty_checks.check(report.add, tenant=tenant, member=subject["external_id"], events=events, records=duty_records,
+                      duties=duties, secret=secret)
+    log = _logged(report, [*events, *duty_records], logged, first_v2)
+    return {"subject_id": subject["external_id"], "valid": not report.breaks, "events_checked": len(events),
+            "duty_records_checked": len(duty_records),
+            "head_hash": subject["last_hash"], "log": log, "breaks": report.breaks,
+            "first_break": report.breaks[0] if report.breaks else None}
+
+
+def cited_ids(events: list[Mapping[str, Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """The CITED query's arguments: the purposes, collection points and notices the events name."""
+    return (list({e["purpose_id"] for e in events}),
+            list({e["collection_point_id"] for e in events if e["collection_point_id"]}),
+            list({e["notice_id"] for e in events if e["notice_id"]}))
+
+
 async def verify(pool: asyncpg.Pool, tenant: str, external_id: str, secret: bytes) -> dict[str, Any]:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         return await verify_in(conn, tenant, external_id, secret)
@@ -204,24 +260,12 @@ async def verify_in(conn: asyncpg.Connection, tenant: str, external_id: str, sec
         raise NotFound(f"no subject {external_id!r}")
     events = await conn.fetch(EVENTS, subject["id"])
     states = await conn.fetch(STATES, subject["id"])
-    cited = await conn.fetch(
-        CITED, list({e["purpose_id"] for e in events}),
-        list({e["collection_point_id"] for e in events if e["collection_point_id"]}),
-        list({e["notice_id"] for e in events if e["notice_id"]}))
+    cited = Cited(await conn.fetch(CITED, *cited_ids(events)))
     evidence = await conn.fetch(EVIDENCE, subject["id"])
     logged = await conn.fetch(LOG, subject["id"])
     duty_records = await conn.fetch(duty_checks.RECORDS, subject["id"])
     duties = await conn.fetch(duty_checks.DUTIES, subject["id"])
     first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
         else None
-    report = Report()
-    _chain(report, subject, events, secret)
-    _state(report, events, states)
-    _cited(report, events, cited, evidence, secret, tenant)
-    duty_checks.check(report.add, tenant=tenant, member=external_id, events=events, records=duty_records,
-                      duties=duties, secret=secret)
-    log = _logged(report, [*events, *duty_records], logged, first_v2)
-    return {"subject_id": external_id, "valid": not report.breaks, "events_checked": len(events),
-            "duty_records_checked": len(duty_records),
-            "head_hash": subject["last_hash"], "log": log, "breaks": report.breaks,
-            "first_break": report.breaks[0] if report.breaks else None}
+    return check(subject, events=events, states=states, cited=cited, evidence=evidence, logged=logged,
+                 duty_records=duty_records, duties=duties, first_v2=first_v2, secret=secret)

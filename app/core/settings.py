@@ -87,6 +87,13 @@ class Settings:
     # A checkpoint at least this often while there are new events; each one also written here.
     checkpoint_interval_seconds: float = 60
     checkpoint_dir: Path | None = None
+    # Tenant-wide verification runs (app/audit/verify_job.py): how often the worker looks for one,
+    # subjects per batch (one snapshot, one committed step), how long a silent worker keeps its run,
+    # and worker processes checking batches (0: one per CPU, at most 4; 1: in the worker itself).
+    verification_interval_seconds: float = 5
+    verification_batch_subjects: int = 1000
+    verification_lease_seconds: float = 30
+    verification_jobs: int = 0
 
     # Webhooks. Delays (seconds) before attempt 1, 2, ...; one attempt per entry, then a dead letter.
     webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)

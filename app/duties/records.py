@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import asyncpg
 
 from app.consents.chain import format_time
-from app.core.hashing import canonical_json, sha256_hex
+from app.core.hashing import canonical_document, sha256_hex
 from app.core.responses import dumps
 from app.duties.models import RECORD_VERSION
 from app.proof import keys
@@ -57,7 +57,7 @@ def document(record: Mapping[str, Any], *, tenant: str, subject_ref: str) -> dic
 
 
 def document_hash(doc: Mapping[str, Any]) -> str:
-    return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "hash"}))
+    return sha256_hex(canonical_document({k: v for k, v in doc.items() if k != "hash"}))
 
 
 @dataclass

@@ -4,6 +4,7 @@ app/cli.py adds these with `add_commands(subparsers)` and hands the parsed argum
 in COMMANDS to `run(args, settings)`. `python -m app.proof.cli ...` runs them on their own.
 
     consent-ledger audit bundle --tenant T --out FILE     needs DATABASE_URL and the keys
+    consent-ledger audit verify --tenant T                app/audit/verify_cli.py (its exit status there)
     consent-ledger verify-bundle FILE [--public-key KEY] [--trusted-checkpoint CP] [--json]
 
 verify-bundle needs neither a database nor any secret. Exit status: 0 valid, 1 breaks found (each
@@ -26,13 +27,19 @@ COMMANDS = ("audit", "verify-bundle")
 
 
 def add_commands(subparsers: Any) -> None:
-    p_audit = subparsers.add_parser("audit", help="audit bundles: a tenant's whole ledger, checkable offline")
+    p_audit = subparsers.add_parser("audit", help="audit bundles (a tenant's whole ledger, checkable offline) and "
+                                                  "tenant-wide verification")
     actions = p_audit.add_subparsers(dest="audit_action", required=True)
     p_bundle = actions.add_parser(
         "bundle", help="write a tenant's audit bundle (ZIP): events, notices, disclosures, signed checkpoints, "
                        "public keys (DATABASE_URL and the signing key required)")
     p_bundle.add_argument("--tenant", required=True)
     p_bundle.add_argument("--out", required=True, type=Path, help="the ZIP file to write")
+    from app.audit import verify_cli
+
+    verify_cli.add_arguments(actions.add_parser(
+        "verify", help="verify every subject of a tenant and its checkpoints against the log, resuming a run "
+                       "already going; exit 0 valid, 1 broken, 2 configuration (DATABASE_URL and the keys required)"))
     p_verify = subparsers.add_parser(
         "verify-bundle", help="check an audit bundle offline (no database, no secret); exit 0 valid, 1 breaks, "
                               "2 unreadable")
@@ -54,6 +61,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         return verify_bundle(args)
     if args.command == "audit" and args.audit_action == "bundle":
         return audit_bundle(args, settings)
+    if args.command == "audit" and args.audit_action == "verify":
+        from app.audit import verify_cli
+
+        return verify_cli.run(args, settings)
     raise ValueError(f"not a command of app.proof.cli: {args.command}")
 
 
@@ -101,17 +112,25 @@ def summary(result: Any) -> str:
     return f"{result.path}: {state}\n  {facts}{trusted} ({result.seconds:.2f} s{rate})"
 
 
-def audit_bundle(args: argparse.Namespace, settings: Any) -> int:
-    from app.core.errors import ProblemError
+def database_and_keys(settings: Any) -> Any:
+    """The Proof of a command that needs DATABASE_URL and the keys; None (said on stderr) without."""
     from app.proof.context import Proof
 
     if not settings.database_url:
         print("DATABASE_URL is not set", file=sys.stderr)
-        return 2
+        return None
     try:
-        proof = Proof.from_settings(settings)
+        return Proof.from_settings(settings)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
+        return None
+
+
+def audit_bundle(args: argparse.Namespace, settings: Any) -> int:
+    from app.core.errors import ProblemError
+
+    proof = database_and_keys(settings)
+    if proof is None:
         return 2
     try:
         manifest = asyncio.run(_bundle(settings, proof, args.tenant, args.out))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from app.core.hashing import canonical_json  # RFC 8785 bytes, through its fast path
+from app.core.hashing import canonical_document, canonical_json  # RFC 8785 bytes, through its fast paths
 
 ALG = "EdDSA"
 SECRET_MIN_BYTES = 32
@@ -271,12 +272,28 @@ def generate_secret_file(path: Path) -> bytes:
     return text.encode("ascii")
 
 
+@functools.lru_cache(maxsize=8)
+def _sealing(secret: bytes) -> Any:
+    return hmac.new(secret, SEAL_CONTEXT, hashlib.sha256)
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> Any:
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
 def seal(secret: bytes, event_hash_hex: str) -> str:
-    """An event's seal: only a holder of the secret can make one for a given event hash."""
-    return hmac.new(secret, SEAL_CONTEXT + event_hash_hex.encode("utf-8"), hashlib.sha256).hexdigest()
+    """An event's seal: only a holder of the secret can make one for a given event hash. (The keyed
+    state after the context is made once per secret and copied: every event of a verification and
+    of a write is sealed or checked here.)"""
+    mac = _sealing(secret).copy()
+    mac.update(event_hash_hex.encode("utf-8"))
+    return mac.hexdigest()
 
 
 def commitment(secret: bytes, obj: dict[str, Any]) -> str:
     """A keyed commitment to raw evidence (RFC 8785 form), checkable while the evidence exists and
     not brute-forceable from the chain once it is erased."""
-    return hmac.new(secret, canonical_json(obj), hashlib.sha256).hexdigest()
+    mac = _keyed(secret).copy()
+    mac.update(canonical_document(obj))
+    return mac.hexdigest()

@@ -31,6 +31,7 @@ from app.catalog.scheduled import run_basis_changes
 from app.core.settings import Settings
 from app.proof.checkpointer import run_checkpointer
 from app.duties.scheduler import run_scheduler
+from app.audit.verify_job import run_verifications
 from app.proof.context import Proof
 from app.webhooks import claim, metrics, results
 from app.webhooks.outbox import CHANNEL
@@ -314,7 +315,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     # The key that signs checkpoints (docs/proof.md), loaded before anything starts: missing keys
     # stop the worker here, as they stop the API.
     proof = (Proof.from_settings(settings)
-             if settings.checkpoint_interval_seconds > 0 or settings.duty_interval_seconds > 0 else None)
+             if settings.checkpoint_interval_seconds > 0 or settings.duty_interval_seconds > 0
+             or settings.verification_interval_seconds > 0 else None)
     served = metrics.serve(worker.metrics, settings)
     # Delivered messages, old dead letters and expired idempotency keys are purged from here, on its
     # own schedule and connection: every deployment runs a worker, so growth stays bounded without
@@ -327,6 +329,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     # Duties that come due or overdue (docs/duties.md): announced by webhook, recorded in their chains.
     duties = (asyncio.create_task(run_scheduler(settings, stop, proof))
               if proof is not None and settings.duty_interval_seconds > 0 else None)
+    # Tenant-wide verification runs asked for by auditors (app/audit/verify_job.py), resumed after a restart.
+    verifications = (asyncio.create_task(run_verifications(settings, stop, proof))
+                     if proof is not None and settings.verification_interval_seconds > 0 else None)
     # Reclassifications scheduled for a later date (docs/legal-model.md), applied once due.
     scheduler = (asyncio.create_task(run_basis_changes(settings, stop))
                  if settings.basis_change_interval_seconds > 0 else None)
@@ -335,7 +340,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await worker.run(stop)
     finally:
         stop.set()
-        background = {task for task in (purger, checkpointer, scheduler, duties) if task is not None}
+        background = {task for task in (purger, checkpointer, scheduler, duties, verifications) if task is not None}
         if background:
             # a batch or checkpoint in progress finishes, or is cut (a cut checkpoint rolls back)
             _, cut = await asyncio.wait(background, timeout=10)

@@ -7,7 +7,7 @@ import random
 import pytest
 import rfc8785
 
-from app.core.hashing import canonical_json
+from app.core.hashing import canonical_document, canonical_json
 
 # Every C0 control, the JCS short escapes, quotes, DEL, Korean, the line separators, astral
 # characters (surrogate pairs in UTF-16), and the BMP private-use area that sorts differently in
@@ -43,6 +43,20 @@ def test_fast_path_equals_rfc8785_on_fuzzed_documents():
     for _ in range(5000):
         value = {"doc": _value(rng), "s": _string(rng)}
         assert canonical_json(value) == rfc8785.dumps(value), value
+
+
+def test_the_document_path_equals_rfc8785_on_flat_and_other_documents():
+    rng = random.Random(9162)
+    for _ in range(5000):
+        # the flat shape of a ledger document (strings, nulls, integers, objects of strings), and
+        # sometimes anything else, which must fall back
+        value = {rng.choice("abcdefghij") + str(i): rng.choice([
+            _string(rng), None, rng.choice([0, 7, 2**53 - 1, -(2**53 - 1)]),
+            {"k" + str(j): rng.choice([_string(rng), None]) for j in range(rng.randint(0, 3))},
+            _value(rng)]) for i in range(rng.randint(0, 8))}
+        assert canonical_document(value) == rfc8785.dumps(value), value
+    with pytest.raises(rfc8785.IntegerDomainError):
+        canonical_document({"seq": 2**60})
 
 
 def test_what_falls_back():
