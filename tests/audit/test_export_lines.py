@@ -5,6 +5,7 @@ and Hangul."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import struct
@@ -58,3 +59,17 @@ def test_binary_copy_frames_survive_any_cut():
         frames = lines._Frames()
         out = b"".join(frames.feed(stream[i:i + cut]) for i in range(0, len(stream), cut))
         assert out == b"".join(rows) and frames.pending == b""
+
+
+async def test_an_export_outlives_the_statement_timeout_and_a_slow_reader(runtime_db):
+    """One COPY is one statement: the request's statement timeout must not cut a long export, and a
+    consumer slower than the COPY holds it back without losing a line."""
+    await runtime_db.execute("SET statement_timeout = '50ms'")
+    query = "SELECT n::text || E'\\n' FROM generate_series(1, 20000) n, pg_sleep(0.2)"
+    got = []
+    async with runtime_db.transaction(readonly=True):
+        async for chunk in lines.stream(runtime_db, query, []):
+            got.append(chunk)
+            await asyncio.sleep(0.001)
+    assert b"".join(got).split() == [str(n).encode() for n in range(1, 20001)]
+    assert await runtime_db.fetchval("SHOW statement_timeout") == "50ms"  # lifted for the export only
