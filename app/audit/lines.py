@@ -46,12 +46,13 @@ def _json_time(expr: str) -> str:
     return f"coalesce('\"' || to_char({expr} AT TIME ZONE 'UTC', '{TIME_FORMAT}') || '\"', 'null')"
 
 
-def _members(pairs: list[tuple[str, str]]) -> str:
-    """'{"a":' || a || ',"b":' || b || '}' for (name, SQL printing the JSON value) pairs."""
+def _members(pairs: list[tuple[str, str]], end: str = "'}'") -> str:
+    """concat('{"a":', a, ',"b":', b, '}') for (name, SQL printing the JSON value) pairs: one
+    concat() builds the line in one pass (a chain of || copies it once per piece)."""
     parts = []
     for i, (name, value) in enumerate(pairs):
-        parts.append(f"'{'{' if i == 0 else ','}\"{name}\":' || {value}")
-    return " || ".join(parts) + " || '}'"
+        parts += [f"'{'{' if i == 0 else ','}\"{name}\":'", value]
+    return f"concat({', '.join(parts)}, {end})"
 
 
 NOTICE = _members([("id", _json_uuid("e.notice_id")), ("key", _json_text("e.notice_key")),
@@ -60,19 +61,19 @@ NOTICE = _members([("id", _json_uuid("e.notice_id")), ("key", _json_text("e.noti
 EVIDENCE = _members([("id", _json_uuid("e.evidence_id")), ("commitment", _json_text("e.evidence_commitment"))])
 # chain.document's members, in its order, then the hash (queries.event_json)
 NDJSON_LINE = _members([
-    ("chain_version", "e.chain_version::text"), ("tenant", _json_text("e.tenant_id")),
-    ("subject_id", _json_text("s.external_id")), ("id", _json_uuid("e.id")), ("seq", "e.seq::text"),
-    ("request_id", _json_uuid("e.request_id")), ("purpose", _json_text("e.purpose_key")),
-    ("version", "e.version::text"), ("action", _json_text("e.action")), ("status", _json_text("e.status")),
+    ("chain_version", "e.chain_version"), ("tenant", "to_json(e.tenant_id)"),
+    ("subject_id", "to_json(s.external_id)"), ("id", "'\"' || e.id || '\"'"), ("seq", "e.seq"),
+    ("request_id", "'\"' || e.request_id || '\"'"), ("purpose", "to_json(e.purpose_key)"),
+    ("version", "e.version"), ("action", "to_json(e.action)"), ("status", "to_json(e.status)"),
     ("previous_status", _json_text("e.previous_status")),
     ("collection_point", _json_text("e.collection_point_key")),
     ("notice", f"CASE WHEN e.notice_id IS NULL THEN 'null' ELSE {NOTICE} END"),
-    ("disclosure_hash", _json_text("e.disclosure_hash")), ("method", _json_text("e.method")),
-    ("actor", _members([("type", _json_text("e.actor_type")), ("ref", _json_text("e.actor_ref"))])),
+    ("disclosure_hash", _json_text("e.disclosure_hash")), ("method", "to_json(e.method)"),
+    ("actor", _members([("type", "to_json(e.actor_type)"), ("ref", _json_text("e.actor_ref"))])),
     ("evidence", f"CASE WHEN e.evidence_id IS NULL THEN 'null' ELSE {EVIDENCE} END"),
     ("occurred_at", _json_time("e.occurred_at")), ("recorded_at", _json_time("e.recorded_at")),
-    ("reason", _json_text("e.reason")), ("prev_hash", _json_text("e.prev_hash")), ("hash", _json_text("e.hash")),
-]) + " || E'\\n'"
+    ("reason", _json_text("e.reason")), ("prev_hash", _json_text("e.prev_hash")), ("hash", "to_json(e.hash)"),
+], end="E'}\\n'")
 
 
 def _csv_field(expr: str) -> str:
@@ -94,7 +95,7 @@ CSV_FIELDS = (
     _csv_field("e.disclosure_hash"), _csv_field("e.method"), _csv_field("e.actor_type"), "e.id::text",
     _csv_field("e.prev_hash"), _csv_field("e.hash"),
 )
-CSV_LINE = " || ',' || ".join(CSV_FIELDS) + " || E'\\r\\n'"
+CSV_LINE = f"concat_ws(',', {', '.join(CSV_FIELDS)}) || E'\\r\\n'"
 
 FROM = "FROM consent_events e JOIN subjects s ON s.id = e.subject_id"
 
