@@ -87,11 +87,13 @@ def filters(catalog: Catalog, channel: str, subjects: int) -> list[Filter]:
     ]
 
 
-def _start(f: Filter, rng: random.Random) -> tuple[datetime, uuid.UUID]:
-    """Where a walk begins: at a random instant (a cursor as the service makes them), or before
-    everything (the filter's first page)."""
+def _start(f: Filter, params: dict[str, str], rng: random.Random) -> tuple[datetime, uuid.UUID]:
+    """Where a walk begins: at a random instant (a cursor as the service makes them), or at the
+    filter's first page (for the raw query: its range's start, so its index scan starts there too)."""
     if f.from_cursor:
         return EPOCH + timedelta(seconds=rng.randrange(int(SPAN.total_seconds()))), ZERO_ID
+    if "recorded_from" in params:
+        return datetime.fromisoformat(params["recorded_from"]) - timedelta(microseconds=1), ZERO_ID
     return EPOCH - timedelta(days=1), ZERO_ID
 
 
@@ -103,7 +105,13 @@ async def _http_walk(conn: Connection, server: Server, headers: dict[str, str], 
         query = urlencode({**params, "limit": PAGE, **({"cursor": cursor} if cursor else {})})
         data = encode_request("GET", f"/v1/audit/events?{query}", server.port, headers)
         started = time.perf_counter()
-        status, body = await conn.request(data)
+        try:
+            status, body = await conn.request(data)
+        except (asyncio.IncompleteReadError, ConnectionError):  # uvicorn closed it after 5 s idle
+            conn.close()
+            await conn.open()
+            started = time.perf_counter()
+            status, body = await conn.request(data)
         latencies.append(time.perf_counter() - started)
         if status != 200:
             raise RuntimeError(f"GET /v1/audit/events?{query} -> {status}: {body[:300]!r}\n"
@@ -152,7 +160,7 @@ async def _measure(dsn: str, server: Server, headers: dict[str, str], catalog: C
 
             def walk_start() -> tuple[dict[str, str], tuple[datetime, uuid.UUID]]:
                 params = f.params(rng)
-                return params, _start(f, rng)
+                return params, _start(f, params, rng)
 
             for _ in range(SAME_ROWS_WALKS + WARM_UP_WALKS):
                 params, start = walk_start()
