@@ -34,6 +34,13 @@ QUEUED_CHUNKS = 8  # COPY output waiting for the client; the COPY pauses beyond 
 EXPORT_TIMEOUT_SECONDS = 6 * 3600
 
 
+def _json_safe(expr: str) -> str:
+    """A value the table's CHECK constraints keep to [a-z0-9_] (action, status, method, actor_type; hash and
+    prev_hash are lowercase hex by ck_consent_events_hash_shape, and version 1 rows, older than that
+    check, carry hex SHA-256 too): quoted without to_json, which costs about 0.5 us a call."""
+    return f"coalesce('\"' || {expr} || '\"', 'null')"
+
+
 def _json_text(expr: str) -> str:
     return f"coalesce(to_json({expr})::text, 'null')"
 
@@ -64,15 +71,15 @@ NDJSON_LINE = _members([
     ("chain_version", "e.chain_version"), ("tenant", "to_json(e.tenant_id)"),
     ("subject_id", "to_json(s.external_id)"), ("id", "'\"' || e.id || '\"'"), ("seq", "e.seq"),
     ("request_id", "'\"' || e.request_id || '\"'"), ("purpose", "to_json(e.purpose_key)"),
-    ("version", "e.version"), ("action", "to_json(e.action)"), ("status", "to_json(e.status)"),
+    ("version", "e.version"), ("action", _json_safe("e.action")), ("status", _json_safe("e.status")),
     ("previous_status", _json_text("e.previous_status")),
     ("collection_point", _json_text("e.collection_point_key")),
     ("notice", f"CASE WHEN e.notice_id IS NULL THEN 'null' ELSE {NOTICE} END"),
-    ("disclosure_hash", _json_text("e.disclosure_hash")), ("method", "to_json(e.method)"),
-    ("actor", _members([("type", "to_json(e.actor_type)"), ("ref", _json_text("e.actor_ref"))])),
+    ("disclosure_hash", _json_text("e.disclosure_hash")), ("method", _json_safe("e.method")),
+    ("actor", _members([("type", _json_safe("e.actor_type")), ("ref", _json_text("e.actor_ref"))])),
     ("evidence", f"CASE WHEN e.evidence_id IS NULL THEN 'null' ELSE {EVIDENCE} END"),
     ("occurred_at", _json_time("e.occurred_at")), ("recorded_at", _json_time("e.recorded_at")),
-    ("reason", _json_text("e.reason")), ("prev_hash", _json_text("e.prev_hash")), ("hash", "to_json(e.hash)"),
+    ("reason", _json_text("e.reason")), ("prev_hash", _json_safe("e.prev_hash")), ("hash", _json_safe("e.hash")),
 ], end="E'}\\n'")
 
 
@@ -89,11 +96,11 @@ def _csv_notice(column: str) -> str:
 CSV_FIELDS = (
     f"coalesce(to_char(e.recorded_at AT TIME ZONE 'UTC', '{TIME_FORMAT}'), '')",
     f"coalesce(to_char(e.occurred_at AT TIME ZONE 'UTC', '{TIME_FORMAT}'), '')",
-    _csv_field("s.external_id"), "e.seq::text", _csv_field("e.purpose_key"), _csv_field("e.action"),
-    _csv_field("e.status"), _csv_field("e.previous_status"), _csv_field("e.collection_point_key"),
+    _csv_field("s.external_id"), "e.seq::text", _csv_field("e.purpose_key"), "coalesce(e.action, '')",
+    "coalesce(e.status, '')", _csv_field("e.previous_status"), _csv_field("e.collection_point_key"),
     _csv_notice("notice_key"), _csv_notice("notice_version"), _csv_notice("notice_sha256"),
-    _csv_field("e.disclosure_hash"), _csv_field("e.method"), _csv_field("e.actor_type"), "e.id::text",
-    _csv_field("e.prev_hash"), _csv_field("e.hash"),
+    _csv_field("e.disclosure_hash"), "coalesce(e.method, '')", "coalesce(e.actor_type, '')", "e.id::text",
+    "coalesce(e.prev_hash, '')", "coalesce(e.hash, '')",
 )
 CSV_LINE = f"concat_ws(',', {', '.join(CSV_FIELDS)}) || E'\\r\\n'"
 
