@@ -66,8 +66,9 @@ NOTICE = _members([("id", _json_uuid("e.notice_id")), ("key", _json_text("e.noti
                    ("version", _json_text("e.notice_version")), ("sha256", _json_text("e.notice_sha256")),
                    ("superseded_at", _json_time("e.notice_superseded_at"))])
 EVIDENCE = _members([("id", _json_uuid("e.evidence_id")), ("commitment", _json_text("e.evidence_commitment"))])
-# chain.document's members, in its order, then the hash (queries.event_json)
-NDJSON_LINE = _members([
+def _document(end: str) -> str:
+    """chain.document's members, in its order, then the hash (queries.event_json)."""
+    return _members([
     ("chain_version", "e.chain_version"), ("tenant", "to_json(e.tenant_id)"),
     ("subject_id", "to_json(s.external_id)"), ("id", "'\"' || e.id || '\"'"), ("seq", "e.seq"),
     ("request_id", "'\"' || e.request_id || '\"'"), ("purpose", "to_json(e.purpose_key)"),
@@ -80,7 +81,11 @@ NDJSON_LINE = _members([
     ("evidence", f"CASE WHEN e.evidence_id IS NULL THEN 'null' ELSE {EVIDENCE} END"),
     ("occurred_at", _json_time("e.occurred_at")), ("recorded_at", _json_time("e.recorded_at")),
     ("reason", _json_text("e.reason")), ("prev_hash", _json_safe("e.prev_hash")), ("hash", _json_safe("e.hash")),
-], end="E'}\\n'")
+    ], end=end)
+
+
+DOCUMENT = _document("'}'")  # one printed event: a search page's item
+NDJSON_LINE = _document("E'}\\n'")
 
 
 def _csv_field(expr: str) -> str:

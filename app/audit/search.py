@@ -4,7 +4,9 @@ Search pages with a keyset on (recorded_at, id), on the index (tenant_id, record
 export streams the same rows from one COPY inside one repeatable-read, read-only transaction (one
 consistent snapshot, memory flat whatever the count), as NDJSON (each line the event exactly as
 hashed: its document and hash) or CSV (a BOM and Korean headers on request, for Excel), printed by
-PostgreSQL (app/audit/lines.py), gzip-compressed when the client accepts it.
+PostgreSQL (app/audit/lines.py), gzip-compressed when the client accepts it. A search page's items
+are printed by the same SQL (bench/README.md, "Issue 11": Python printing was most of the
+service's own time per page).
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from app.audit import lines
 from app.audit.filters import EventFilter, where
-from app.consents import queries
 from app.core.pagination import decode_cursor, encode_cursor
 
 # zlib level 1: about 120,000 NDJSON events/s of one core against 57,000 at level 6 (the default),
 # for a file about 16 % larger (bench/README.md, "Issue 11"): at 6 the compression alone capped a
 # gzip export below the 100,000 events/s target.
 GZIP_LEVEL = 1
-SELECT = "SELECT e.*, s.external_id AS subject_ref FROM consent_events e JOIN subjects s ON s.id = e.subject_id"
 # CSV columns: (English header, Korean header, the event document's member or a path into it)
 COLUMNS = (
     ("recorded_at", "기록시각", ("recorded_at",)), ("occurred_at", "발생시각", ("occurred_at",)),
@@ -52,11 +53,12 @@ async def page(pool: asyncpg.Pool, tenant: str, f: EventFilter, *, cursor: str |
     f.check()
     after = decode_cursor(cursor, _cursor) if cursor else None
     condition, args = where(f, tenant, after)
-    rows = await pool.fetch(f"{SELECT} WHERE {condition} ORDER BY e.recorded_at, e.id LIMIT {limit + 1}", *args)
+    rows = await pool.fetch(f"SELECT {lines.DOCUMENT} AS document, e.recorded_at, e.id {lines.FROM} "
+                            f"WHERE {condition} ORDER BY e.recorded_at, e.id LIMIT {limit + 1}", *args)
     more = len(rows) > limit
     rows = rows[:limit]
-    result: dict[str, Any] = {
-        "items": [queries.event_json(r, tenant=tenant, subject_ref=r["subject_ref"]) for r in rows],
+    result: dict[str, Any] = {  # each item printed by PostgreSQL, as the export's lines (lines.py)
+        "items": [orjson.Fragment(r["document"]) for r in rows],
         "next_cursor": encode_cursor(rows[-1]["recorded_at"].isoformat(), rows[-1]["id"]) if more else None,
         "count": None,
     }

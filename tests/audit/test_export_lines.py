@@ -1,7 +1,7 @@
-"""The export's lines are printed by PostgreSQL (app/audit/lines.py): they must be byte for byte what
-the Python printers make of the same events (orjson of the printed event; csv.writer's row of the
-COLUMNS), also for member ids and reasons full of quotes, commas, line breaks, control characters
-and Hangul."""
+"""The search's items and the export's lines are printed by PostgreSQL (app/audit/lines.py): they
+must be byte for byte what the Python printers make of the same events (queries.event_json through
+orjson; csv.writer's row of the COLUMNS), also for member ids and reasons full of quotes, commas,
+line breaks, control characters and Hangul."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from urllib.parse import quote
 import orjson
 
 from app.audit import lines, search
+from app.consents import queries
+from app.core.responses import dumps_bytes
 from tests.helpers import sign_up
 
 AWKWARD = ['plain-1', 'a,"b"\nc', 'tab\there\r\x01\x1f\x7f', '회원 \\ \u2028 é']
@@ -33,21 +35,25 @@ def _csv(docs) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-async def test_postgres_prints_what_python_prints(client, auth, demo):
+async def test_postgres_prints_what_python_prints(client, auth, demo, db):
     write = auth(demo, "consents:write")
     for subject in AWKWARD:
         assert (await sign_up(client, write, quote(subject, safe=""), {"marketing-sms"})).status_code == 201
     withdrawn = await client.post(f"/v1/subjects/{quote(AWKWARD[1], safe='')}/consents/marketing-sms/withdraw",
                                   json={"reason": 'moved / "abroad",\n\t\x02 이사'}, headers=write)
     assert withdrawn.status_code == 200
+    rows = await db.fetch("SELECT e.*, s.external_id AS subject_ref FROM consent_events e JOIN subjects s "
+                          "ON s.id = e.subject_id WHERE e.tenant_id = $1 ORDER BY e.recorded_at, e.id", demo)
+    printed = [queries.event_json(r, tenant=demo, subject_ref=r["subject_ref"]) for r in rows]  # the Python printer
+    assert {e["subject_id"] for e in printed} == set(AWKWARD) and any(e["reason"] for e in printed)
     audit = auth(demo, "audit:read")
-    found = (await client.get("/v1/audit/events", params={"limit": 500}, headers=audit)).json()["items"]
-    assert {e["subject_id"] for e in found} == set(AWKWARD) and any(e["reason"] for e in found)
 
+    page = await client.get("/v1/audit/events", params={"limit": 500}, headers=audit)
+    assert page.content == dumps_bytes({"items": printed, "next_cursor": None, "count": None})
     ndjson = await client.get("/v1/audit/export", headers=audit)
-    assert ndjson.content == b"".join(orjson.dumps(e) + b"\n" for e in found)
+    assert ndjson.content == b"".join(orjson.dumps(e) + b"\n" for e in printed)
     as_csv = await client.get("/v1/audit/export", params={"format": "csv"}, headers=audit)
-    assert as_csv.content == search.csv_header(False, False) + _csv(found)
+    assert as_csv.content == search.csv_header(False, False) + _csv(printed)
     assert len(lines.CSV_FIELDS) == len(search.COLUMNS)
 
 
