@@ -32,15 +32,18 @@ def dsn(url: str) -> str:
 # The superuser URL create() returned -> the runtime role's URL on the same database (servers.start
 # serves the project with it).
 RUNTIME_URLS: dict[str, str] = {}
+PASSWORDS: dict[str, str] = {}
 
 
 def create(server_url: str) -> str:
     """A fresh database on the server (a superuser's URL), owned by the owner role and migrated to head
-    as that role (both roles made if missing, with fresh passwords: the bench's cluster is its own).
+    as that role (both roles made if missing, with passwords fresh for the run: the bench's cluster is its own).
     Returns the superuser's SQLAlchemy URL on it, for seeding and statistics; runtime_url() has the
     API's."""
     name = f"cl_bench_{uuid.uuid4().hex[:8]}"
-    passwords = {role: secrets.token_hex(16) for role in (roles.OWNER_ROLE, roles.RUNTIME_ROLE)}
+    if not PASSWORDS:  # once per run: roles.ensure sets them again, which must not lock out a running service
+        PASSWORDS.update({role: secrets.token_hex(16) for role in (roles.OWNER_ROLE, roles.RUNTIME_ROLE)})
+    passwords = PASSWORDS
     asyncio.run(roles.ensure(dsn(server_url), name, passwords))
     migrate(roles.with_login(server_url, roles.OWNER_ROLE, passwords[roles.OWNER_ROLE], name), roles.RUNTIME_ROLE)
     url = server_url.rsplit("/", 1)[0] + f"/{name}"

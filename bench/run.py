@@ -14,7 +14,10 @@ per service and scenario, alternating, best reported, 2), BENCH_CONNECTIONS (32)
 BENCH_EVENTS (events seeded for the second part, 5000000), BENCH_SAMPLES (subjects timed, 2000),
 BENCH_LOADGEN=python (use the Python generator even when wrk is installed), BENCH_SKIP_AUDIENCE=1 (skip the
 campaign audience check, bench/audience.py; BENCH_AUDIENCE ids, 100000), BENCH_SKIP_DUTIES=1 (skip the duty
-scheduler at 5M duties, bench/duties.py), BENCH_DURABLE=1 (run
+scheduler at 5M duties, bench/duties.py), BENCH_SKIP_AUDIT=1 (skip the auditors' search and export at
+BENCH_EVENTS, bench/audit_search.py and bench/audit_export.py; BENCH_AUDIT_WALKS walks per filter and side, 50;
+BENCH_AUDIT_FULL formats exported over the whole tenant, ndjson), BENCH_SKIP_PARTITION=1 (skip the write path
+on consent_events partitioned by hash of subject, bench/partitioned.py), BENCH_DURABLE=1 (run
 PostgreSQL with fsync and synchronous commit on; by default they are off), BASELINE_EVENT_STATEMENTS=each
 (the baseline inserts a call's events one statement each instead of in one).
 """
@@ -49,7 +52,7 @@ from app.core.db import create_pool
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.proof import keys
-from bench import audience, big, database, duties, log_proofs, servers
+from bench import audience, audit_export, audit_search, big, database, duties, log_proofs, partitioned, servers
 from bench.load import Result, Scenario, generator_name, run_load
 from bench.seed import Catalog, seed_parallel
 
@@ -62,7 +65,7 @@ SEEDED_EVENTS = 60  # more than one page of 50, so every history read returns a 
 # project req/s >= this x baseline: reads are what processors call before every ad, so they aim higher
 THROUGHPUT_TARGET = {"write": 0.7, "read": 0.8}
 P99_TARGET = 1.5  # project p99 <= 1.5 x baseline, writes and reads
-TIME_LIMIT = 60 * 60  # hard stop for the whole run, whatever hangs
+TIME_LIMIT = 60 * 60  # hard stop for the whole run, whatever hangs (longer for more than 5M events: below)
 RESULTS = Path(__file__).with_name("results")
 
 
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config.load(parser.parse_args(argv).big)
     signal.signal(signal.SIGTERM, _abort)
     signal.signal(signal.SIGALRM, _abort)
-    signal.alarm(TIME_LIMIT)
+    signal.alarm(TIME_LIMIT + 5 * 60 * max(0, config.events - 5_000_000) // 1_000_000)  # seeding and export: 5 min a million more
     _header(config)
 
     results: dict[str, Any] = {"started": datetime.now().astimezone().isoformat(), "config": asdict(config)}
@@ -307,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), jwt_issuer="consent-ledger-bench",
                             jwt_audience="consent-ledger")
         token = issue(settings, tenant=PROJECT_TENANT, sub="bench", scopes=["consents:write", "consents:read", "audit:read"],
-                      ttl_seconds=TIME_LIMIT + 600)
+                      ttl_seconds=3 * TIME_LIMIT)
         # the same headers go to both services, so both parse requests of the same size
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        project = servers.start("project", "app.main:create_app", free_port(), {
-            "DATABASE_URL": url, "JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
-            "JWT_AUDIENCE": settings.jwt_audience, **proof_env,
-        }, workdir)
+        project_env = {"JWT_SECRET": settings.jwt_secret, "JWT_ISSUER": settings.jwt_issuer,
+                       "JWT_AUDIENCE": settings.jwt_audience, **proof_env}
+        project = servers.start("project", "app.main:create_app", free_port(), {"DATABASE_URL": url, **project_env},
+                                workdir)
         cleanup.callback(project.stop)
 
         if config.compare:
@@ -335,11 +338,21 @@ def main(argv: list[str] | None = None) -> int:
                                                (settings.jwt_secret, settings.jwt_issuer, settings.jwt_audience))
         if os.environ.get("BENCH_SKIP_DUTIES") != "1" and config.compare:
             results["duties"] = duties.run(database.create(pg.url), secret)
+        if os.environ.get("BENCH_SKIP_PARTITION") != "1" and config.compare:
+            results["partitioned"] = partitioned.run(
+                pg.url, PROJECT_TENANT, lambda catalog: _scenarios(catalog)[0], project_env, headers, workdir, _check,
+                config.generator, config.seconds, config.warmup, config.rounds, config.connections, secret)
         if config.big:
             results["big"] = big.run(dsn, catalogs["project"], project, headers, config.events, config.samples,
                                      secret)
             results["log"] = log_proofs.run(database.dsn(database.runtime_url(url)), PROJECT_TENANT, project, headers,
                                             proof_env, config.samples, owner_dsn=dsn)
+            if os.environ.get("BENCH_SKIP_AUDIT") != "1":
+                results["audit_search"] = audit_search.run(dsn, catalogs["project"], project, headers,
+                                                           config.events // big.EVENTS_PER_SUBJECT,
+                                                           int(os.environ.get("BENCH_AUDIT_WALKS", "50")))
+                full = [f for f in os.environ.get("BENCH_AUDIT_FULL", "ndjson").split(",") if f]
+                results["audit_export"] = audit_export.run(dsn, PROJECT_TENANT, project, headers, full)
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{datetime.now():%Y%m%d-%H%M%S}.json"

@@ -1,10 +1,12 @@
 """GET /v1/audit/events and GET /v1/audit/export: the tenant's events by recorded time, filtered.
 
 Search pages with a keyset on (recorded_at, id), on the index (tenant_id, recorded_at, id). The
-export streams the same rows from a server-side cursor inside one repeatable-read, read-only
-transaction (one consistent snapshot, memory flat whatever the count), as NDJSON (each line the
-event exactly as hashed: its document and hash) or CSV (a BOM and Korean headers on request, for
-Excel), gzip-compressed when the client accepts it.
+export streams the same rows from one COPY inside one repeatable-read, read-only transaction (one
+consistent snapshot, memory flat whatever the count), as NDJSON (each line the event exactly as
+hashed: its document and hash) or CSV (a BOM and Korean headers on request, for Excel), printed by
+PostgreSQL (app/audit/lines.py), gzip-compressed when the client accepts it. A search page's items
+are printed by the same SQL (bench/README.md, "Issue 11": Python printing was most of the
+service's own time per page).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.audit import lines
 from app.audit.filters import EventFilter, where
-from app.consents import queries
 from app.core.pagination import decode_cursor, encode_cursor
 
-SELECT = "SELECT e.*, s.external_id AS subject_ref FROM consent_events e JOIN subjects s ON s.id = e.subject_id"
-PREFETCH = 5000
+# zlib level 1: about 120,000 NDJSON events/s of one core against 57,000 at level 6 (the default),
+# for a file about 16 % larger (bench/README.md, "Issue 11"): at 6 the compression alone capped a
+# gzip export below the 100,000 events/s target.
+GZIP_LEVEL = 1
 # CSV columns: (English header, Korean header, the event document's member or a path into it)
 COLUMNS = (
     ("recorded_at", "기록시각", ("recorded_at",)), ("occurred_at", "발생시각", ("occurred_at",)),
@@ -49,11 +53,12 @@ async def page(pool: asyncpg.Pool, tenant: str, f: EventFilter, *, cursor: str |
     f.check()
     after = decode_cursor(cursor, _cursor) if cursor else None
     condition, args = where(f, tenant, after)
-    rows = await pool.fetch(f"{SELECT} WHERE {condition} ORDER BY e.recorded_at, e.id LIMIT {limit + 1}", *args)
+    rows = await pool.fetch(f"SELECT {lines.DOCUMENT} AS document, e.recorded_at, e.id {lines.FROM} "
+                            f"WHERE {condition} ORDER BY e.recorded_at, e.id LIMIT {limit + 1}", *args)
     more = len(rows) > limit
     rows = rows[:limit]
-    result: dict[str, Any] = {
-        "items": [queries.event_json(r, tenant=tenant, subject_ref=r["subject_ref"]) for r in rows],
+    result: dict[str, Any] = {  # each item printed by PostgreSQL, as the export's lines (lines.py)
+        "items": [orjson.Fragment(r["document"]) for r in rows],
         "next_cursor": encode_cursor(rows[-1]["recorded_at"].isoformat(), rows[-1]["id"]) if more else None,
         "count": None,
     }
@@ -64,56 +69,27 @@ async def page(pool: asyncpg.Pool, tenant: str, f: EventFilter, *, cursor: str |
     return result
 
 
-def _value(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        doc = doc.get(key) if isinstance(doc, dict) else None
-    return doc
-
-
 def csv_header(korean: bool, bom: bool) -> bytes:
     out = io.StringIO()
     csv.writer(out).writerow([ko if korean else en for en, ko, _ in COLUMNS])
     return (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode("utf-8")
 
 
-def csv_lines(docs: list[dict[str, Any]]) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    for doc in docs:
-        writer.writerow(["" if (v := _value(doc, path)) is None else v for _, _, path in COLUMNS])
-    return out.getvalue().encode("utf-8")
-
-
-async def rows(pool: asyncpg.Pool, tenant: str, f: EventFilter) -> AsyncIterator[list[dict[str, Any]]]:
-    """The matching events as printed, a cursor batch at a time, from one snapshot."""
-    condition, args = where(f, tenant)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        batch: list[dict[str, Any]] = []
-        async for row in conn.cursor(f"{SELECT} WHERE {condition} ORDER BY e.recorded_at, e.id", *args,
-                                     prefetch=PREFETCH):
-            batch.append(queries.event_json(row, tenant=tenant, subject_ref=row["subject_ref"]))
-            if len(batch) >= PREFETCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-
 async def export(pool: asyncpg.Pool, tenant: str, f: EventFilter, *, fmt: str, korean: bool, bom: bool,
                  gzip: bool) -> AsyncIterator[bytes]:
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+    """The matching events, oldest first, as lines PostgreSQL prints (app/audit/lines.py), from one
+    snapshot: one COPY statement inside a repeatable-read, read-only transaction."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
 
     def out(data: bytes) -> bytes:
         return compressor.compress(data) if compressor else data
 
     if fmt == "csv":
         yield out(csv_header(korean, bom))
-    async for batch in rows(pool, tenant, f):
-        if fmt == "csv":
-            data = csv_lines(batch)
-        else:
-            data = b"\n".join(orjson.dumps(d) for d in batch) + b"\n"
-        if chunk := out(data):
-            yield chunk
+    condition, args = where(f, tenant)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async for data in lines.stream(conn, lines.statement(fmt, condition), args):
+            if chunk := out(data):
+                yield chunk
     if compressor:
         yield compressor.flush()
