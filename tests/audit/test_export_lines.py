@@ -79,3 +79,28 @@ async def test_an_export_outlives_the_statement_timeout_and_a_slow_reader(runtim
             await asyncio.sleep(0.001)
     assert b"".join(got).split() == [str(n).encode() for n in range(1, 20001)]
     assert await runtime_db.fetchval("SHOW statement_timeout") == "50ms"  # lifted for the export only
+
+
+async def test_an_export_whose_reader_stops_lets_go_of_its_connection(app, client, auth, demo, monkeypatch):
+    write = auth(demo, "consents:write")
+    for i in range(20):
+        assert (await sign_up(client, write, f"idle-{i}", {"marketing-sms"})).status_code == 201
+    monkeypatch.setattr(lines, "QUEUED_CHUNKS", 1)
+    monkeypatch.setattr(lines, "IDLE_SECONDS", 0.5)
+    condition, args = search.where(search.EventFilter(), demo)
+    pool = app.state.audit_pool
+    idle = pool.get_idle_size()
+    async with pool.acquire() as conn:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            chunks = lines.stream(conn, lines.statement("ndjson", condition), args)
+            await chunks.__anext__()  # one chunk read, then the reader stops
+            await asyncio.sleep(1.5)
+            try:
+                while True:
+                    await chunks.__anext__()
+            except StopAsyncIteration:
+                raise AssertionError("a stalled export ran to its end") from None
+            except TimeoutError:
+                pass
+    await asyncio.sleep(0.1)
+    assert pool.get_idle_size() >= idle
