@@ -186,6 +186,24 @@ def _dev_proof_keys(data_dir: Path) -> None:
     os.environ.setdefault("CHECKPOINT_DIR", str(data_dir / "checkpoints"))
 
 
+def _use_dev_database(settings: Settings) -> bool:
+    """A command run beside `make run` (no DATABASE_URL, `./.data` made by `consent-ledger dev`):
+    the dev database as the runtime role, with the dev keys, as the server uses them. The server
+    must be running (it runs the embedded PostgreSQL). False, and nothing set, otherwise."""
+    from app.core import roles
+
+    data_dir = settings.data_dir.resolve()
+    password = data_dir / f"pg.{roles.RUNTIME_ROLE}-password"
+    if settings.database_url or not password.exists():
+        return False
+    os.environ["DATABASE_URL"] = (f"postgresql+asyncpg://{roles.RUNTIME_ROLE}:{password.read_text().strip()}"
+                                  f"@127.0.0.1:{settings.embedded_pg_port}/{DEV_DATABASE}")
+    os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    _dev_proof_keys(data_dir)
+    get_settings.cache_clear()
+    return True
+
+
 def evidence(settings: Settings, args: argparse.Namespace) -> int:
     """`evidence purge --before T`: destroy raw evidence (IP, user agent, guardian verification)
     recorded before T; the chain keeps its commitments, so every proof stays valid."""
@@ -324,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
+    if args.command not in ("dev", "token", "serve", "worker", "migrate") and _use_dev_database(settings):
+        settings = get_settings()
     if args.command == "serve":
         if args.migrate:
             migrate_as_owner(settings)  # then serve with DATABASE_URL (the runtime role)
