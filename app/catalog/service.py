@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -248,7 +249,7 @@ def build_form(point: CollectionPoint, notice: Notice, presented: list[Presented
             category=p.category, section=legal.section_of(p.legal_basis, p.category), channel=p.channel,
             required=_required(p, c), checkbox=p.legal_basis == legal.CONSENT,
             recipient=_form_recipient(recipients.get(p.recipient_id)) if p.recipient_id else None,
-            disclosures=schemas.Disclosures.model_validate(p.disclosures), disclosure_hash=p.disclosure_hash,
+            disclosures=_disclosures(p), disclosure_hash=p.disclosure_hash,
         )
         for p, c in presented
     ]
@@ -267,6 +268,18 @@ def build_form(point: CollectionPoint, notice: Notice, presented: list[Presented
         ),
         sections=sections, purposes=items,
     )
+
+
+def _disclosures(purpose: Purpose) -> schemas.Disclosures:
+    """The purpose's stored wording; a row changed behind the service's back into something no form
+    can show is a 409 naming it, not a 500."""
+    try:
+        return schemas.Disclosures.model_validate(purpose.disclosures)
+    except ValidationError as exc:
+        raise Conflict(f"the stored disclosures of purpose {purpose.key!r} are not a wording the form can show "
+                       "(changed outside the service: see GET /v1/audit/changes)",
+                       errors=[{"field": f"purposes.{purpose.key}.disclosures", "reason": str(exc.errors()[0]["msg"])}],
+                       ) from exc
 
 
 def _form_recipient(recipient: Recipient | None) -> schemas.FormRecipient | None:

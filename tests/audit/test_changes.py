@@ -174,3 +174,14 @@ async def test_a_change_is_dated_when_it_is_made_in_utc_and_secrets_stay_secret(
             ).status_code == 404
     moved = (await client.get("/v1/collection-points/signup-2/form", params={"as_of": at}, headers=officer)).json()
     assert moved == await form(client, officer, "signup-2") and len(moved["purposes"]) == len(live["purposes"])
+
+
+async def test_a_wording_broken_behind_the_services_back_is_a_409_naming_it(client, auth, demo, db):
+    await db.execute("""UPDATE purposes SET disclosures = disclosures || '{"injected": 1}'
+                        WHERE tenant_id = $1 AND key = 'analytics'""", demo)
+    response = await client.get("/v1/collection-points/signup/form", headers=auth(demo))
+    assert response.status_code == 409 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "purposes.analytics.disclosures"
+    changes = (await client.get("/v1/audit/changes", params={"key": "analytics", "op": "update"},
+                                headers=auth(demo, "audit:read"))).json()["items"]
+    assert changes[-1]["after"]["disclosures"]["injected"] == 1 and changes[-1]["changed_by"].startswith("db:")
