@@ -16,13 +16,14 @@ from app.consents.chain import format_time
 
 class VerificationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    batch_subjects: int = Field(default=1000, ge=1, le=100_000,
+    batch_subjects: int = Field(default=1000, ge=1, le=10_000,
                                 description="Subjects read and committed per step (smaller: finer resume points)")
 
 
 class Progress(BaseModel):
     subjects_done: int
-    subjects_total: int = Field(description="The tenant's subjects when the run started (new ones are checked too)")
+    subjects_total: int = Field(description="The tenant's subjects when the run started (one created during the run "
+                                                "is checked only if its member id sorts after the position then)")
     events_done: int
     events_total: int = Field(description="Their events when the run started")
     duty_records_done: int
@@ -53,7 +54,8 @@ class VerificationRead(BaseModel):
     tenant: str
     status: Literal["running", "finished"]
     stage: Literal["subjects", "log", "done"]
-    valid: bool | None = Field(description="null while running")
+    valid: bool | None = Field(description="null while running, and for a run ended by an error")
+    error: str | None = Field(description="Why the run ended without a verdict (an error no retry would cure)")
     requested_by: str
     progress: Progress
     broken_total: int = Field(description="Broken subjects found so far")
@@ -86,7 +88,7 @@ def read(row: Any) -> dict[str, Any]:
     eta = 0.0 if finished else (max(row["events_total"] - row["events_done"], 0) / rate if rate else None)
     return {
         "id": row["id"], "tenant": row["tenant_id"], "status": row["status"], "stage": row["stage"],
-        "valid": row["valid"], "requested_by": row["requested_by"],
+        "valid": row["valid"], "error": row["error"], "requested_by": row["requested_by"],
         "progress": {"subjects_done": row["subjects_done"], "subjects_total": row["subjects_total"],
                      "events_done": row["events_done"], "events_total": row["events_total"],
                      "duty_records_done": row["duty_records_done"],

@@ -6,6 +6,7 @@ batch, never per subject.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections import defaultdict
@@ -142,6 +143,12 @@ async def _check_batch(conn: asyncpg.Connection, tenant: str, after: str | None,
             first_v2 = first_v2 if first_v2 is not None else []
             if not first_v2:
                 first_v2.append(await conn.fetchval(verification.FIRST_V2_LEAF, tenant))
+    # The checks are CPU only: in a thread, so the worker's loop (webhooks, a stop signal) keeps turning.
+    return await asyncio.to_thread(_check_all, subjects, events, cited, states, evidence, logged, records, duties,
+                                   first_v2, secret)
+
+
+def _check_all(subjects, events, cited, states, evidence, logged, records, duties, first_v2, secret) -> Batch:
     events_of = _by_subject(events)
     batch = Batch(last=subjects[-1]["external_id"], subjects=len(subjects))
     for subject in subjects:

@@ -84,10 +84,20 @@ WHERE id = $1 AND lease_owner = $2 AND status = 'running' AND stage = 'log'
 RETURNING id
 """
 RELEASE = "UPDATE verification_runs SET lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
+# A run that cannot go on (an error no retry will cure) ends, says why, and frees its tenant for a new one.
+FAILED = """
+UPDATE verification_runs SET status = 'finished', stage = 'done', valid = NULL, error = $3,
+       finished_at = clock_timestamp(), updated_at = clock_timestamp(), lease_owner = NULL, lease_until = NULL
+WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+"""
 
 
 class LeaseLost(Exception):
     """Another holder has the run now (this one was too slow, or thought dead)."""
+
+
+class _Stopping(Exception):
+    """The worker is stopping: the run is left, its lease released, for the next holder."""
 
 
 async def start(conn: asyncpg.Connection, tenant: str, requested_by: str, batch_subjects: int,
@@ -165,19 +175,43 @@ class Runner:
                 return False
             if await self.write.fetchval(TO_LOG, self.run["id"], self.owner, self.position) is None:
                 raise LeaseLost()
-        lease = self.settings.verification_lease_seconds
 
         async def beat() -> None:
-            if await self.write.fetchval(RENEW, self.run["id"], self.owner, lease) is None:
-                raise LeaseLost()
+            if self._stopping():
+                raise _Stopping()
+            await self._renew()
 
-        result = await verify_log.check_log(self.read, self.run["tenant_id"], self.proof,
-                                            checkpoint_dir=self.settings.checkpoint_dir, beat=beat)
+        try:
+            result = await verify_log.check_log(self.read, self.run["tenant_id"], self.proof,
+                                                checkpoint_dir=self.settings.checkpoint_dir, beat=beat)
+        except _Stopping:
+            await self.write.execute(RELEASE, self.run["id"], self.owner)
+            return False
         if await self.write.fetchval(FINISH, self.run["id"], self.owner, dumps(result),
                                      bool(result["breaks"])) is None:
             raise LeaseLost()
         await self._report({"stage": "done", "log": result})
         return True
+
+    async def _renew(self) -> None:
+        if await self.write.fetchval(RENEW, self.run["id"], self.owner,
+                                     self.settings.verification_lease_seconds) is None:
+            raise LeaseLost()
+
+    async def _renewing(self, work: Awaitable[Any]) -> Any:
+        """`work` (a batch), with the lease renewed every third of its length meanwhile: a batch longer
+        than the lease does not let another worker take the run from under it."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.verification_lease_seconds / 3)
+                await self._renew()
+
+        renewal = asyncio.create_task(renew())
+        try:
+            return await work
+        finally:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
 
     async def _commit(self, upto: str, batch: Batch) -> None:
         listed = batch.broken[:max(0, LISTED - self.listed)]
@@ -198,8 +232,9 @@ class Runner:
 
     async def _subjects(self) -> bool:
         while not self._stopping():
-            batch = await verify_batch.check_batch(self.read, self.run["tenant_id"], self.position,
-                                                   self.run["batch_subjects"], self.proof.secret, self.first_v2)
+            batch = await self._renewing(verify_batch.check_batch(
+                self.read, self.run["tenant_id"], self.position, self.run["batch_subjects"], self.proof.secret,
+                self.first_v2))
             if batch.last is None:
                 return True
             await self._commit(batch.last, batch)
@@ -228,12 +263,13 @@ class Runner:
                 if not pending:
                     return True
                 upto, future = pending.popleft()
-                await self._commit(upto, await future)
+                await self._commit(upto, await self._renewing(future))
             return False
         finally:
             for _, future in pending:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # the batches running finish (a second or so); the loop keeps turning meanwhile
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
 
 async def connect(url: str, settings: Settings, name: str, *, reader: bool = False) -> asyncpg.Connection:
@@ -269,6 +305,12 @@ async def carry_on(write: asyncpg.Connection, settings: Settings, proof: Proof, 
         except LeaseLost:
             log.warning("verification %s of tenant %r: another worker holds it now; leaving it", run["id"],
                         run["tenant_id"])
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            raise  # the database went away: the next round (or holder) resumes the run
+        except Exception as exc:  # noqa: BLE001 - anything else would fail the same way on every retry
+            log.exception("verification %s of tenant %r cannot go on; ended with its error", run["id"],
+                          run["tenant_id"])
+            await write.execute(FAILED, run["id"], owner, f"{type(exc).__name__}: {exc}"[:2000])
         except asyncio.CancelledError:  # Ctrl-C on `audit verify`, a cancelled task: the next holder need not wait
             with contextlib.suppress(Exception):
                 await write.execute(RELEASE, run["id"], owner)

@@ -94,7 +94,15 @@ async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list
             gap = next(edge.size + i for i, r in enumerate(rows) if r["idx"] != edge.size + i)
             breaks.append(_brk("log_gap", f"the log has no entry {gap}: entries were removed", leaf_index=gap))
             rows = rows[:gap - edge.size]
-        leaves = [merkle.leaf_hash(bytes.fromhex(r["event_hash"])) for r in rows]
+        leaves = []
+        for r in rows:  # a log entry whose hash is not one (written behind the service's back) is a break
+            try:
+                leaves.append(merkle.leaf_hash(bytes.fromhex(r["event_hash"])))
+            except (TypeError, ValueError):
+                breaks.append(_brk("log_entry", f"log entry {r['idx']} holds no SHA-256 ({str(r['event_hash'])[:80]!r})",
+                                   leaf_index=r["idx"]))
+                leaves.append(merkle.leaf_hash(b""))  # keeps the places of the entries after it
+
         at = 0
         while next_size is not None and next_size - edge.size <= len(leaves) - at:
             take = next_size - edge.size

@@ -136,3 +136,26 @@ async def test_scope_and_input(client, auth, demo):
     assert bad.status_code == 422
     bad = await client.get("/v1/audit/verifications?cursor=%%%", headers=headers)
     assert bad.status_code == 422
+
+
+async def test_a_log_entry_that_is_no_hash_is_a_break_and_a_run_that_cannot_go_on_ends(
+        app, client, runtime_db, db, demo, members, monkeypatch):
+    await proof_log.make_checkpoint(runtime_db, demo, app.state.proof)
+    await as_rogue(db, ("UPDATE ledger_log SET event_hash = 'zz' WHERE tenant_id = $1 AND idx = 2", demo))
+    run = await start(client, members)
+    assert await carry(app, runtime_db, demo) == 1  # it finishes: no longer stuck running for ever
+    done = await result(client, members, run["id"])
+    assert done["status"] == "finished" and done["valid"] is False
+    assert "log_entry" in {x["kind"] for x in done["log"]["breaks"]}, done["log"]
+
+    # Anything else that would fail the same way on every retry ends the run with its error, and the
+    # tenant may start the next one.
+    async def broken(*args, **kwargs):
+        raise ValueError("something no retry cures")
+
+    monkeypatch.setattr(verify_job.verify_log, "check_log", broken)
+    stuck = await start(client, members)
+    await carry(app, runtime_db, demo)
+    ended = await result(client, members, stuck["id"])
+    assert ended["status"] == "finished" and ended["valid"] is None and "no retry cures" in ended["error"]
+    await start(client, members)
