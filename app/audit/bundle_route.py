@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 from fastapi import APIRouter, Request
-from starlette.responses import StreamingResponse
 
 from app.auth.deps import AuditRead
 from app.core.db import AuditReader
-from app.core.errors import Busy, problem_responses
+from app.audit.streams import ReleasingResponse, Slots
+from app.core.errors import problem_responses
 from app.proof import log as proof_log
 from app.proof.bundle import BundleWriter, snapshot
 from app.proof.context import Proof
@@ -36,8 +36,7 @@ log = logging.getLogger("consent_ledger.audit")
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 409, 429))
 BUFFER = 4 << 20  # unread bytes before the writer waits
 IDLE_SECONDS = 300.0  # a reader taking nothing this long loses the download
-CONCURRENT = 2  # bundles written at once by one process
-_writing = threading.BoundedSemaphore(CONCURRENT)
+WRITING = Slots(2, "audit bundles")  # written at once by one process
 
 
 class _Stream:
@@ -129,54 +128,19 @@ async def audit_bundle(request: Request, principal: AuditRead, reader: AuditRead
     """Everything needed to check the tenant's ledger without the service: every event and duty record
     in log order, the notices and disclosures they cite, the catalog's history, the signed checkpoints,
     the public keys and a README (Korean and English) saying how to verify it."""
-    if not _writing.acquire(blocking=False):
-        raise Busy(f"{CONCURRENT} audit bundles are being written; try again when one is done",
-                   headers={"Retry-After": "30"})
-    conn = None
+    state = request.app.state
+    proof: Proof = state.proof
+    conn, release = await WRITING.hold(reader)
     try:
-        state = request.app.state
-        proof: Proof = state.proof
         await proof_log.make_checkpoint(state.pool, principal.tenant, proof, force=True,
                                         checkpoint_dir=state.settings.checkpoint_dir)
-        conn = await reader.acquire()
     except BaseException:
-        if conn is not None:
-            await reader.release(conn)
-        _writing.release()
+        await release()
         raise
-
-    released = False
-
-    async def release() -> None:  # once: from the writer's end, or the response's if it never started
-        nonlocal released
-        if released:
-            return
-        released = True
-        try:
-            await reader.release(conn)
-        finally:
-            _writing.release()
-
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"{principal.tenant}-audit-{stamp}.zip"
     stream = _Stream(asyncio.get_running_loop())
     writer = BundleWriter(stream, principal.tenant, drain=stream.drain)
     body = _body(stream, lambda: _produce(stream, writer, conn, proof, filename, release), filename)
-    return _BundleResponse(body, release, media_type="application/zip",
-                           headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-
-
-class _BundleResponse(StreamingResponse):
-    """A streamed response that gives back the bundle's connection and slot however it ends, even when
-    the client leaves before the body's first step (the body's own `finally` then never runs)."""
-
-    def __init__(self, body: AsyncIterator[bytes], release: Callable[[], Awaitable[None]], **kwargs) -> None:
-        super().__init__(body, **kwargs)
-        self.release = release
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
-            await self.release()
+    return ReleasingResponse(body, release, media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})

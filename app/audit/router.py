@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.responses import StreamingResponse
 
 from app.audit import search
 from app.audit.filters import EventFilter
+from app.audit.streams import ReleasingResponse, Slots
 from app.auth.deps import AuditRead
 from app.catalog.schemas import Category, Channel, LegalBasis
 from app.consents.schemas import Action, ActorType, Method
@@ -18,7 +18,9 @@ from app.core.responses import json_response
 from app.core.schemas import Key, UtcDatetime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 422))
+EXPORT_BUSY = problem_responses(429)
 Text = Annotated[str | None, Query(min_length=1, max_length=255)]
+EXPORTING = Slots(4, "exports")  # at once in one process: a few slow readers never hold the whole pool
 
 
 def event_filter(
@@ -56,7 +58,7 @@ async def search_events(
 
 @router.get("/export", operation_id="audit-export",
             responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}},
-                             "description": "The matching events, streamed"}})
+                             "description": "The matching events, streamed"}, **EXPORT_BUSY})
 async def export_events(
     request: Request, principal: AuditRead, pool: AuditReader, f: Filter,
     format: Annotated[Literal["ndjson", "csv"], Query(description="NDJSON: one event per line as hashed")] = "ndjson",
@@ -70,5 +72,7 @@ async def export_events(
     response_headers = {"Content-Disposition": f'attachment; filename="{principal.tenant}-events.{format}"'}
     if gzip:
         response_headers["Content-Encoding"] = "gzip"
-    return StreamingResponse(search.export(pool, principal.tenant, f, fmt=format, korean=headers == "ko", bom=bom,
-                                           gzip=gzip), media_type=media, headers=response_headers)
+    conn, release = await EXPORTING.hold(pool)  # before the first byte: busy is a 429, a full pool a 503
+    body = search.export(conn, principal.tenant, f, fmt=format, korean=headers == "ko", bom=bom, gzip=gzip,
+                         release=release)
+    return ReleasingResponse(body, release, media_type=media, headers=response_headers)

@@ -15,7 +15,7 @@ import csv
 import io
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -75,21 +75,25 @@ def csv_header(korean: bool, bom: bool) -> bytes:
     return (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode("utf-8")
 
 
-async def export(pool: asyncpg.Pool, tenant: str, f: EventFilter, *, fmt: str, korean: bool, bom: bool,
-                 gzip: bool) -> AsyncIterator[bytes]:
+async def export(conn: asyncpg.Connection, tenant: str, f: EventFilter, *, fmt: str, korean: bool, bom: bool,
+                 gzip: bool, release: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
     """The matching events, oldest first, as lines PostgreSQL prints (app/audit/lines.py), from one
-    snapshot: one COPY statement inside a repeatable-read, read-only transaction."""
+    snapshot: one COPY statement inside a repeatable-read, read-only transaction on `conn`, which
+    `release` gives back (with the caller's slot) as soon as the COPY ends."""
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
 
     def out(data: bytes) -> bytes:
         return compressor.compress(data) if compressor else data
 
-    if fmt == "csv":
-        yield out(csv_header(korean, bom))
-    condition, args = where(f, tenant)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        async for data in lines.stream(conn, lines.statement(fmt, condition), args):
-            if chunk := out(data):
-                yield chunk
+    try:
+        if fmt == "csv":
+            yield out(csv_header(korean, bom))
+        condition, args = where(f, tenant)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            async for data in lines.stream(conn, lines.statement(fmt, condition), args):
+                if chunk := out(data):
+                    yield chunk
+    finally:
+        await release()
     if compressor:
         yield compressor.flush()

@@ -147,20 +147,20 @@ async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_
 
     await run(later, send_blocks=True)
     await asyncio.sleep(0.1)
-    assert bundle_route._writing._value == bundle_route.CONCURRENT  # every slot given back
+    assert bundle_route.WRITING.free() == bundle_route.WRITING.count  # every slot given back
     if free is not None:
         assert pool.get_idle_size() >= free
 
     # Busy: past CONCURRENT bundles at once, a 429 problem with Retry-After.
-    for _ in range(bundle_route.CONCURRENT):
-        bundle_route._writing.acquire()
+    for _ in range(bundle_route.WRITING.count):
+        bundle_route.WRITING._free.acquire()
     try:
         busy = await httpx_client(app).get("/v1/audit/bundle", headers=headers)
         assert busy.status_code == 429 and busy.headers["retry-after"] == "30"
         assert busy.headers["content-type"] == "application/problem+json"
     finally:
-        for _ in range(bundle_route.CONCURRENT):
-            bundle_route._writing.release()
+        for _ in range(bundle_route.WRITING.count):
+            bundle_route.WRITING._free.release()
 
 
 def httpx_client(app):

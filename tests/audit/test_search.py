@@ -107,3 +107,22 @@ async def test_audit_reads_take_the_audit_database_pool(app, client, auth, demo)
         assert counting.calls == before  # the operator's reads stay on the primary
     finally:
         app.state.audit_pool = real
+
+
+async def test_exports_at_once_are_bounded_and_each_gives_its_connection_back(client, auth, demo):
+    from app.audit import router as audit_router
+
+    audit = await _tenant_with_events(client, auth, demo)
+    slots = audit_router.EXPORTING
+    for _ in range(3):
+        assert (await client.get("/v1/audit/export", headers=audit)).status_code == 200
+    assert slots.free() == slots.count  # every export gave its slot (and connection) back
+    for _ in range(slots.count):
+        slots._free.acquire()
+    try:
+        busy = await client.get("/v1/audit/export", headers=audit)
+        assert busy.status_code == 429 and busy.headers["content-type"] == "application/problem+json"
+        assert busy.headers["retry-after"] == "30"
+    finally:
+        for _ in range(slots.count):
+            slots._free.release()
