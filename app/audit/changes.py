@@ -19,6 +19,7 @@ import asyncpg
 from fastapi import APIRouter, Query
 
 from app.auth.deps import AuditRead
+from app.core.conditions import Conditions
 from app.core.db import AuditReader
 from app.core.errors import InvalidRequest, problem_responses
 from app.core.pagination import decode_cursor, encode_cursor
@@ -43,24 +44,18 @@ def _cursor(parts: list[str]) -> tuple[datetime, int]:
 
 async def page(pool: asyncpg.Pool, tenant: str, *, filters: dict[str, Any], changed_from: datetime | None,
                changed_to: datetime | None, cursor: str | None, limit: int) -> dict[str, Any]:
-    conditions, args = ["tenant_id = $1"], [tenant]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    where = Conditions("tenant_id = $1", tenant)
     for column, value in filters.items():
-        if value is not None:
-            conditions.append(f"{column} = {arg(value)}")
+        where.equal(column, value)
     if changed_from is not None:
-        conditions.append(f"changed_at >= {arg(changed_from)}")
+        where.add(f"changed_at >= {where.arg(changed_from)}")
     if changed_to is not None:
-        conditions.append(f"changed_at < {arg(changed_to)}")
+        where.add(f"changed_at < {where.arg(changed_to)}")
     if cursor:
         at, change_id = decode_cursor(cursor, _cursor)
-        conditions.append(f"(changed_at, id) > ({arg(at)}, {arg(change_id)})")
-    rows = await pool.fetch(f"SELECT {COLUMNS} FROM catalog_changes WHERE {' AND '.join(conditions)} "
-                            f"ORDER BY changed_at, id LIMIT {limit + 1}", *args)
+        where.add(f"(changed_at, id) > ({where.arg(at)}, {where.arg(change_id)})")
+    rows = await pool.fetch(f"SELECT {COLUMNS} FROM catalog_changes WHERE {where.sql} "
+                            f"ORDER BY changed_at, id LIMIT {limit + 1}", *where.args)
     more = len(rows) > limit
     rows = rows[:limit]
     return {

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from app.core.conditions import Conditions
 from app.core.errors import InvalidRequest
 
 
@@ -41,31 +42,22 @@ class EventFilter:
 
 def where(f: EventFilter, tenant: str, after: tuple[datetime, uuid.UUID] | None = None) -> tuple[str, list[Any]]:
     """(SQL condition on consent_events `e` and subjects `s`, its arguments)."""
-    args: list[Any] = [tenant]
-    conds = ["e.tenant_id = $1"]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    where = Conditions("e.tenant_id = $1", tenant)
     if f.recorded_from is not None:
-        conds.append(f"e.recorded_at >= {arg(f.recorded_from)}")
+        where.add(f"e.recorded_at >= {where.arg(f.recorded_from)}")
     if f.recorded_to is not None:
-        conds.append(f"e.recorded_at < {arg(f.recorded_to)}")
-    if f.subject_id is not None:
-        conds.append(f"s.external_id = {arg(f.subject_id)}")
+        where.add(f"e.recorded_at < {where.arg(f.recorded_to)}")
+    where.equal("s.external_id", f.subject_id)
     for column, value in (("purpose_key", f.purpose), ("action", f.action),
                           ("collection_point_key", f.collection_point), ("notice_key", f.notice_key),
                           ("notice_version", f.notice_version), ("actor_type", f.actor_type), ("method", f.method)):
-        if value is not None:
-            conds.append(f"e.{column} = {arg(value)}")
-    purpose_conds = []
-    for column, value in (("category", f.category), ("legal_basis", f.legal_basis), ("channel", f.channel)):
-        if value is not None:
-            purpose_conds.append(f"p.{column} = {arg(value)}")
+        where.equal(f"e.{column}", value)
+    purpose_conds = [f"p.{column} = {where.arg(value)}" for column, value in
+                     (("category", f.category), ("legal_basis", f.legal_basis), ("channel", f.channel))
+                     if value is not None]
     if purpose_conds:
-        conds.append(f"e.purpose_id IN (SELECT p.id FROM purposes p WHERE p.tenant_id = $1 AND "
-                     f"{' AND '.join(purpose_conds)})")
+        where.add(f"e.purpose_id IN (SELECT p.id FROM purposes p WHERE p.tenant_id = $1 AND "
+                  f"{' AND '.join(purpose_conds)})")
     if after is not None:
-        conds.append(f"(e.recorded_at, e.id) > ({arg(after[0])}, {arg(after[1])})")
-    return " AND ".join(conds), args
+        where.add(f"(e.recorded_at, e.id) > ({where.arg(after[0])}, {where.arg(after[1])})")
+    return where.sql, where.args

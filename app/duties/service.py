@@ -11,6 +11,7 @@ import asyncpg
 from app.core.responses import json_value
 from app.auth.deps import Principal
 from app.consents.chain import format_time
+from app.core.conditions import Conditions
 from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.core.pagination import decode_cursor, encode_cursor
 from app.consents import ledger
@@ -46,31 +47,21 @@ def read(row: asyncpg.Record) -> dict[str, Any]:
             "closed_at": row["closed_at"], "last_hash": row["last_hash"]}
 
 
-def _filters(principal: Principal, *, status: str | None, kind: str | None, subject_id: str | None,
-             purpose: str | None, processor: str | None, due_before: datetime | None) -> tuple[list[str], list[Any]]:
+def _filters(principal: Principal, *, status: str | None, subject_id: str | None, purpose: str | None,
+             processor: str | None, due_before: datetime | None) -> Conditions:
     if principal.processor is not None:
         if processor not in (None, principal.processor):
             raise Forbidden(f"processor {principal.processor!r} may list only its own duties")
         processor = principal.processor
-    where, args = ["d.tenant_id = $1"], [principal.tenant]
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    where = Conditions("d.tenant_id = $1", principal.tenant)
     if status is not None:
-        where.append(STATUS_SQL[status] if status in STATUS_SQL else f"d.status = {arg(status)}")
-    if kind is not None:
-        where.append(f"d.kind = {arg(kind)}")
-    if subject_id is not None:
-        where.append(f"s.external_id = {arg(subject_id)}")
-    if purpose is not None:
-        where.append(f"d.purpose_key = {arg(purpose)}")
-    if processor is not None:
-        where.append(f"d.processor_key = {arg(processor)}")
+        where.add(STATUS_SQL[status] if status in STATUS_SQL else f"d.status = {where.arg(status)}")
+    where.equal("s.external_id", subject_id)
+    where.equal("d.purpose_key", purpose)
+    where.equal("d.processor_key", processor)
     if due_before is not None:
-        where.append(f"d.due_at < {arg(due_before)}")
-    return where, args
+        where.add(f"d.due_at < {where.arg(due_before)}")
+    return where
 
 
 def _cursor(parts: list[str]) -> tuple[datetime, uuid.UUID]:
@@ -82,21 +73,18 @@ async def page(conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, *,
                subject_id: str | None, purpose: str | None, processor: str | None, due_before: datetime | None,
                cursor: str | None, limit: int, counts: bool) -> dict[str, Any]:
     """Duties by deadline (then id), a keyset page; `counts` per kind with the same filters."""
-    where, args = _filters(principal, status=status, kind=None, subject_id=subject_id, purpose=purpose,
-                           processor=processor, due_before=due_before)
-    count_where, count_args = list(where), list(args)
-    if kind is not None:
-        args.append(kind)
-        where.append(f"d.kind = ${len(args)}")
+    where = _filters(principal, status=status, subject_id=subject_id, purpose=purpose, processor=processor,
+                     due_before=due_before)
+    counted = where.copy()  # counts per kind: every filter but the kind and the page
+    where.equal("d.kind", kind)
     if cursor is not None:
         due, duty_id = decode_cursor(cursor, _cursor)
-        args += [due, duty_id]
-        where.append(f"(d.due_at, d.id) > (${len(args) - 1}, ${len(args)})")
-    args.append(limit + 1)
+        where.add(f"(d.due_at, d.id) > ({where.arg(due)}, {where.arg(duty_id)})")
+    limit_arg = where.arg(limit + 1)
     rows = await conn.fetch(
         f"SELECT d.*, s.external_id AS subject_ref, {EFFECTIVE} AS effective_status FROM duties d "
-        f"JOIN subjects s ON s.id = d.subject_id WHERE {' AND '.join(where)} ORDER BY d.due_at, d.id "
-        f"LIMIT ${len(args)}", *args)
+        f"JOIN subjects s ON s.id = d.subject_id WHERE {where.sql} ORDER BY d.due_at, d.id "
+        f"LIMIT {limit_arg}", *where.args)
     more = len(rows) > limit
     rows = rows[:limit]
     result: dict[str, Any] = {
@@ -106,7 +94,7 @@ async def page(conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, *,
     }
     if counts:
         found = await conn.fetch(f"SELECT d.kind, count(*) AS n FROM duties d JOIN subjects s ON s.id = d.subject_id "
-                                 f"WHERE {' AND '.join(count_where)} GROUP BY d.kind", *count_args)
+                                 f"WHERE {counted.sql} GROUP BY d.kind", *counted.args)
         result["counts"] = {r["kind"]: r["n"] for r in found}
     return result
 
