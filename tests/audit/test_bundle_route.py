@@ -100,14 +100,15 @@ def _scope(headers: dict[str, str]) -> dict:
             "client": ("127.0.0.1", 50000), "server": ("test", 80)}
 
 
-async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_slot(app, auth, demo, monkeypatch):
+async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_slot(app, client, auth, demo,
+                                                                                   monkeypatch):
     import asyncio
 
     from app.audit import bundle_route
 
     headers = auth(demo, "audit:read")
     for i in range(3):
-        assert (await sign_up(httpx_client(app), auth(demo), f"l-{i}", {"marketing-sms"})).status_code == 201
+        assert (await sign_up(client, auth(demo), f"l-{i}", {"marketing-sms"})).status_code == 201
     pool = app.state.audit_pool
 
     async def run(receive_after_start, send_blocks: bool) -> list[dict]:
@@ -131,7 +132,7 @@ async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_
         await asyncio.wait_for(app(_scope(headers), receive, send), 30)
         return sent
 
-    free = pool.get_idle_size() if hasattr(pool, "get_idle_size") else None
+    free = pool.get_idle_size()
 
     async def gone():
         return {"type": "http.disconnect"}
@@ -148,22 +149,16 @@ async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_
     await run(later, send_blocks=True)
     await asyncio.sleep(0.1)
     assert bundle_route.WRITING.free() == bundle_route.WRITING.count  # every slot given back
-    if free is not None:
-        assert pool.get_idle_size() >= free
+    assert pool.get_idle_size() >= free  # and every connection
 
     # Busy: past CONCURRENT bundles at once, a 429 problem with Retry-After.
     for _ in range(bundle_route.WRITING.count):
         bundle_route.WRITING._free.acquire()
     try:
-        busy = await httpx_client(app).get("/v1/audit/bundle", headers=headers)
+        busy = await client.get("/v1/audit/bundle", headers=headers)
         assert busy.status_code == 429 and busy.headers["retry-after"] == "30"
         assert busy.headers["content-type"] == "application/problem+json"
     finally:
         for _ in range(bundle_route.WRITING.count):
             bundle_route.WRITING._free.release()
 
-
-def httpx_client(app):
-    import httpx
-
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
