@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from app.consents import verification
+from app.consents import chain, verification
 
 UNBOUNDED = 2**62  # LIMIT of a planned batch: its range bounds it
 BREAKS_KEPT = 5  # per broken subject, the first breaks are listed (the per-subject verify shows them all)
@@ -135,7 +135,9 @@ async def _check_batch(conn: asyncpg.Connection, tenant: str, after: str | None,
         if not subjects:
             return Batch()
         ids = [s["id"] for s in subjects]
-        events = await conn.fetch(EVENTS, ids)
+        statement = await conn.prepare(EVENTS)
+        events = await statement.fetch(ids)
+        typed = chain.typed_rows(statement.get_attributes())
         cited = verification.Cited(await conn.fetch(verification.CITED, *verification.cited_ids(events)))
         states, evidence, logged, records, duties = [
             _by_subject(await conn.fetch(sql, ids)) for sql in (STATES, EVIDENCE, LOG, RECORDS, DUTIES)]
@@ -145,10 +147,11 @@ async def _check_batch(conn: asyncpg.Connection, tenant: str, after: str | None,
                 first_v2.append(await conn.fetchval(verification.FIRST_V2_LEAF, tenant))
     # The checks are CPU only: in a thread, so the worker's loop (webhooks, a stop signal) keeps turning.
     return await asyncio.to_thread(_check_all, subjects, events, cited, states, evidence, logged, records, duties,
-                                   first_v2, secret)
+                                   first_v2, secret, typed)
 
 
-def _check_all(subjects, events, cited, states, evidence, logged, records, duties, first_v2, secret) -> Batch:
+def _check_all(subjects, events, cited, states, evidence, logged, records, duties, first_v2, secret,
+               typed=False) -> Batch:
     events_of = _by_subject(events)
     batch = Batch(last=subjects[-1]["external_id"], subjects=len(subjects))
     for subject in subjects:
@@ -158,7 +161,7 @@ def _check_all(subjects, events, cited, states, evidence, logged, records, dutie
             subject, events=own, states=states.get(sid, []), cited=cited, evidence=evidence.get(sid, []),
             logged=logged.get(sid, []), duty_records=records.get(sid, []), duties=duties.get(sid, []),
             first_v2=first_v2[0] if first_v2 and any(e["chain_version"] == 1 for e in own) else None,
-            secret=secret)
+            secret=secret, typed=typed)
         batch.events += report["events_checked"]
         batch.duty_records += report["duty_records_checked"]
         if not report["valid"]:

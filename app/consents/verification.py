@@ -74,8 +74,10 @@ class Report:
             })
 
 
-def _chain(report: Report, subject: Mapping[str, Any], events: list[Mapping[str, Any]], secret: bytes) -> None:
+def _chain(report: Report, subject: Mapping[str, Any], events: list[Mapping[str, Any]], secret: bytes,
+           typed: bool) -> None:
     tenant, member = subject["tenant_id"], subject["external_id"]
+    hash_of = chain.row_hash if typed and type(tenant) is str and type(member) is str else chain.stored_hash
     previous_hash, previous_time, expected, seen_v2 = None, None, 1, False
     for event in events:
         if event["chain_version"] == 1 and seen_v2:
@@ -90,7 +92,7 @@ def _chain(report: Report, subject: Mapping[str, Any], events: list[Mapping[str,
         expected = event["seq"] + 1
         if event["tenant_id"] != tenant:
             report.add("altered_event", f"the row names tenant {event['tenant_id']!r}", event)
-        if chain.stored_hash(event, tenant=tenant, subject_ref=member) != event["hash"]:
+        if hash_of(event, tenant=tenant, subject_ref=member) != event["hash"]:
             report.add("altered_event", "the event's document (member id, tenant, content) does not hash to its "
                                         "stored hash", event)
         if event["prev_hash"] != previous_hash:
@@ -145,6 +147,7 @@ class Cited:
         self.disclosures = {(r["id"], r["key"]): r for r in rows if r["what"] == "disclosure"}
         self._notice_ok: dict[Any, bool] = {}
         self._disclosure_ok: dict[tuple[Any, str], bool] = {}
+        self.judged: dict[tuple[Any, ...], list[tuple[str, str]]] = {}  # by _cited
 
     def notice_ok(self, notice: Mapping[str, Any]) -> bool:
         """The stored text hashes to the stored sha256."""
@@ -162,28 +165,44 @@ class Cited:
         return self._disclosure_ok[key]
 
 
+def _catalog_breaks(event: Mapping[str, Any], cited: Cited, tenant: str) -> list[tuple[str, str]]:
+    """What is wrong with the catalog rows an event cites (purpose, collection point, notice text,
+    disclosure text), as (kind, detail)."""
+    out = []
+    by = cited.by
+    purpose = by.get(("purpose", event["purpose_id"]))
+    if purpose is None or purpose["tenant_id"] != tenant or purpose["key"] != event["purpose_key"]:
+        out.append(("catalog_mismatch", "the purpose row is not the one the event names"))
+    if event["collection_point_id"] is not None:
+        point = by.get(("collection_point", event["collection_point_id"]))
+        if point is None or point["key"] != event["collection_point_key"]:
+            out.append(("catalog_mismatch", "the collection point row is not the one the event names"))
+    if event["notice_id"] is not None:
+        notice = by.get(("notice", event["notice_id"]))
+        if notice is None or (notice["key"], notice["version"]) != (event["notice_key"], event["notice_version"]) \
+                or not cited.notice_ok(notice) or notice["sha256"] != event["notice_sha256"]:
+            out.append(("notice_mismatch", "the stored notice text does not hash to the version the event was "
+                                           "recorded on"))
+    if event["disclosure_hash"] is not None and not cited.disclosure_ok(event["purpose_id"], event["disclosure_hash"]):
+        out.append(("disclosure_mismatch", "no stored disclosure text hashes to the disclosure_hash shown"))
+    return out
+
+
 def _cited(report: Report, events: list[Mapping[str, Any]], cited: Cited,
            evidence: list[Mapping[str, Any]], secret: bytes, tenant: str) -> None:
     raw_by_id = {r["id"]: r for r in evidence}
     commitments: dict[uuid.UUID, str] = {}  # one visit's decisions share one evidence row
-    by = cited.by
+    judged = cited.judged
     for event in events:
-        purpose = by.get(("purpose", event["purpose_id"]))
-        if purpose is None or purpose["tenant_id"] != tenant or purpose["key"] != event["purpose_key"]:
-            report.add("catalog_mismatch", "the purpose row is not the one the event names", event)
-        if event["collection_point_id"] is not None:
-            point = by.get(("collection_point", event["collection_point_id"]))
-            if point is None or point["key"] != event["collection_point_key"]:
-                report.add("catalog_mismatch", "the collection point row is not the one the event names", event)
-        if event["notice_id"] is not None:
-            notice = by.get(("notice", event["notice_id"]))
-            if notice is None or (notice["key"], notice["version"]) != (event["notice_key"], event["notice_version"]) \
-                    or not cited.notice_ok(notice) or notice["sha256"] != event["notice_sha256"]:
-                report.add("notice_mismatch", "the stored notice text does not hash to the version the event "
-                                              "was recorded on", event)
-        if event["disclosure_hash"] is not None and not cited.disclosure_ok(event["purpose_id"],
-                                                                             event["disclosure_hash"]):
-            report.add("disclosure_mismatch", "no stored disclosure text hashes to the disclosure_hash shown", event)
+        # most events of a batch cite the same few catalog rows: each combination is judged once
+        cites = (tenant, event["purpose_id"], event["purpose_key"], event["collection_point_id"],
+                 event["collection_point_key"], event["notice_id"], event["notice_key"], event["notice_version"],
+                 event["notice_sha256"], event["disclosure_hash"])
+        breaks = judged.get(cites)
+        if breaks is None:
+            breaks = judged[cites] = _catalog_breaks(event, cited, tenant)
+        for kind, detail in breaks:
+            report.add(kind, detail, event)
         if event["evidence_id"] is not None:
             raw = raw_by_id.get(event["evidence_id"])
             if raw is None:
@@ -223,12 +242,13 @@ def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[
 def check(subject: Mapping[str, Any], *, events: list[Mapping[str, Any]], states: list[Mapping[str, Any]],
           cited: Cited, evidence: list[Mapping[str, Any]], logged: list[Mapping[str, Any]],
           duty_records: list[Mapping[str, Any]], duties: list[Mapping[str, Any]], first_v2: int | None,
-          secret: bytes) -> dict[str, Any]:
+          secret: bytes, typed: bool = False) -> dict[str, Any]:
     """Every check of one subject on rows already read (one snapshot): `verify` below reads them for
-    one subject, app/audit/verify_batch.py for many at once."""
+    one subject, app/audit/verify_batch.py for many at once. `typed`: the events came from a
+    statement chain.typed_rows accepted."""
     tenant = subject["tenant_id"]
     report = Report()
-    _chain(report, subject, events, secret)
+    _chain(report, subject, events, secret, typed)
     _state(report, events, states)
     _cited(report, events, cited, evidence, secret, tenant)
     duty_checks.check(report.add, tenant=tenant, member=subject["external_id"], events=events, records=duty_records,
@@ -258,7 +278,8 @@ async def verify_in(conn: asyncpg.Connection, tenant: str, external_id: str, sec
     subject = await conn.fetchrow(SUBJECT, tenant, external_id)
     if subject is None:
         raise NotFound(f"no subject {external_id!r}")
-    events = await conn.fetch(EVENTS, subject["id"])
+    statement = await conn.prepare(EVENTS)
+    events = await statement.fetch(subject["id"])
     states = await conn.fetch(STATES, subject["id"])
     cited = Cited(await conn.fetch(CITED, *cited_ids(events)))
     evidence = await conn.fetch(EVIDENCE, subject["id"])
@@ -268,4 +289,5 @@ async def verify_in(conn: asyncpg.Connection, tenant: str, external_id: str, sec
     first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
         else None
     return check(subject, events=events, states=states, cited=cited, evidence=evidence, logged=logged,
-                 duty_records=duty_records, duties=duties, first_v2=first_v2, secret=secret)
+                 duty_records=duty_records, duties=duties, first_v2=first_v2, secret=secret,
+                 typed=chain.typed_rows(statement.get_attributes()))
