@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
-
 from app.auth.tokens import issue
 from app.core import roles
 from app.core.embedded_pg import EmbeddedPostgres, free_port
