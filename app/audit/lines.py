@@ -35,58 +35,94 @@ QUEUED_CHUNKS = 8  # COPY output waiting for the client; the COPY pauses beyond 
 EXPORT_TIMEOUT_SECONDS = 6 * 3600
 
 
-def _json_safe(expr: str) -> str:
+# A member's value is a list of pieces: Lit (JSON text as is) or Sql (an expression printing JSON
+# text). concat() takes every piece of a line as one argument, literals merged, so a NOT NULL column
+# of a known shape is printed between two quote literals with no intermediate string at all.
+class Lit(str):
+    pass
+
+
+class Sql(str):
+    pass
+
+
+Piece = Lit | Sql
+
+
+def _safe(expr: str, nullable: bool = True) -> list[Piece]:
     """A value the table's CHECK constraints keep to [a-z0-9_] (action, status, method, actor_type; hash and
     prev_hash are lowercase hex by ck_consent_events_hash_shape, and version 1 rows, older than that
-    check, carry hex SHA-256 too): quoted without to_json, which costs about 0.5 us a call."""
-    return f"coalesce('\"' || {expr} || '\"', 'null')"
+    check, carry hex SHA-256 too), or a uuid: quoted without to_json, which costs about 0.5 us a call."""
+    if nullable:
+        return [Sql(f"coalesce('\"' || {expr} || '\"', 'null')")]
+    return [Lit('"'), Sql(expr), Lit('"')]
 
 
-def _json_text(expr: str) -> str:
-    return f"coalesce(to_json({expr})::text, 'null')"
+def _text(expr: str, nullable: bool = True) -> list[Piece]:
+    return [Sql(f"coalesce(to_json({expr})::text, 'null')" if nullable else f"to_json({expr})")]
 
 
-def _json_uuid(expr: str) -> str:
-    return f"coalesce('\"' || {expr}::text || '\"', 'null')"
+def _time(expr: str, nullable: bool = True) -> list[Piece]:
+    printed = f"to_char({expr} AT TIME ZONE 'UTC', '{TIME_FORMAT}')"
+    if nullable:
+        return [Sql(f"coalesce('\"' || {printed} || '\"', 'null')")]
+    return [Lit('"'), Sql(printed), Lit('"')]
 
 
-def _json_time(expr: str) -> str:
-    return f"coalesce('\"' || to_char({expr} AT TIME ZONE 'UTC', '{TIME_FORMAT}') || '\"', 'null')"
+def _object(members: list[tuple[str, list[Piece]]]) -> list[Piece]:
+    out: list[Piece] = []
+    for i, (name, value) in enumerate(members):
+        out += [Lit(f'{"{" if i == 0 else ","}"{name}":'), *value]
+    return [*out, Lit("}")]
 
 
-def _members(pairs: list[tuple[str, str]], end: str = "'}'") -> str:
-    """concat('{"a":', a, ',"b":', b, '}') for (name, SQL printing the JSON value) pairs: one
-    concat() builds the line in one pass (a chain of || copies it once per piece)."""
-    parts = []
-    for i, (name, value) in enumerate(pairs):
-        parts += [f"'{'{' if i == 0 else ','}\"{name}\":'", value]
-    return f"concat({', '.join(parts)}, {end})"
+def _concat(pieces: list[Piece]) -> str:
+    """concat() of the pieces, adjacent literals merged: one pass builds the line (a chain of ||
+    would copy it once per piece)."""
+    args: list[str] = []
+    literal = ""
+    for piece in pieces:
+        if isinstance(piece, Lit):
+            literal += piece
+            continue
+        if literal:
+            args.append("E'" + literal.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n") + "'")
+            literal = ""
+        args.append(piece)
+    if literal:
+        args.append("E'" + literal.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n") + "'")
+    return f"concat({', '.join(args)})"
 
 
-NOTICE = _members([("id", _json_uuid("e.notice_id")), ("key", _json_text("e.notice_key")),
-                   ("version", _json_text("e.notice_version")), ("sha256", _json_text("e.notice_sha256")),
-                   ("superseded_at", _json_time("e.notice_superseded_at"))])
-EVIDENCE = _members([("id", _json_uuid("e.evidence_id")), ("commitment", _json_text("e.evidence_commitment"))])
-def _document(end: str) -> str:
-    """chain.document's members, in its order, then the hash (queries.event_json)."""
-    return _members([
-    ("chain_version", "e.chain_version"), ("tenant", "to_json(e.tenant_id)"),
-    ("subject_id", "to_json(s.external_id)"), ("id", "'\"' || e.id || '\"'"), ("seq", "e.seq"),
-    ("request_id", "'\"' || e.request_id || '\"'"), ("purpose", "to_json(e.purpose_key)"),
-    ("version", "e.version"), ("action", _json_safe("e.action")), ("status", _json_safe("e.status")),
-    ("previous_status", _json_text("e.previous_status")),
-    ("collection_point", _json_text("e.collection_point_key")),
-    ("notice", f"CASE WHEN e.notice_id IS NULL THEN 'null' ELSE {NOTICE} END"),
-    ("disclosure_hash", _json_text("e.disclosure_hash")), ("method", _json_safe("e.method")),
-    ("actor", _members([("type", _json_safe("e.actor_type")), ("ref", _json_text("e.actor_ref"))])),
-    ("evidence", f"CASE WHEN e.evidence_id IS NULL THEN 'null' ELSE {EVIDENCE} END"),
-    ("occurred_at", _json_time("e.occurred_at")), ("recorded_at", _json_time("e.recorded_at")),
-    ("reason", _json_text("e.reason")), ("prev_hash", _json_safe("e.prev_hash")), ("hash", _json_safe("e.hash")),
-    ], end=end)
+def _nullable_object(present: str, members: list[tuple[str, list[Piece]]]) -> list[Piece]:
+    return [Sql(f"CASE WHEN {present} IS NULL THEN 'null' ELSE {_concat(_object(members))} END")]
 
 
-DOCUMENT = _document("'}'")  # one printed event: a search page's item
-NDJSON_LINE = _document("E'}\\n'")
+NOTICE = _nullable_object("e.notice_id", [
+    ("id", _safe("e.notice_id::text", nullable=False)), ("key", _text("e.notice_key")),
+    ("version", _text("e.notice_version")), ("sha256", _text("e.notice_sha256")),
+    ("superseded_at", _time("e.notice_superseded_at"))])
+EVIDENCE = _nullable_object("e.evidence_id", [
+    ("id", _safe("e.evidence_id::text", nullable=False)), ("commitment", _text("e.evidence_commitment"))])
+# chain.document's members, in its order, then the hash (queries.event_json). NOT NULL columns
+# (tenant_id, seq, version, action, status, method, actor_type, occurred_at, recorded_at,
+# request_id, hash, chain_version, purpose_key; subjects.external_id) print without coalesce.
+MEMBERS: list[tuple[str, list[Piece]]] = [
+    ("chain_version", [Sql("e.chain_version")]), ("tenant", _text("e.tenant_id", nullable=False)),
+    ("subject_id", _text("s.external_id", nullable=False)), ("id", _safe("e.id", nullable=False)),
+    ("seq", [Sql("e.seq")]), ("request_id", _safe("e.request_id", nullable=False)),
+    ("purpose", _text("e.purpose_key", nullable=False)), ("version", [Sql("e.version")]),
+    ("action", _safe("e.action", nullable=False)), ("status", _safe("e.status", nullable=False)),
+    ("previous_status", _text("e.previous_status")), ("collection_point", _text("e.collection_point_key")),
+    ("notice", NOTICE), ("disclosure_hash", _text("e.disclosure_hash")),
+    ("method", _safe("e.method", nullable=False)),
+    ("actor", _object([("type", _safe("e.actor_type", nullable=False)), ("ref", _text("e.actor_ref"))])),
+    ("evidence", EVIDENCE), ("occurred_at", _time("e.occurred_at", nullable=False)),
+    ("recorded_at", _time("e.recorded_at", nullable=False)), ("reason", _text("e.reason")),
+    ("prev_hash", _safe("e.prev_hash")), ("hash", _safe("e.hash", nullable=False)),
+]
+DOCUMENT = _concat(_object(MEMBERS))  # one printed event: a search page's item
+NDJSON_LINE = _concat([*_object(MEMBERS), Lit("\n")])
 
 
 def _csv_field(expr: str) -> str:
@@ -156,7 +192,7 @@ class _Frames:
         return b"".join(out)
 
 
-async def stream(conn: asyncpg.Connection, query: str, args: list[Any]) -> AsyncIterator[bytes]:
+async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *, workers: int = 0) -> AsyncIterator[bytes]:
     """The lines `query` prints, as COPY hands them over (`conn` inside a transaction). Once QUEUED_CHUNKS wait for the consumer
     the COPY pauses (asyncpg stops reading the socket while its sink waits), so a slow client
     holds back the server instead of filling memory."""
@@ -182,6 +218,7 @@ async def stream(conn: asyncpg.Connection, query: str, args: list[Any]) -> Async
             queue.put_nowait(None)
 
     await conn.execute("SET LOCAL statement_timeout = 0")
+    await conn.execute(f"SET LOCAL max_parallel_workers_per_gather = {int(workers)}")
     task = asyncio.create_task(copy())
     try:
         while (chunk := await queue.get()) is not None:
