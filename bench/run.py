@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             results["log"] = log_proofs.run(database.dsn(database.runtime_url(url)), PROJECT_TENANT, project, headers,
                                             proof_env, config.samples, owner_dsn=dsn)
             if os.environ.get("BENCH_SKIP_AUDIT") != "1":
+                results["cluster_seconds"] = audit_search.cluster_by_time(dsn)
                 results["audit_search"] = audit_search.run(dsn, catalogs["project"], project, headers,
                                                            config.events // big.EVENTS_PER_SUBJECT,
                                                            int(os.environ.get("BENCH_AUDIT_WALKS", "50")))

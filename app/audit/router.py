@@ -74,5 +74,5 @@ async def export_events(
         response_headers["Content-Encoding"] = "gzip"
     conn, release = await EXPORTING.hold(pool)  # before the first byte: busy is a 429, a full pool a 503
     body = search.export(conn, principal.tenant, f, fmt=format, korean=headers == "ko", bom=bom, gzip=gzip,
-                         release=release, workers=request.app.state.settings.export_parallel_workers)
+                         release=release)
     return ReleasingResponse(body, release, media_type=media, headers=response_headers)

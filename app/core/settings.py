@@ -94,9 +94,6 @@ class Settings:
     verification_batch_subjects: int = 1000
     verification_lease_seconds: float = 30
     verification_jobs: int = 0
-    # PostgreSQL parallel workers one export may use to print its lines (max_parallel_workers_per_gather
-    # for its COPY; 0: the export's own backend alone). Printing JSON is most of an export's cost.
-    export_parallel_workers: int = 2
 
     # Webhooks. Delays (seconds) before attempt 1, 2, ...; one attempt per entry, then a dead letter.
     webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -131,8 +128,6 @@ class Settings:
                 values[field.name] = _PARSERS[field.type](raw)
         if values.get("webhook_retry_schedule") == ():
             raise ValueError("WEBHOOK_RETRY_SCHEDULE needs at least one delay")
-        if not 0 <= values.get("export_parallel_workers", 0) <= 64:
-            raise ValueError("EXPORT_PARALLEL_WORKERS is 0 to 64")
         return cls(**values)
 
 
