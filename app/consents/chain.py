@@ -27,7 +27,8 @@ def format_time(value: datetime | None) -> str | None:
     if value is None:
         return None
     v = value if value.tzinfo is UTC else value.astimezone(UTC)
-    if v.year < 1000:  # strftime's own %Y, whatever the platform pads it to
+    if v.year < 1000 or type(v) is not datetime:  # strftime's own %Y, whatever the platform pads it to;
+        # and a datetime subclass (orjson prints only datetime itself)
         return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     # The same text as that strftime at a fraction of its cost (a verification prints two per event):
     # orjson prints an aware UTC instant as RFC 3339 with `Z`, leaving out a zero fraction.
@@ -126,8 +127,8 @@ def typed_rows(attributes: Any) -> bool:
     """Whether a statement's result columns (asyncpg `PreparedStatement.get_attributes()`) have the
     types `row_hash` relies on. A schema altered behind the service's back fails this and its rows
     take `stored_hash`, which checks every value."""
-    types = {a.name: a.type.name for a in attributes}
-    return all(types.get(name) == kind for name, kind in _ROW_TYPES.items())
+    types = {a.name: (a.type.schema, a.type.name) for a in attributes}
+    return all(types.get(name) == ("pg_catalog", kind) for name, kind in _ROW_TYPES.items())
 
 
 def row_hash(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> str:

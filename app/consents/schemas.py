@@ -262,6 +262,7 @@ class ChainBreak(BaseModel):
         "missing_event", "extra_event", "altered_event", "broken_link", "unsealed_event", "time_reversed",
         "head_mismatch", "broken_fold", "state_mismatch", "catalog_mismatch", "notice_mismatch",
         "disclosure_mismatch", "evidence_mismatch", "not_in_log", "log_mismatch", "legacy_after_v2",
+        "unreadable_row",
     ]
     seq: int | None
     event_id: uuid.UUID | None

@@ -77,13 +77,25 @@ def test_row_hash_refuses_what_rfc8785_refuses():
 def test_typed_rows_wants_every_printed_column_with_its_type():
     def attrs(**changed):
         types = {**chain._ROW_TYPES, **changed}
-        return [SimpleNamespace(name=n, type=SimpleNamespace(name=t)) for n, t in types.items() if t]
+        return [SimpleNamespace(name=n, type=SimpleNamespace(schema="pg_catalog", name=t)) for n, t in types.items()
+                if t]
 
     assert chain.typed_rows(attrs())
     assert not chain.typed_rows(attrs(reason="jsonb"))
     assert not chain.typed_rows(attrs(seq="numeric"))
     assert not chain.typed_rows(attrs(recorded_at="text"))
     assert not chain.typed_rows(attrs(prev_hash=None))
+    shadow = attrs()
+    shadow[0] = SimpleNamespace(name=shadow[0].name, type=SimpleNamespace(schema="public", name=shadow[0].type.name))
+    assert not chain.typed_rows(shadow)  # a type of the same name in another schema
+
+
+def test_format_time_of_a_datetime_subclass():
+    class Pendulum(datetime):
+        pass
+
+    at = Pendulum(2024, 5, 3, 12, 1, 2, 345678, tzinfo=UTC)
+    assert chain.format_time(at) == "2024-05-03T12:01:02.345678Z"
 
 
 async def test_the_live_table_is_typed_and_an_altered_one_takes_the_general_path(client, auth, demo, db):
@@ -116,3 +128,32 @@ async def test_a_tampered_event_is_caught_on_the_fast_path(client, auth, demo, d
     assert altered == [1]
     response = await client.get("/v1/subjects/typed-2/consents/verify", headers=headers)
     assert response.json()["first_break"]["kind"] == "altered_event"
+
+
+@pytest.mark.parametrize("alteration", [
+    "ALTER TABLE consent_events ALTER COLUMN purpose_key TYPE text[] USING ARRAY[purpose_key]",
+    "ALTER TABLE consent_events ALTER COLUMN disclosure_hash TYPE jsonb USING to_jsonb(ARRAY[disclosure_hash])",
+    "UPDATE consent_events SET seq = seq + (1::bigint << 60) WHERE subject_id = $1",
+])
+async def test_rows_of_alien_shapes_are_reported_not_a_crash(app, client, auth, demo, db, alteration):
+    """A DBA who retypes a column, or writes an integer no JSON verifier can read, makes the subject
+    broken: the verify reports it (never a 500, never a tenant-wide run ended by an error)."""
+    from app.consents import verification
+    from app.core.db import _init_connection
+
+    headers = auth(demo, "consents:write", "audit:read")
+    assert (await sign_up(client, headers, "alien-1", granted={"marketing"})).status_code == 201
+    subject = await subject_row(db, demo, "alien-1")
+    await _init_connection(db)  # JSON decoded as the service's pools decode it
+    transaction = db.transaction(isolation="repeatable_read")  # as the verifiers read
+    await transaction.start()
+    try:  # undone after: the other tests share the table
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute(alteration, *([subject["id"]] if "$1" in alteration else []))
+        report = await verification.verify_in(db, demo, "alien-1", app.state.proof.secret)
+        batch = await verify_batch._check_batch(db, demo, None, 10**6, app.state.proof.secret, None, None)
+    finally:
+        await transaction.rollback()
+    assert report["valid"] is False and report["breaks"], report
+    assert {"altered_event", "unreadable_row"} & {b["kind"] for b in report["breaks"]}
+    assert "alien-1" in {b["subject_id"] for b in batch.broken}
