@@ -131,6 +131,10 @@ async def check_batch(conn: asyncpg.Connection, tenant: str, after: str | None, 
 async def _check_batch(conn: asyncpg.Connection, tenant: str, after: str | None, limit: int, secret: bytes,
                        first_v2: list[int | None] | None, upto: str | None) -> Batch:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # A batch's reads are index probes for a thousand subjects at once: parallel workers (the
+        # planner's choice for the events) took more CPU to coordinate than they saved, and a run
+        # already keeps every core busy (bench/README.md "Issue 11 point 4").
+        await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         subjects = await read_subjects(conn, tenant, after, limit, upto)
         if not subjects:
             return Batch()
