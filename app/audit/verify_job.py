@@ -168,13 +168,24 @@ class Runner:
 
     async def __call__(self) -> bool:
         """True when the run finished here; False when stopped (the lease released for the next)."""
+        alongside: asyncio.Task | None = None
         if self.run["stage"] == "subjects":
-            done = await (self._subjects_in_processes() if self.jobs > 1 else self._subjects())
-            if not done:
-                await self.write.execute(RELEASE, self.run["id"], self.owner)
-                return False
-            if await self.write.fetchval(TO_LOG, self.run["id"], self.owner, self.position) is None:
-                raise LeaseLost()
+            if self.jobs > 1 and self.read_dsn:
+                # Worker processes check the subjects; this process, otherwise waiting on them, checks
+                # the log meanwhile on a connection of its own (its lease kept by the subjects' steps).
+                alongside = asyncio.create_task(self._log_alongside())
+            try:
+                done = await (self._subjects_in_processes() if self.jobs > 1 else self._subjects())
+                if not done:
+                    await self.write.execute(RELEASE, self.run["id"], self.owner)
+                    return False
+                if await self.write.fetchval(TO_LOG, self.run["id"], self.owner, self.position) is None:
+                    raise LeaseLost()
+            except BaseException:
+                if alongside is not None:
+                    alongside.cancel()
+                    await asyncio.gather(alongside, return_exceptions=True)
+                raise
 
         async def beat() -> None:
             if self._stopping():
@@ -182,8 +193,11 @@ class Runner:
             await self._renew()
 
         try:
-            result = await verify_log.check_log(self.read, self.run["tenant_id"], self.proof,
-                                                checkpoint_dir=self.settings.checkpoint_dir, beat=beat)
+            if alongside is not None:
+                result = await self._renewing(alongside)
+            else:
+                result = await verify_log.check_log(self.read, self.run["tenant_id"], self.proof,
+                                                    checkpoint_dir=self.settings.checkpoint_dir, beat=beat)
         except _Stopping:
             await self.write.execute(RELEASE, self.run["id"], self.owner)
             return False
@@ -192,6 +206,19 @@ class Runner:
             raise LeaseLost()
         await self._report({"stage": "done", "log": result})
         return True
+
+    async def _log_alongside(self) -> dict[str, Any]:
+        async def beat() -> None:
+            if self._stopping():
+                raise _Stopping()
+            await asyncio.sleep(0)  # the subjects' commits and lease renewals get their turn
+
+        conn = await connect(self.read_dsn, self.settings, "consent-ledger-verify-log", reader=True)
+        try:
+            return await verify_log.check_log(conn, self.run["tenant_id"], self.proof,
+                                              checkpoint_dir=self.settings.checkpoint_dir, beat=beat)
+        finally:
+            await conn.close()
 
     async def _renew(self) -> None:
         if await self.write.fetchval(RENEW, self.run["id"], self.owner,

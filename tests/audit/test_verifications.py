@@ -84,12 +84,13 @@ async def test_tampered_subjects_are_listed_with_their_kind_of_break(app, client
     assert done["progress"]["subjects_done"] == len(MEMBERS)
 
 
-async def test_a_rewritten_log_fails_its_signed_checkpoint(app, client, runtime_db, db, demo, members):
+@pytest.mark.parametrize("jobs", [1, 2])  # 2: subjects in worker processes, the log checked meanwhile
+async def test_a_rewritten_log_fails_its_signed_checkpoint(app, client, runtime_db, db, demo, members, jobs):
     await proof_log.make_checkpoint(runtime_db, demo, app.state.proof)
     await as_rogue(db, ("UPDATE ledger_log SET event_hash = repeat('0', 64) WHERE tenant_id = $1 AND idx = 1", demo),
                    ("UPDATE ledger_checkpoints SET root_hash = repeat('1', 64) WHERE tenant_id = $1", demo))
-    run = await start(client, members)
-    await carry(app, runtime_db, demo)
+    run = await start(client, members, batch_subjects=2)
+    await carry(app, runtime_db, demo, verification_jobs=jobs)
     done = await result(client, members, run["id"])
     assert done["valid"] is False
     kinds = {x["kind"] for x in done["log"]["breaks"]}
