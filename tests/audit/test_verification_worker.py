@@ -123,7 +123,10 @@ async def test_the_cli_shows_a_progress_line_on_a_terminal(client, auth, demo, d
 
 async def test_ctrl_c_leaves_the_run_to_the_next_command_which_resumes_it(client, auth, db, demo, database_url):
     headers = auth(demo, "consents:write", "audit:read")
-    await seed(client, headers, "i-", 12)
+    # enough one-subject steps that the run is still walking subjects when the test takes its row
+    # (with 12, a fast run finished them before the lock now and then)
+    members = 60
+    await seed(client, headers, "i-", members)
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "audit", "verify", "--tenant", demo,
                                 "--batch-subjects", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -133,18 +136,19 @@ async def test_ctrl_c_leaves_the_run_to_the_next_command_which_resumes_it(client
                                                  "subjects_done >= 2", demo), 30, "the command's progress",
                              interval=0.005)
         async with db.transaction():  # its next step waits on the row: interrupted between two steps
-            await db.execute(RUN + " FOR UPDATE", run_id)
+            interrupted = await db.fetchrow(RUN + " FOR UPDATE", run_id)
             process.send_signal(2)  # SIGINT, as Ctrl-C
             await asyncio.sleep(0.5)
         code = await asyncio.to_thread(process.wait, 30)
+        assert interrupted["stage"] == "subjects" and interrupted["subjects_done"] < members, dict(interrupted)
         assert code == 130, process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()
     row = await db.fetchrow(RUN, run_id)
-    assert row["status"] == "running" and row["lease_until"] is None and row["subjects_done"] < 12, dict(row)
+    assert row["status"] == "running" and row["lease_until"] is None and row["subjects_done"] < members, dict(row)
     again = await asyncio.to_thread(_cli, database_url, demo)  # no wait for a lease: resumed at once
     assert again.returncode == 0 and f"(verification {run_id})" in again.stdout, again.stdout + again.stderr
     row = await db.fetchrow(RUN, run_id)
     events = await db.fetchval("SELECT count(*) FROM consent_events WHERE tenant_id = $1", demo)
-    assert (row["subjects_done"], row["events_done"]) == (12, events)
+    assert (row["subjects_done"], row["events_done"]) == (members, events)
