@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 
@@ -123,14 +124,15 @@ async def test_the_cli_shows_a_progress_line_on_a_terminal(client, auth, demo, d
 
 async def test_ctrl_c_leaves_the_run_to_the_next_command_which_resumes_it(client, auth, db, demo, database_url):
     headers = auth(demo, "consents:write", "audit:read")
-    # enough one-subject steps that the run is still walking subjects when the test takes its row
-    # (with 12, a fast run finished them before the lock now and then)
-    members = 60
+    members = 60  # one-subject steps: the run is still walking subjects when the test takes its row
     await seed(client, headers, "i-", members)
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "audit", "verify", "--tenant", demo,
                                 "--batch-subjects", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                               # Ctrl-C as at a terminal, even when this suite runs as a background job
+                               # (which starts with SIGINT ignored, and a child inherits that)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         run_id = await until(lambda: db.fetchval("SELECT id FROM verification_runs WHERE tenant_id = $1 AND "
                                                  "subjects_done >= 2", demo), 30, "the command's progress",
