@@ -28,7 +28,7 @@ import asyncpg
 from app.core.pagination import encode_cursor
 from bench import database
 from bench.big import PREFIX
-from bench.load import Connection, encode_request, percentile
+from bench.load import Connection, percentile
 from bench.seed import EPOCH, Catalog
 from bench.servers import Server
 
@@ -103,19 +103,8 @@ async def _http_walk(conn: Connection, server: Server, headers: dict[str, str], 
     cursor = encode_cursor(start[0].isoformat(), start[1]) if start else None
     for _ in range(PAGES_PER_WALK):
         query = urlencode({**params, "limit": PAGE, **({"cursor": cursor} if cursor else {})})
-        data = encode_request("GET", f"/v1/audit/events?{query}", server.port, headers)
-        started = time.perf_counter()
-        try:
-            status, body = await conn.request(data)
-        except (asyncio.IncompleteReadError, ConnectionError):  # uvicorn closed it after 5 s idle
-            conn.close()
-            await conn.open()
-            started = time.perf_counter()
-            status, body = await conn.request(data)
-        latencies.append(time.perf_counter() - started)
-        if status != 200:
-            raise RuntimeError(f"GET /v1/audit/events?{query} -> {status}: {body[:300]!r}\n"
-                               f"{server.name} log:\n{server.log_tail()}")
+        seconds, body = await conn.get(f"/v1/audit/events?{query}", headers, server.log_tail)
+        latencies.append(seconds)
         page = json.loads(body)
         pages.append([item["id"] for item in page["items"]])
         cursor = page["next_cursor"]

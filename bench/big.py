@@ -23,7 +23,7 @@ from typing import Any, Callable
 import asyncpg
 
 from app.consents.queries import HISTORY, STATE_AS_OF
-from bench.load import Connection, encode_request, percentile
+from bench.load import Connection, percentile
 from bench.seed import Catalog, seed_parallel, visit_time
 from bench.servers import Server
 
@@ -103,13 +103,8 @@ async def _http(server: Server, headers: dict[str, str], probes: list[Probe], wa
     async def get_all(path: Callable[[Probe], str], key: str, batch: list[Probe]) -> tuple[list[float], int]:
         latencies, rows = [], 0
         for probe in batch:
-            data = encode_request("GET", path(probe), server.port, headers)
-            started = time.perf_counter()
-            status, body = await conn.request(data)
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                raise RuntimeError(f"GET {path(probe)} -> {status}: {body[:300]!r}\n"
-                                   f"{server.name} log:\n{server.log_tail()}")
+            seconds, body = await conn.get(path(probe), headers, server.log_tail)
+            latencies.append(seconds)
             rows += len(json.loads(body)[key])
         return latencies, rows
 

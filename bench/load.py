@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,26 @@ class Connection:
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
         return await asyncio.wait_for(self._exchange(data), REQUEST_TIMEOUT)
+
+    async def get(self, path: str, headers: dict[str, str], log_tail: Callable[[], str] | None = None,
+                  ) -> tuple[float, bytes]:
+        """GET `path`, timed: (seconds, body) of a 200 reply, any other status a RuntimeError (with the
+        server's log tail). A connection the server closed while idle (uvicorn after 5 s) is opened
+        again once, and the clock restarted."""
+        data = encode_request("GET", path, self.port, headers)
+        started = time.perf_counter()
+        try:
+            status, body = await self.request(data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.close()
+            await self.open()
+            started = time.perf_counter()
+            status, body = await self.request(data)
+        seconds = time.perf_counter() - started
+        if status != 200:
+            raise RuntimeError(f"GET {path} -> {status}: {body[:300]!r}"
+                               + (f"\nserver log:\n{log_tail()}" if log_tail else ""))
+        return seconds, body
 
     async def _exchange(self, data: bytes) -> tuple[int, bytes]:
         self.writer.write(data)

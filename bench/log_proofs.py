@@ -18,7 +18,7 @@ import asyncpg
 from app.core.settings import Settings
 from app.proof import log, merkle, proofs
 from app.proof.context import Proof
-from bench.load import Connection, encode_request, percentile
+from bench.load import Connection, percentile
 from bench.servers import Server
 
 WARM_UP = 20
@@ -88,12 +88,8 @@ async def _http(server: Server, headers: dict[str, str], ids: list[uuid.UUID]) -
     try:
         latencies = []
         for i, event_id in enumerate(ids):
-            data = encode_request("GET", f"/v1/audit/proofs/inclusion?event_id={event_id}", server.port, headers)
-            started = time.perf_counter()
-            status, body = await conn.request(data)
-            elapsed = time.perf_counter() - started
-            if status != 200:
-                raise RuntimeError(f"inclusion proof of {event_id} -> {status}: {body[:300]!r}")
+            elapsed, body = await conn.get(f"/v1/audit/proofs/inclusion?event_id={event_id}", headers,
+                                           server.log_tail)
             if i == 0:  # the proof is a proof: the audit path leads to the signed root
                 got = json.loads(body)
                 ok = merkle.verify_inclusion(
