@@ -50,9 +50,10 @@ Piece = Lit | Sql
 
 
 def _safe(expr: str, nullable: bool = True) -> list[Piece]:
-    """A value the table's CHECK constraints keep to [a-z0-9_] (action, status, method, actor_type; hash and
-    prev_hash are lowercase hex by ck_consent_events_hash_shape, and version 1 rows, older than that
-    check, carry hex SHA-256 too), or a uuid: quoted without to_json, which costs about 0.5 us a call."""
+    """A value that holds no character JSON escapes, quoted without to_json (which costs about 0.5 us
+    a call): what the table's CHECK constraints keep to [a-z0-9_] (action, status, method, actor_type;
+    hash and prev_hash are lowercase hex by ck_consent_events_hash_shape, and version 1 rows, older
+    than that check, carry hex SHA-256 too), a uuid, a printed instant."""
     if nullable:
         return [Sql(f"coalesce('\"' || {expr} || '\"', 'null')")]
     return [Lit('"'), Sql(expr), Lit('"')]
@@ -62,11 +63,13 @@ def _text(expr: str, nullable: bool = True) -> list[Piece]:
     return [Sql(f"coalesce(to_json({expr})::text, 'null')" if nullable else f"to_json({expr})")]
 
 
+def _printed_time(expr: str) -> str:
+    """An instant as chain.format_time prints it (NULL stays NULL)."""
+    return f"to_char({expr} AT TIME ZONE 'UTC', '{TIME_FORMAT}')"
+
+
 def _time(expr: str, nullable: bool = True) -> list[Piece]:
-    printed = f"to_char({expr} AT TIME ZONE 'UTC', '{TIME_FORMAT}')"
-    if nullable:
-        return [Sql(f"coalesce('\"' || {printed} || '\"', 'null')")]
-    return [Lit('"'), Sql(printed), Lit('"')]
+    return _safe(_printed_time(expr), nullable)
 
 
 def _object(members: list[tuple[str, list[Piece]]]) -> list[Piece]:
@@ -80,18 +83,16 @@ def _concat(pieces: list[Piece]) -> str:
     """concat() of the pieces, adjacent literals merged: one pass builds the line (a chain of ||
     would copy it once per piece)."""
     args: list[str] = []
-    literal = ""
     for piece in pieces:
-        if isinstance(piece, Lit):
-            literal += piece
-            continue
-        if literal:
-            args.append("E'" + literal.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n") + "'")
-            literal = ""
-        args.append(piece)
-    if literal:
-        args.append("E'" + literal.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n") + "'")
-    return f"concat({', '.join(args)})"
+        if isinstance(piece, Lit) and args and isinstance(args[-1], Lit):
+            args[-1] = Lit(args[-1] + piece)
+        else:
+            args.append(piece)
+    return "concat(" + ", ".join(_sql_literal(a) if isinstance(a, Lit) else a for a in args) + ")"
+
+
+def _sql_literal(text: str) -> str:
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n") + "'"
 
 
 def _nullable_object(present: str, members: list[tuple[str, list[Piece]]]) -> list[Piece]:
@@ -136,8 +137,7 @@ def _csv_notice(column: str) -> str:
 
 # the columns of search.COLUMNS, in order (a test holds the two lists together)
 CSV_FIELDS = (
-    f"coalesce(to_char(e.recorded_at AT TIME ZONE 'UTC', '{TIME_FORMAT}'), '')",
-    f"coalesce(to_char(e.occurred_at AT TIME ZONE 'UTC', '{TIME_FORMAT}'), '')",
+    f"coalesce({_printed_time('e.recorded_at')}, '')", f"coalesce({_printed_time('e.occurred_at')}, '')",
     _csv_field("s.external_id"), "e.seq::text", _csv_field("e.purpose_key"), "coalesce(e.action, '')",
     "coalesce(e.status, '')", _csv_field("e.previous_status"), _csv_field("e.collection_point_key"),
     _csv_notice("notice_key"), _csv_notice("notice_version"), _csv_notice("notice_sha256"),
