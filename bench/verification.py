@@ -29,6 +29,7 @@ from pathlib import Path
 import asyncpg
 
 from app.audit import verify_job
+from app.core.db import connect
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.proof import keys
@@ -99,7 +100,7 @@ def _postgres_seconds(pgdata: Path) -> float:
 
 
 async def _run(settings: Settings, proof: Proof, jobs: int) -> dict:
-    conn = await verify_job.connect(settings.database_url, settings, "bench-verify")
+    conn = await connect(settings.database_url, settings, "bench-verify")
     try:
         run, _ = await verify_job.start(conn, TENANT, "bench", settings.verification_batch_subjects)
         started = time.perf_counter()

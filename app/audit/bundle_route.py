@@ -4,7 +4,7 @@ The ZIP is written to an unseekable stream (so each member carries a data descri
 sizes patched in afterwards) whose chunks go to the response as they come: the first bytes leave
 at once, however large the ledger, and the writer waits (`drain`) while more than BUFFER bytes are
 unread, so memory stays flat whatever the client's pace. A client that reads nothing for
-IDLE_SECONDS loses the download (its snapshot would otherwise hold a connection and old row
+streams.IDLE_SECONDS loses the download (its snapshot would otherwise hold a connection and old row
 versions for as long as it likes); at most CONCURRENT bundles are written at once per process
 (429 beyond). Before the first byte: the checkpoint that covers every event (on the primary: a
 rewritten history is a 409 problem) and the snapshot's connection (from AUDIT_DATABASE_URL's pool
@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 
 from app.auth.deps import AuditRead
 from app.core.db import AuditReader
+from app.audit import streams
 from app.audit.streams import ReleasingResponse, Slots
 from app.core.errors import problem_responses
 from app.proof import log as proof_log
@@ -35,7 +36,6 @@ from app.proof.context import Proof
 log = logging.getLogger("consent_ledger.audit")
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 409, 429))
 BUFFER = 4 << 20  # unread bytes before the writer waits
-IDLE_SECONDS = 300.0  # a reader taking nothing this long loses the download
 WRITING = Slots(2, "audit bundles")  # written at once by one process
 
 
@@ -62,20 +62,14 @@ class _Stream:
     def flush(self) -> None:
         return None
 
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.ready.set)
-
     def finish(self) -> None:
         self.done = True
         self.ready.set()
 
     async def drain(self) -> None:
-        while self.size > BUFFER and not self.done:
+        while self.size > BUFFER:
             self.taken.clear()
-            try:
-                await asyncio.wait_for(self.taken.wait(), IDLE_SECONDS)
-            except TimeoutError:
-                raise TimeoutError(f"the client read nothing for {IDLE_SECONDS:.0f} s") from None
+            await streams.reader_took(self.taken)
 
     def take(self) -> bytes:
         with self.lock:

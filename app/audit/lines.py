@@ -25,9 +25,10 @@ from typing import Any
 
 import asyncpg
 
+from app.audit import streams
+
 TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-IDLE_SECONDS = 300.0  # a reader taking nothing this long loses the export
 QUEUED_CHUNKS = 8  # COPY output waiting for the client; the COPY pauses beyond it (memory stays flat)
 # One COPY is one statement: DB_STATEMENT_TIMEOUT_SECONDS (meant for a request's statements) would cut
 # an export of millions of events, so the export's transaction lifts it and bounds the COPY by this
@@ -207,10 +208,7 @@ async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
             queue.put_nowait(lines)
             if queue.qsize() >= QUEUED_CHUNKS:
                 room.clear()
-                try:  # a client that reads nothing does not hold a connection and a snapshot for hours
-                    await asyncio.wait_for(room.wait(), IDLE_SECONDS)
-                except TimeoutError:
-                    raise TimeoutError(f"the client read nothing for {IDLE_SECONDS:.0f} s") from None
+                await streams.reader_took(room)
 
     async def copy() -> None:
         try:

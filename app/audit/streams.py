@@ -6,6 +6,7 @@ included."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -14,6 +15,17 @@ import asyncpg
 from starlette.responses import StreamingResponse
 
 from app.core.errors import Busy
+
+IDLE_SECONDS = 300.0  # a reader taking nothing this long loses the download
+
+
+async def reader_took(event: asyncio.Event) -> None:
+    """Wait for `event` (set when the client takes something): a client that reads nothing for
+    IDLE_SECONDS does not hold a connection and a snapshot for hours."""
+    try:
+        await asyncio.wait_for(event.wait(), IDLE_SECONDS)
+    except TimeoutError:
+        raise TimeoutError(f"the client read nothing for {IDLE_SECONDS:.0f} s") from None
 
 
 class Slots:

@@ -19,6 +19,7 @@ import asyncpg
 
 from app.audit import verify_job
 from app.audit.verification_schemas import read
+from app.core.db import connect
 
 FOLLOW_EVERY = 0.5  # seconds between two reads of a run another worker holds
 TENANT = "SELECT 1 FROM tenants WHERE id = $1"
@@ -80,7 +81,7 @@ def summary(view: dict[str, Any]) -> str:
 
 
 async def _verify(settings: Any, proof: Any, args: argparse.Namespace, out: TextIO) -> int:
-    write = await verify_job.connect(settings.database_url, settings, "consent-ledger-audit-verify")
+    write = await connect(settings.database_url, settings, "consent-ledger-audit-verify")
     try:
         if await write.fetchval(TENANT, args.tenant) is None:
             print(f"no tenant {args.tenant!r}", file=sys.stderr)
@@ -89,7 +90,7 @@ async def _verify(settings: Any, proof: Any, args: argparse.Namespace, out: Text
                                         settings.verification_batch_subjects)
         bar = Bar(out)
         owner = verify_job.owner_name()
-        reader = await verify_job.connect(settings.database_url, settings, "consent-ledger-audit-verify")
+        reader = await connect(settings.database_url, settings, "consent-ledger-audit-verify")
         try:
             async def step(_: dict[str, Any]) -> None:
                 bar.show(read(await reader.fetchrow(GET, run["id"])))

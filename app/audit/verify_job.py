@@ -30,7 +30,7 @@ import asyncpg
 
 from app.audit import verify_batch, verify_log
 from app.audit.verify_batch import Batch
-from app.core.db import _init_connection, asyncpg_dsn
+from app.core.db import _init_connection, asyncpg_dsn, connect
 from app.core.periodic import every
 from app.core.responses import dumps
 from app.core.settings import Settings
@@ -297,15 +297,6 @@ class Runner:
                 future.cancel()
             # the batches running finish (a second or so); the loop keeps turning meanwhile
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-
-async def connect(url: str, settings: Settings, name: str, *, reader: bool = False) -> asyncpg.Connection:
-    """`reader`: JSON decoded as the API's pools decode it (the checks compare decoded documents)."""
-    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=settings.db_connect_timeout_seconds,
-                                 server_settings={"application_name": name, "timezone": "UTC"})
-    if reader:
-        await _init_connection(conn)
-    return conn
 
 
 async def carry_on(write: asyncpg.Connection, settings: Settings, proof: Proof, *, owner: str,

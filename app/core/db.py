@@ -108,6 +108,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   schema="pg_catalog")
 
 
+async def connect(url: str, settings: Settings, name: str, *, reader: bool = False) -> asyncpg.Connection:
+    """One connection of its own, for a command or a job (not a request): in UTC, named `name` in
+    pg_stat_activity; `reader`: JSON decoded as the API's pools decode it."""
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=settings.db_connect_timeout_seconds,
+                                 server_settings={"application_name": name, "timezone": "UTC"})
+    if reader:
+        await _init_connection(conn)
+    return conn
+
+
 async def release_as_is(conn: asyncpg.Connection) -> None:
     """The pool's reset on release. asyncpg still rolls back a transaction left open (that part
     runs before this hook); the default's extra round trip (`pg_advisory_unlock_all(); CLOSE ALL;

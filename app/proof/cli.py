@@ -148,26 +148,19 @@ def audit_bundle(args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _bundle(settings: Any, proof: Any, tenant: str, out: Path) -> dict[str, Any]:
-    import asyncpg
-
-    from app.core.db import asyncpg_dsn
+    from app.core.db import connect
     from app.proof.bundle import write_bundle
 
-    async def connect(url: str) -> asyncpg.Connection:
-        return await asyncpg.connect(asyncpg_dsn(url), timeout=settings.db_connect_timeout_seconds,
-                                     server_settings={"application_name": "consent-ledger-audit", "timezone": "UTC"})
-
-    primary = await connect(settings.database_url)  # the checkpoint is a write
+    name = "consent-ledger-audit"
+    primary = await connect(settings.database_url, settings, name)  # the checkpoint is a write
+    replica = None
     try:
-        if not settings.audit_database_url:
-            return await write_bundle(primary, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir)
-        replica = await connect(settings.audit_database_url)  # the rest is read there
-        try:
-            return await write_bundle(primary, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir,
-                                      reader=replica)
-        finally:
-            await replica.close()
+        if settings.audit_database_url:  # the rest is read there
+            replica = await connect(settings.audit_database_url, settings, name)
+        return await write_bundle(primary, tenant, proof, out, checkpoint_dir=settings.checkpoint_dir, reader=replica)
     finally:
+        if replica is not None:
+            await replica.close()
         await primary.close()
 
 

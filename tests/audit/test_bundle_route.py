@@ -104,7 +104,7 @@ async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_
                                                                                    monkeypatch):
     import asyncio
 
-    from app.audit import bundle_route
+    from app.audit import bundle_route, streams
 
     headers = auth(demo, "audit:read")
     for i in range(3):
@@ -140,7 +140,7 @@ async def test_a_client_that_leaves_or_stalls_gives_back_the_connection_and_the_
     await run(gone, send_blocks=False)  # gone as soon as the headers left
     # Stalled: the writer waits IDLE_SECONDS for the reader, then gives up and lets go.
     monkeypatch.setattr(bundle_route, "BUFFER", 1)
-    monkeypatch.setattr(bundle_route, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(streams, "IDLE_SECONDS", 0.5)
 
     async def later():
         await asyncio.sleep(3)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import asyncpg
 import orjson
 
-from app.audit import lines, search
+from app.audit import lines, search, streams
 from app.consents import queries
 from app.core.responses import dumps_bytes
 from tests.helpers import sign_up
@@ -87,7 +87,7 @@ async def test_an_export_whose_reader_stops_lets_go_of_its_connection(app, clien
     for i in range(20):
         assert (await sign_up(client, write, f"idle-{i}", {"marketing-sms"})).status_code == 201
     monkeypatch.setattr(lines, "QUEUED_CHUNKS", 1)
-    monkeypatch.setattr(lines, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(streams, "IDLE_SECONDS", 0.5)
     condition, args = search.where(search.EventFilter(), demo)
     pool = app.state.audit_pool
     idle = pool.get_idle_size()
