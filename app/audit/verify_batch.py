@@ -18,7 +18,6 @@ import asyncpg
 
 from app.consents import chain, verification
 
-UNBOUNDED = 2**62  # LIMIT of a planned batch: its range bounds it
 BREAKS_KEPT = 5  # per broken subject, the first breaks are listed (the per-subject verify shows them all)
 
 # Keyset on the subjects' unique (tenant_id, external_id) index: the position is a member id.
@@ -34,11 +33,11 @@ WHERE tenant_id = $1 AND external_id > $3 ORDER BY external_id LIMIT $2
 # member id, including any created since it was planned, so consecutive batches never overlap.
 SUBJECTS_UPTO = """
 SELECT id, tenant_id, external_id, last_seq, last_hash, last_recorded_at FROM subjects
-WHERE tenant_id = $1 AND external_id <= $3 ORDER BY external_id LIMIT $2
+WHERE tenant_id = $1 AND external_id <= $2 ORDER BY external_id
 """
 SUBJECTS_BETWEEN = """
 SELECT id, tenant_id, external_id, last_seq, last_hash, last_recorded_at FROM subjects
-WHERE tenant_id = $1 AND external_id > $4 AND external_id <= $3 ORDER BY external_id LIMIT $2
+WHERE tenant_id = $1 AND external_id > $3 AND external_id <= $2 ORDER BY external_id
 """
 BOUNDS_FIRST = "SELECT external_id FROM subjects WHERE tenant_id = $1 ORDER BY external_id LIMIT $2"
 BOUNDS_AFTER = ("SELECT external_id FROM subjects WHERE tenant_id = $1 AND external_id > $3"
@@ -91,8 +90,8 @@ async def read_subjects(conn: asyncpg.Connection, tenant: str, after: str | None
     every subject in (after, upto]."""
     if upto is not None:
         if after is None:
-            return await conn.fetch(SUBJECTS_UPTO, tenant, UNBOUNDED, upto)
-        return await conn.fetch(SUBJECTS_BETWEEN, tenant, UNBOUNDED, upto, after)
+            return await conn.fetch(SUBJECTS_UPTO, tenant, upto)
+        return await conn.fetch(SUBJECTS_BETWEEN, tenant, upto, after)
     if after is None:
         return await conn.fetch(SUBJECTS_FIRST, tenant, limit)
     return await conn.fetch(SUBJECTS_AFTER, tenant, limit, after)
@@ -155,7 +154,7 @@ async def _check_batch(conn: asyncpg.Connection, tenant: str, after: str | None,
 
 
 def _check_all(subjects, events, cited, states, evidence, logged, records, duties, first_v2, secret,
-               typed=False) -> Batch:
+               typed) -> Batch:
     events_of = _by_subject(events)
     batch = Batch(last=subjects[-1]["external_id"], subjects=len(subjects))
     for subject in subjects:
@@ -164,7 +163,7 @@ def _check_all(subjects, events, cited, states, evidence, logged, records, dutie
         report = verification.check(
             subject, events=own, states=states.get(sid, []), cited=cited, evidence=evidence.get(sid, []),
             logged=logged.get(sid, []), duty_records=records.get(sid, []), duties=duties.get(sid, []),
-            first_v2=first_v2[0] if first_v2 and any(e["chain_version"] == 1 for e in own) else None,
+            first_v2=first_v2[0] if first_v2 else None,
             secret=secret, typed=typed)
         batch.events += report["events_checked"]
         batch.duty_records += report["duty_records_checked"]

@@ -128,7 +128,7 @@ def default_jobs(settings_jobs: int, events: int) -> int:
 
 # -- worker processes (as app/proof/bundle_workers.py): each its own connection and event loop ----
 
-_process: tuple[asyncio.AbstractEventLoop, asyncpg.Connection, bytes] | None = None
+_process: tuple[asyncio.AbstractEventLoop, asyncpg.Connection, bytes, list[int | None]] | None = None
 
 
 def _init_process(dsn: str, secret: bytes) -> None:
@@ -137,13 +137,13 @@ def _init_process(dsn: str, secret: bytes) -> None:
     conn = loop.run_until_complete(asyncpg.connect(
         dsn, server_settings={"application_name": "consent-ledger-verify", "timezone": "UTC"}))
     loop.run_until_complete(_init_connection(conn))
-    _process = (loop, conn, secret)
+    _process = (loop, conn, secret, [])  # the last: the tenant's first version 2 leaf, once looked up
 
 
 def _check_in_process(tenant: str, after: str | None, upto: str) -> Batch:
     assert _process is not None
-    loop, conn, secret = _process
-    return loop.run_until_complete(verify_batch.check_batch(conn, tenant, after, 0, secret, upto=upto))
+    loop, conn, secret, first_v2 = _process
+    return loop.run_until_complete(verify_batch.check_batch(conn, tenant, after, 0, secret, first_v2, upto=upto))
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class Runner:
 
     def __init__(self, run: asyncpg.Record, *, read: asyncpg.Connection, write: asyncpg.Connection, proof: Proof,
                  settings: Settings, owner: str, stop: asyncio.Event | None = None,
-                 on_step: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None, read_dsn: str = "",
+                 on_step: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None, read_dsn: str,
                  jobs: int | None = None) -> None:
         self.run, self.read, self.write, self.proof, self.settings = run, read, write, proof, settings
         self.owner, self.stop, self.on_step, self.read_dsn = owner, stop, on_step, read_dsn
@@ -170,10 +170,11 @@ class Runner:
         """True when the run finished here; False when stopped (the lease released for the next)."""
         alongside: asyncio.Task | None = None
         if self.run["stage"] == "subjects":
-            if self.jobs > 1 and self.read_dsn:
+            if self.jobs > 1:
                 # Worker processes check the subjects; this process, otherwise waiting on them, checks
                 # the log meanwhile on a connection of its own (its lease kept by the subjects' steps).
                 alongside = asyncio.create_task(self._log_alongside())
+            finished = False
             try:
                 done = await (self._subjects_in_processes() if self.jobs > 1 else self._subjects())
                 if not done:
@@ -181,11 +182,11 @@ class Runner:
                     return False
                 if await self.write.fetchval(TO_LOG, self.run["id"], self.owner, self.position) is None:
                     raise LeaseLost()
-            except BaseException:
-                if alongside is not None:
+                finished = True
+            finally:
+                if alongside is not None and not finished:  # stopped, lost or failed: the log check too
                     alongside.cancel()
                     await asyncio.gather(alongside, return_exceptions=True)
-                raise
 
         async def beat() -> None:
             if self._stopping():

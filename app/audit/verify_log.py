@@ -43,7 +43,7 @@ def _brk(kind: str, detail: str, **where: Any) -> dict[str, Any]:
 
 
 async def check_log(conn: asyncpg.Connection, tenant: str, proof: Proof, *, checkpoint_dir: Any = None,
-                    beat: Callable[[], Awaitable[None]] | None = None, page: int = PAGE) -> dict[str, Any]:
+                    beat: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
     """{"checkpoints", "checkpoints_verified", "tree_size", "breaks"} of the tenant's log, read in one
     repeatable-read snapshot; `beat()` after each page of leaves (the run's lease)."""
     judge = Judge(proof)
@@ -69,7 +69,7 @@ async def check_log(conn: asyncpg.Connection, tenant: str, proof: Proof, *, chec
                 targets.setdefault(size, []).append((where, root))
         except proof_log.LogInconsistent as exc:
             breaks.append(_brk("checkpoint_file", exc.detail))
-        size = await _replay(conn, tenant, targets, breaks, page, beat)
+        size = await _replay(conn, tenant, targets, breaks, beat)
         for row in await conn.fetch(ORPHANS, tenant, LISTED):
             where = "the Merkle log" if row["place"] == "log" else "the log queue"
             breaks.append(_brk("missing_event", f"{where} holds {row['entries']} event(s) or duty record(s) of "
@@ -79,7 +79,7 @@ async def check_log(conn: asyncpg.Connection, tenant: str, proof: Proof, *, chec
 
 
 async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list[tuple[str, bytes]]],
-                  breaks: list[dict[str, Any]], page: int, beat: Callable[[], Awaitable[None]] | None) -> int:
+                  breaks: list[dict[str, Any]], beat: Callable[[], Awaitable[None]] | None) -> int:
     """Stream the leaves; at each target size compare the recomputed root with the signed ones."""
     edge = proof_log._Edge(0, lambda level, idx: b"")  # size 0: no node to read
     sizes = sorted(targets)
@@ -89,7 +89,7 @@ async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list
     pending = iter(sizes)
     next_size = next(pending, None)
     while True:
-        rows = await conn.fetch(LEAVES, tenant, edge.size, page)
+        rows = await conn.fetch(LEAVES, tenant, edge.size, PAGE)
         if rows and (rows[0]["idx"] != edge.size or rows[-1]["idx"] != edge.size + len(rows) - 1):
             gap = next(edge.size + i for i, r in enumerate(rows) if r["idx"] != edge.size + i)
             breaks.append(_brk("log_gap", f"the log has no entry {gap}: entries were removed", leaf_index=gap))
@@ -113,7 +113,7 @@ async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list
         edge.append(leaves[at:])
         if beat is not None:
             await beat()
-        if len(rows) < page or breaks and breaks[-1]["kind"] == "log_gap":
+        if len(rows) < PAGE or breaks and breaks[-1]["kind"] == "log_gap":
             break
     for size in ([next_size] if next_size is not None else []) + list(pending):
         for where, _ in targets[size]:

@@ -10,7 +10,6 @@ anyone can recompute it. Version 1 (before) hashed internal ids; `legacy_hash` k
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any, Mapping
@@ -141,6 +140,6 @@ def row_hash(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> str:
         return stored_hash(event, tenant=tenant, subject_ref=subject_ref)
     doc = document(event, tenant=tenant, subject_ref=subject_ref)
     try:
-        return hashlib.sha256(orjson.dumps(doc, option=_ROW_JSON)).hexdigest()
+        return sha256_hex(orjson.dumps(doc, option=_ROW_JSON))
     except orjson.JSONEncodeError:
         return sha256_hex(canonical_document(doc))

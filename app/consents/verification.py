@@ -247,7 +247,7 @@ def _logged(report: Report, events: list[Mapping[str, Any]], rows: list[Mapping[
 def check(subject: Mapping[str, Any], *, events: list[Mapping[str, Any]], states: list[Mapping[str, Any]],
           cited: Cited, evidence: list[Mapping[str, Any]], logged: list[Mapping[str, Any]],
           duty_records: list[Mapping[str, Any]], duties: list[Mapping[str, Any]], first_v2: int | None,
-          secret: bytes, typed: bool = False) -> dict[str, Any]:
+          secret: bytes, typed: bool) -> dict[str, Any]:
     """Every check of one subject on rows already read (one snapshot): `verify` below reads them for
     one subject, app/audit/verify_batch.py for many at once. `typed`: the events came from a
     statement chain.typed_rows accepted."""
@@ -291,8 +291,7 @@ async def verify_in(conn: asyncpg.Connection, tenant: str, external_id: str, sec
     subject = await conn.fetchrow(SUBJECT, tenant, external_id)
     if subject is None:
         raise NotFound(f"no subject {external_id!r}")
-    statement = await conn.prepare(EVENTS)
-    events = await statement.fetch(subject["id"])
+    events = await conn.fetch(EVENTS, subject["id"])  # a few events: the general hash path, no prepare
     states = await conn.fetch(STATES, subject["id"])
     cited = Cited(await conn.fetch(CITED, *cited_ids(events)))
     evidence = await conn.fetch(EVIDENCE, subject["id"])
@@ -302,5 +301,4 @@ async def verify_in(conn: asyncpg.Connection, tenant: str, external_id: str, sec
     first_v2 = await conn.fetchval(FIRST_V2_LEAF, tenant) if any(e["chain_version"] == 1 for e in events) \
         else None
     return check(subject, events=events, states=states, cited=cited, evidence=evidence, logged=logged,
-                 duty_records=duty_records, duties=duties, first_v2=first_v2, secret=secret,
-                 typed=chain.typed_rows(statement.get_attributes()))
+                 duty_records=duty_records, duties=duties, first_v2=first_v2, secret=secret, typed=False)

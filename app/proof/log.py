@@ -20,7 +20,6 @@ the row says), checkpoint_files.py (CHECKPOINT_DIR), proofs.py (inclusion and co
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -187,17 +186,6 @@ def _rewritten(tenant: str, size: int, where: str, problem: str) -> LogInconsist
                            f"({problem}); nothing was signed")
 
 
-def sealer(secret: bytes) -> Callable[[str], bytes]:
-    """`keys.seal(secret, hash)` (as ASCII bytes) at half the cost: the keyed state is made once and
-    copied per event, not re-derived from the key each time."""
-    base = hmac.new(secret, keys.SEAL_CONTEXT, hashlib.sha256)
-
-    def seal(event_hash: str) -> bytes:
-        mac = base.copy()
-        mac.update(event_hash.encode())
-        return mac.hexdigest().encode()
-    return seal
-
 
 _PROBLEMS = {"missing": "its event (or duty record) is gone from the ledger",
              "hash": "its event's (or duty record's) hash is not the one logged"}
@@ -268,7 +256,8 @@ async def checkpoint(conn: asyncpg.Connection, tenant: str, proof: Proof, *, for
         raise _rewritten(tenant, previous_size, where,
                          "the root of its first entries, recomputed from the stored log, is not the signed one")
 
-    seal = sealer(proof.secret)
+    def seal(event_hash: str) -> bytes:  # keys.seal keeps the keyed state, made once per secret
+        return keys.seal(proof.secret, event_hash).encode()
     unsealed: list[tuple[int, str]] = []
     wrong: list[tuple[int, int, bytes | None]] = []
     counts = [0, 0]

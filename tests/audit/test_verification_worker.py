@@ -43,7 +43,6 @@ async def test_a_killed_worker_leaves_the_run_to_the_next_which_finishes_it_coun
         os.killpg(first.proc.pid, 9)
         first.proc.wait(10)
     assert 0 < held["subjects_done"] < SUBJECTS and held["status"] == "running", dict(held)
-    killed_at = held["subjects_done"]
     second = worker_process(**env)
     await second.started()
     await until(lambda: _finished(db, run["id"]), 60, "the second worker to finish the run")
@@ -52,7 +51,6 @@ async def test_a_killed_worker_leaves_the_run_to_the_next_which_finishes_it_coun
     assert done["progress"]["subjects_done"] == SUBJECTS and done["progress"]["events_done"] == events
     assert done["valid"] is False and done["broken_total"] == 1
     assert [(s["subject_id"], s["kinds"]) for s in done["broken"]] == [("r-017", ["altered_event", "catalog_mismatch"])]
-    assert killed_at < SUBJECTS
 
 
 async def _progress(db, run_id) -> bool:

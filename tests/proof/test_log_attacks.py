@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from app.proof import checkpoint_files, log, merkle
+from app.proof import checkpoint_files, merkle
 from app.proof.checkpointer import Checkpointer
 from tests.helpers import insert_event, last_event, leaf_count, leaf_hashes, next_event, sign_up
 
@@ -395,13 +395,3 @@ async def test_the_apis_checkpoint_runs_with_a_lock_timeout(app):
         assert app.state.settings.db_lock_timeout_seconds > 0
         assert await conn.fetchval("SELECT current_setting('lock_timeout')::interval = make_interval(secs => $1)",
                                    float(app.state.settings.db_lock_timeout_seconds))
-
-
-@pytest.mark.parametrize("length", [32, 63, 64, 65, 200])
-def test_the_checkpointers_seal_check_is_keys_seal(length):
-    from app.proof import keys
-
-    secret = os.urandom(length)
-    seal = log.sealer(secret)
-    for event_hash in (os.urandom(32).hex(), "f" * 64, ""):
-        assert seal(event_hash) == keys.seal(secret, event_hash).encode()
