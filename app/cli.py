@@ -186,20 +186,27 @@ def _dev_proof_keys(data_dir: Path) -> None:
     os.environ.setdefault("CHECKPOINT_DIR", str(data_dir / "checkpoints"))
 
 
+def _dev_keys(data_dir: Path) -> None:
+    """The dev token secret and proof keys under `data_dir`, unless the environment names others."""
+    os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    _dev_proof_keys(data_dir)
+
+
 def _use_dev_database(settings: Settings) -> bool:
     """A command run beside `make run` (no DATABASE_URL, `./.data` made by `consent-ledger dev`):
     the dev database as the runtime role, with the dev keys, as the server uses them. The server
     must be running (it runs the embedded PostgreSQL). False, and nothing set, otherwise."""
     from app.core import roles
+    from app.core.embedded_pg import EmbeddedPostgres
 
-    data_dir = settings.data_dir.resolve()
-    password = data_dir / f"pg.{roles.RUNTIME_ROLE}-password"
-    if settings.database_url or not password.exists():
+    if settings.database_url:
         return False
-    os.environ["DATABASE_URL"] = (f"postgresql+asyncpg://{roles.RUNTIME_ROLE}:{password.read_text().strip()}"
-                                  f"@127.0.0.1:{settings.embedded_pg_port}/{DEV_DATABASE}")
-    os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
-    _dev_proof_keys(data_dir)
+    data_dir = settings.data_dir.resolve()
+    url = EmbeddedPostgres(data_dir / "pg", settings.embedded_pg_port).role_url(roles.RUNTIME_ROLE, DEV_DATABASE)
+    if url is None:
+        return False
+    os.environ["DATABASE_URL"] = url
+    _dev_keys(data_dir)
     get_settings.cache_clear()
     return True
 
@@ -251,8 +258,7 @@ def dev(host: str, port: int) -> None:
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("JWT_SECRET", _dev_secret(data_dir))
-    _dev_proof_keys(data_dir)
+    _dev_keys(data_dir)
     # The demo's processors run their receivers on this machine; a real deployment lists none.
     os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,::1,localhost")
     pg = None

@@ -27,7 +27,7 @@ from app.catalog.service import build_form
 from app.core.errors import Conflict, NotFound
 
 _LATEST = """
-SELECT DISTINCT ON (entity_id) entity_id, op, after, changed_at
+SELECT DISTINCT ON (entity_id) entity_id, op, after
 FROM catalog_changes
 WHERE tenant_id = :tenant AND entity = :entity AND changed_at <= :at AND {which}
 ORDER BY entity_id, id DESC
@@ -84,9 +84,8 @@ async def form_at(session: AsyncSession, principal: Principal, key: str, at: dat
     if len(purposes) < len(wanted):
         await _unknown(session, tenant, "purposes", at, "entity_id = ANY(:ids)", "a presented purpose", ids=wanted)
         raise _incomplete("a purpose the point presented", at)
-    presented = [(Purpose.model_validate(purposes[row["purpose_id"]]), bool(row["condition_of_service"]))
-                 for row in links if row["purpose_id"] in purposes]
-    presented = [(p, c) for p, c in presented if p.active]
+    presented = [(p, bool(row["condition_of_service"])) for row in links  # every one is there (just checked)
+                 if (p := Purpose.model_validate(purposes[row["purpose_id"]])).active]
     wanted = _ids(p.recipient_id for p, _ in presented if p.recipient_id)
     recipients = {uuid.UUID(i): Recipient.model_validate(row) for i, row in
                   (await _rows(session, tenant, "recipients", at, "entity_id = ANY(:ids)", ids=wanted)).items()}

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 current: ContextVar[str | None] = ContextVar("consent_ledger_actor", default=None)
 
 SET = "SELECT set_config('consent_ledger.actor', $1, true)"
+_SET_BOUND = text(SET.replace("$1", ":actor"))  # the same statement for a SQLAlchemy connection
 
 
 async def declare(conn: asyncpg.Connection, actor: str) -> None:
@@ -34,4 +35,4 @@ class ActingSession(Session):
 def _declare(session: Session, transaction, connection) -> None:  # noqa: ANN001 - SQLAlchemy's signature
     actor = current.get()
     if actor is not None:
-        connection.execute(text("SELECT set_config('consent_ledger.actor', :actor, true)"), {"actor": actor})
+        connection.execute(_SET_BOUND, {"actor": actor})

@@ -136,11 +136,14 @@ class EmbeddedPostgres:
                 _write_secret(path, secrets.token_hex(24))
             passwords[role] = path.read_text().strip()
         _run_async(lambda: roles.ensure(self._dsn("postgres"), database, passwords))
+        return self.role_url(roles.OWNER_ROLE, database), self.role_url(roles.RUNTIME_ROLE, database)
 
-        def url(role: str) -> str:
-            return f"postgresql+asyncpg://{role}:{passwords[role]}@127.0.0.1:{self.port}/{database}"
-
-        return url(roles.OWNER_ROLE), url(roles.RUNTIME_ROLE)
+    def role_url(self, role: str, database: str) -> str | None:
+        """`role`'s URL on `database` with the password ensure_roles keeps; None before it made one."""
+        path = self._secret_file(role)
+        if not path.exists():
+            return None
+        return f"postgresql+asyncpg://{role}:{path.read_text().strip()}@127.0.0.1:{self.port}/{database}"
 
     def has_schema(self, database: str) -> bool:
         """Whether `database` exists and holds a migrated schema (an alembic_version table)."""

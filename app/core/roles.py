@@ -45,7 +45,7 @@ RUNTIME_GRANTS: Mapping[str, tuple[str, ...]] = {
     "tenant_settings": ("SELECT", "INSERT", "UPDATE"),
     "purpose_wording_changes": ("SELECT", "INSERT"),  # append-only by trigger (0007)
     "reconsent_runs": ("SELECT", "INSERT", "UPDATE"),
-    # the auditors' tenant-wide verification runs: a report the worker writes, not evidence (0009)
+    # the auditors' tenant-wide verification runs: a report the worker writes, not evidence (0010)
     "verification_runs": ("SELECT", "INSERT", "UPDATE"),
     # operational state, purged by age
     "idempotency_keys": _CRUD,

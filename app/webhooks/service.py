@@ -266,7 +266,6 @@ async def retry_delivery(conn: asyncpg.Connection, principal: Principal, deliver
 
 async def recover(conn: asyncpg.Connection, principal: Principal, endpoint_id: uuid.UUID,
                   body: RecoverIn) -> dict[str, Any]:
-    await actor.declare(conn, principal.sub)
     await conn.execute(outbox.LOCK_ENDPOINT, endpoint_id, principal.tenant)  # before its deliveries
     endpoint = await get_endpoint(conn, principal, endpoint_id)
     if body.until is not None and body.until <= body.since:
