@@ -26,9 +26,9 @@ from urllib.parse import urlencode
 import asyncpg
 
 from app.core.pagination import encode_cursor
-from bench import database
+from bench import big, database
 from bench.big import PREFIX
-from bench.load import Connection, percentile
+from bench.load import Connection
 from bench.seed import EPOCH, Catalog
 from bench.servers import Server
 
@@ -130,10 +130,8 @@ async def _raw_walk(conn: asyncpg.Connection, tenant: str, f: Filter, params: di
 
 
 def _summary(latencies: list[float], pages: list[list[str]]) -> dict[str, float]:
-    ordered = sorted(latencies)
-    return {"pages": len(ordered), "rows_per_page": sum(map(len, pages)) / max(len(pages), 1),
-            "p50_ms": percentile(ordered, 50) * 1e3, "p99_ms": percentile(ordered, 99) * 1e3,
-            "max_ms": ordered[-1] * 1e3}
+    figures = big._summary(latencies)
+    return {"pages": figures.pop("n"), "rows_per_page": sum(map(len, pages)) / max(len(pages), 1), **figures}
 
 
 async def _measure(dsn: str, server: Server, headers: dict[str, str], catalog: Catalog, subjects: int,

@@ -26,8 +26,9 @@ from app.core import roles
 from app.core.embedded_pg import EmbeddedPostgres, free_port
 from app.core.settings import Settings
 from app.proof import keys
-from bench import audit_export, audit_search, big, database, servers
+from bench import big, database, servers
 from bench.run import PROJECT_TENANT
+from bench.run import audit as run_audit
 from bench.seed import seed_parallel
 
 
@@ -68,7 +69,6 @@ def audit(directory: Path) -> None:
     pg = _server(directory)
     url, runtime = _login(pg, state["database"])
     database.RUNTIME_URLS[url] = runtime
-    audit_search.cluster_by_time(database.dsn(url))
     settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), jwt_issuer="consent-ledger-bench",
                         jwt_audience="consent-ledger")
     token = issue(settings, tenant=PROJECT_TENANT, sub="bench", scopes=["audit:read"], ttl_seconds=4 * 3600)
@@ -77,12 +77,8 @@ def audit(directory: Path) -> None:
            "JWT_AUDIENCE": settings.jwt_audience, **servers.proof_keys(directory)}
     project = servers.start("project", "app.main:create_app", free_port(), env, directory)
     try:
-        if os.environ.get("BENCH_SKIP_SEARCH") != "1":
-            audit_search.run(url, state["catalog"], project, headers, state["subjects"],
-                             int(os.environ.get("BENCH_AUDIT_WALKS", "50")))
-        if os.environ.get("BENCH_SKIP_EXPORT") != "1":
-            full = [f for f in os.environ.get("BENCH_AUDIT_FULL", "ndjson").split(",") if f]
-            audit_export.run(url, PROJECT_TENANT, project, headers, full)
+        run_audit(database.dsn(url), state["catalog"], project, headers, state["subjects"],
+                  search=os.environ.get("BENCH_SKIP_SEARCH") != "1", export=os.environ.get("BENCH_SKIP_EXPORT") != "1")
     finally:
         project.stop()
 

@@ -224,8 +224,7 @@ async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
         # Walking the (tenant_id, recorded_at, id) index in order streams from the first row and
         # measured faster at 10 million events (bench/README.md "Issue 11"); so does one backend
         # against parallel workers whose Gather Merge costs more than the printing they share.
-        await conn.execute("SET LOCAL enable_sort = off")
-        await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        await conn.execute("SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0")
     task = asyncio.create_task(copy())
     try:
         while (chunk := await queue.get()) is not None:

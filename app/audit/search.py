@@ -79,7 +79,8 @@ async def export(conn: asyncpg.Connection, tenant: str, f: EventFilter, *, fmt: 
                  gzip: bool, release: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
     """The matching events, oldest first, as lines PostgreSQL prints (app/audit/lines.py), from one
     snapshot: one COPY statement inside a repeatable-read, read-only transaction on `conn`, which
-    `release` gives back (with the caller's slot) as soon as the COPY ends."""
+    `release` gives back (with the caller's slot) once the last line is out, before the gzip trailer
+    (the response gives it back too, however it ends: the second call does nothing)."""
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
 
     def out(data: bytes) -> bytes:

@@ -53,9 +53,9 @@ async def test_postgres_prints_what_python_prints(client, auth, demo, db):
     assert page.content == dumps_bytes({"items": printed, "next_cursor": None, "count": None})
     ndjson = await client.get("/v1/audit/export", headers=audit)
     assert ndjson.content == b"".join(orjson.dumps(e) + b"\n" for e in printed)
+    assert len(lines.CSV_FIELDS) == len(search.COLUMNS)  # the printers' column lists, held together
     as_csv = await client.get("/v1/audit/export", params={"format": "csv"}, headers=audit)
     assert as_csv.content == search.csv_header(False, False) + _csv(printed)
-    assert len(lines.CSV_FIELDS) == len(search.COLUMNS)
 
 
 def test_binary_copy_frames_survive_any_cut():
