@@ -163,6 +163,7 @@ class _Frames:
     def __init__(self) -> None:
         self.pending = b""
         self.started = False
+        self.rows = 0
 
     def feed(self, data: bytes) -> bytes:
         buf = self.pending + data if self.pending else data
@@ -190,7 +191,34 @@ class _Frames:
             out.append(buf[pos + 6:pos + 6 + length])
             pos += 6 + length
         self.pending = buf[pos:]
+        self.rows += len(out)
         return b"".join(out)
+
+
+async def settle(conn: asyncpg.Connection, in_index_order: bool) -> None:
+    """The export transaction's settings on `conn`, in one round trip."""
+    sql = "SET LOCAL statement_timeout = 0"
+    if in_index_order:
+        # Without this the planner sorts a large export: it scans the table, sorts every printed
+        # line (spilling gigabytes to temporary files before the first byte) and merges parallel
+        # workers' sorted streams, as it costs the join to subjects along the time index dearly.
+        # Walking the (tenant_id, recorded_at, id) index in order streams from the first row and
+        # measured faster at 10 million events (bench/README.md "Issue 11"); so does one backend
+        # against parallel workers whose Gather Merge costs more than the printing they share
+        # (app/audit/slices.py shares it out by time instead).
+        sql += "; SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0"
+    await conn.execute(sql)
+
+
+async def end(conn: asyncpg.Connection) -> None:
+    """Roll back an export's read-only transaction, unless its connection went with a cut COPY (the
+    pool replaces such a connection)."""
+    try:
+        if conn.is_closed() or not conn.is_in_transaction():
+            return
+        await conn.execute("ROLLBACK", timeout=10)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        pass
 
 
 async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
@@ -216,15 +244,7 @@ async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
         finally:
             queue.put_nowait(None)
 
-    await conn.execute("SET LOCAL statement_timeout = 0")
-    if in_index_order:
-        # Without this the planner sorts a large export: it scans the table, sorts every printed
-        # line (spilling gigabytes to temporary files before the first byte) and merges parallel
-        # workers' sorted streams, as it costs the join to subjects along the time index dearly.
-        # Walking the (tenant_id, recorded_at, id) index in order streams from the first row and
-        # measured faster at 10 million events (bench/README.md "Issue 11"); so does one backend
-        # against parallel workers whose Gather Merge costs more than the printing they share.
-        await conn.execute("SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0")
+    await settle(conn, in_index_order)
     task = asyncio.create_task(copy())
     try:
         while (chunk := await queue.get()) is not None:
@@ -232,7 +252,8 @@ async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
             yield chunk
         await task  # its error, if it failed
     finally:
-        if not task.done():
+        if not task.done():  # a COPY cut short: asyncpg cannot cancel one cleanly, so the connection goes
+            conn.terminate()
             task.cancel()
             try:
                 await task

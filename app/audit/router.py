@@ -73,6 +73,6 @@ async def export_events(
     if gzip:
         response_headers["Content-Encoding"] = "gzip"
     conn, release = await EXPORTING.hold(pool)  # before the first byte: busy is a 429, a full pool a 503
-    body = search.export(conn, principal.tenant, f, fmt=format, korean=headers == "ko", bom=bom, gzip=gzip,
+    body = search.export(conn, pool, principal.tenant, f, fmt=format, korean=headers == "ko", bom=bom, gzip=gzip,
                          release=release)
     return ReleasingResponse(body, release, media_type=media, headers=response_headers)

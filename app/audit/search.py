@@ -1,7 +1,7 @@
 """GET /v1/audit/events and GET /v1/audit/export: the tenant's events by recorded time, filtered.
 
 Search pages with a keyset on (recorded_at, id), on the index (tenant_id, recorded_at, id). The
-export streams the same rows from one COPY inside one repeatable-read, read-only transaction (one
+export streams the same rows from COPY inside one repeatable-read, read-only transaction (one
 consistent snapshot, memory flat whatever the count), as NDJSON (each line the event exactly as
 hashed: its document and hash) or CSV (a BOM and Korean headers on request, for Excel), printed by
 PostgreSQL (app/audit/lines.py), gzip-compressed when the client accepts it. A search page's items
@@ -11,6 +11,7 @@ service's own time per page).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from app.audit import lines
+from app.audit import lines, slices
 from app.audit.filters import EventFilter, where
 from app.core.pagination import decode_cursor, encode_cursor
 
@@ -30,6 +31,7 @@ from app.core.pagination import decode_cursor, encode_cursor
 # for a file about 16 % larger (bench/README.md, "Issue 11"): at 6 the compression alone capped a
 # gzip export below the 100,000 events/s target.
 GZIP_LEVEL = 1
+COMPRESS_APART = 32 << 10  # a chunk this large is compressed in a thread, off the event loop
 # CSV columns: (English header, Korean header, the event document's member or a path into it)
 COLUMNS = (
     ("recorded_at", "기록시각", ("recorded_at",)), ("occurred_at", "발생시각", ("occurred_at",)),
@@ -75,29 +77,35 @@ def csv_header(korean: bool, bom: bool) -> bytes:
     return (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode("utf-8")
 
 
-async def export(conn: asyncpg.Connection, tenant: str, f: EventFilter, *, fmt: str, korean: bool, bom: bool,
-                 gzip: bool, release: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+async def export(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: EventFilter, *, fmt: str,
+                 korean: bool, bom: bool, gzip: bool, release: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
     """The matching events, oldest first, as lines PostgreSQL prints (app/audit/lines.py), from one
-    snapshot: one COPY statement inside a repeatable-read, read-only transaction on `conn`, which
+    snapshot: COPY statements inside a repeatable-read, read-only transaction on `conn` (and, for a
+    large export, on one more connection of `pool` sharing its snapshot: app/audit/slices.py), which
     `release` gives back (with the caller's slot) once the last line is out, before the gzip trailer
     (the response gives it back too, however it ends: the second call does nothing)."""
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
 
-    def out(data: bytes) -> bytes:
-        return compressor.compress(data) if compressor else data
+    async def out(data: bytes) -> bytes:
+        if compressor is None:
+            return data
+        if len(data) < COMPRESS_APART:
+            return compressor.compress(data)
+        # zlib lets go of the GIL: the COPYs' sinks keep draining their sockets meanwhile
+        return await asyncio.to_thread(compressor.compress, data)
 
     try:
         if fmt == "csv":
-            yield out(csv_header(korean, bom))
+            yield await out(csv_header(korean, bom))
         condition, args = where(f, tenant)
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            # one member's events are few: the planner may find and sort them; any other filter reads
-            # the tenant's time index in order (lines.stream)
-            async for data in lines.stream(conn, lines.statement(fmt, condition), args,
-                                           in_index_order=f.subject_id is None):
-                if chunk := out(data):
-                    yield chunk
+        # read-only: never committed, rolled back by release() (a connection whose COPY was cut is
+        # closed by then, and the pool replaces it)
+        await conn.transaction(isolation="repeatable_read", readonly=True).start()
+        async for data in slices.stream(conn, pool, tenant, f, fmt, condition, args):
+            if chunk := await out(data):
+                yield chunk
     finally:
+        await lines.end(conn)
         await release()
     if compressor:
         yield compressor.flush()

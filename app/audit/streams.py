@@ -17,6 +17,7 @@ from starlette.responses import StreamingResponse
 from app.core.errors import Busy
 
 IDLE_SECONDS = 300.0  # a reader taking nothing this long loses the download
+SPARE_WAIT_SECONDS = 1.0
 
 
 async def reader_took(event: asyncio.Event) -> None:
@@ -26,6 +27,17 @@ async def reader_took(event: asyncio.Event) -> None:
         await asyncio.wait_for(event.wait(), IDLE_SECONDS)
     except TimeoutError:
         raise TimeoutError(f"the client read nothing for {IDLE_SECONDS:.0f} s") from None
+
+
+async def spare(pool: asyncpg.Pool) -> asyncpg.Connection | None:
+    """One more connection of `pool` when one is at hand (idle, or room to open one), else None
+    at once rather than a wait: a helper that speeds a download up, never one it waits for."""
+    if pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
+        return None
+    try:
+        return await pool.acquire(timeout=SPARE_WAIT_SECONDS)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return None
 
 
 class Slots:
