@@ -210,15 +210,47 @@ async def settle(conn: asyncpg.Connection, in_index_order: bool) -> None:
     await conn.execute(sql)
 
 
-async def end(conn: asyncpg.Connection) -> None:
-    """Roll back an export's read-only transaction, unless its connection went with a cut COPY (the
-    pool replaces such a connection)."""
+_COPYING: set[asyncpg.Connection] = set()  # connections inside copy()
+
+
+async def copy(conn: asyncpg.Connection, query: str, args: list[Any], sink: Any) -> None:
+    """`query`'s COPY in binary format into `sink`. One cut short (the sink raised, or the task was
+    cancelled) takes its connection with it: asyncpg asks the server to cancel and then treats the
+    connection as free while the server may still be sending COPY data, so the connection is
+    terminated (the pool replaces it). An error the server reported leaves a sound connection."""
+    _COPYING.add(conn)
     try:
-        if conn.is_closed() or not conn.is_in_transaction():
-            return
-        await conn.execute("ROLLBACK", timeout=10)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        await conn.copy_from_query(query, *args, format="binary", output=sink, timeout=EXPORT_TIMEOUT_SECONDS)
+    except asyncpg.PostgresError:
+        raise
+    except BaseException:
+        drop(conn)
+        raise
+    finally:
+        _COPYING.discard(conn)
+
+
+def drop(conn: asyncpg.Connection) -> None:
+    """Terminate `conn` (a pool's proxy of a connection terminated already refuses every call)."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
         pass
+
+
+def cut(conn: asyncpg.Connection) -> None:
+    """Terminate `conn` if a COPY is running on it (before cancelling the task that runs it)."""
+    if conn in _COPYING:
+        drop(conn)
+
+
+async def end(conn: asyncpg.Connection, transaction: Any) -> None:
+    """Roll back an export's read-only transaction, unless its connection went with a cut COPY; a
+    connection that cannot roll back cleanly goes too (the pool replaces it)."""
+    try:
+        await transaction.rollback()
+    except Exception:  # noqa: BLE001 - dropped already, or not rolled back cleanly: the connection goes
+        drop(conn)
 
 
 async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
@@ -238,22 +270,22 @@ async def stream(conn: asyncpg.Connection, query: str, args: list[Any], *,
                 room.clear()
                 await streams.reader_took(room)
 
-    async def copy() -> None:
+    async def run() -> None:
         try:
-            await conn.copy_from_query(query, *args, format="binary", output=sink, timeout=EXPORT_TIMEOUT_SECONDS)
+            await copy(conn, query, args, sink)
         finally:
             queue.put_nowait(None)
 
     await settle(conn, in_index_order)
-    task = asyncio.create_task(copy())
+    task = asyncio.create_task(run())
     try:
         while (chunk := await queue.get()) is not None:
             room.set()
             yield chunk
         await task  # its error, if it failed
     finally:
-        if not task.done():  # a COPY cut short: asyncpg cannot cancel one cleanly, so the connection goes
-            conn.terminate()
+        if not task.done():
+            cut(conn)
             task.cancel()
             try:
                 await task

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import anyio
 import asyncpg
 import orjson
 
@@ -94,18 +95,20 @@ async def export(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: E
         # zlib lets go of the GIL: the COPYs' sinks keep draining their sockets meanwhile
         return await asyncio.to_thread(compressor.compress, data)
 
+    transaction = conn.transaction(isolation="repeatable_read", readonly=True)
     try:
         if fmt == "csv":
             yield await out(csv_header(korean, bom))
         condition, args = where(f, tenant)
-        # read-only: never committed, rolled back by release() (a connection whose COPY was cut is
+        # read-only: never committed; rolled back at the end (a connection whose COPY was cut is
         # closed by then, and the pool replaces it)
-        await conn.transaction(isolation="repeatable_read", readonly=True).start()
+        await transaction.start()
         async for data in slices.stream(conn, pool, tenant, f, fmt, condition, args):
             if chunk := await out(data):
                 yield chunk
     finally:
-        await lines.end(conn)
-        await release()
+        with anyio.CancelScope(shield=True):  # a client gone cancels every await here otherwise
+            await lines.end(conn, transaction)
+            await release()
     if compressor:
         yield compressor.flush()

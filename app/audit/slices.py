@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 import asyncpg
 
 from app.audit import lines, streams
@@ -176,8 +177,7 @@ class Printers:
                             await self._wait()
 
                 query, args = self._statement(window)
-                await conn.copy_from_query(query, *args, format="binary", output=sink,
-                                           timeout=lines.EXPORT_TIMEOUT_SECONDS)
+                await lines.copy(conn, query, args, sink)
                 window.rows, window.done = frames.rows, True
                 self.plan.learn(window)
                 self.changed.set()
@@ -229,25 +229,25 @@ async def stream(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: E
         return
     printers = Printers(windows, fmt, condition, args)
     tasks: list[asyncio.Task[None]] = []
-    printing: dict[asyncio.Task[None], asyncpg.Connection] = {}
+    transaction = helper.transaction(isolation="repeatable_read", readonly=True)
     try:
         snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
-        await helper.transaction(isolation="repeatable_read", readonly=True).start()
+        await transaction.start()
         await _join(helper, snapshot)
         await lines.settle(helper, True)
         await lines.settle(conn, True)
-        printing = {asyncio.create_task(printers.print_on(c)): c for c in (conn, helper)}
-        tasks = [*printing, asyncio.create_task(printers.watch())]
+        tasks = [asyncio.create_task(printers.print_on(c)) for c in (conn, helper)]
+        tasks.append(asyncio.create_task(printers.watch()))
         async for data in printers.lines():
             yield data
     finally:
-        printers.close()
-        cut = [c for task, c in printing.items() if not task.done()]
-        for c in cut:  # a COPY cut short: asyncpg cannot cancel one cleanly, so the connection goes
-            c.terminate()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if helper not in cut:
-            await lines.end(helper)
-        await pool.release(helper)
+        # shielded: a client gone is a cancellation that would otherwise strike every await here
+        with anyio.CancelScope(shield=True):
+            printers.close()
+            for c in (conn, helper):
+                lines.cut(c)  # a COPY still running (lines.copy)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await lines.end(helper, transaction)
+            await pool.release(helper)

@@ -59,12 +59,19 @@ async def _one_copy(pool, tenant, f, fmt):
                                                        in_index_order=f.subject_id is None)])
 
 
+def _backends(pool) -> set[int]:
+    return {h._con.get_server_pid() for h in pool._holders  # noqa: SLF001
+            if h._con is not None and not h._con.is_closed()}
+
+
 @pytest.mark.parametrize("params", [{}, {"format": "csv", "headers": "ko", "bom": "true"}, {"purpose": "marketing-sms"},
                                     {"action": "withdrawn"}])
 async def test_windows_print_what_one_copy_prints(app, client, auth, filled, tiny, params):
     audit = auth(filled, "audit:read")
+    before = _backends(app.state.audit_pool)
     reply = await client.get("/v1/audit/export", params=params, headers=audit)
     assert reply.status_code == 200
+    assert before <= _backends(app.state.audit_pool)  # an export that ends well drops no connection
     f = EventFilter(purpose=params.get("purpose"), action=params.get("action"))
     fmt = params.get("format", "ndjson")
     expected = await _one_copy(app.state.audit_pool, filled, f, fmt)
