@@ -28,7 +28,7 @@ import json
 import re
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ import anyio
 import asyncpg
 
 from app.audit import lines, streams
-from app.audit.filters import EventFilter
+from app.audit.filters import EventFilter, where
 
 WINDOW_ROWS = 20_000
 WINDOW_BYTES = 16 << 20
@@ -113,8 +113,8 @@ class Stopped(Exception):
 class Printers:
     """Windows printed on several connections, handed to the client in order."""
 
-    def __init__(self, windows: Plan, fmt: str, condition: str, args: list[Any]) -> None:
-        self.plan, self.fmt, self.condition, self.args = windows, fmt, condition, args
+    def __init__(self, plan: Plan, fmt: str, tenant: str, f: EventFilter) -> None:
+        self.plan, self.fmt, self.tenant, self.filter = plan, fmt, tenant, f
         self.open: dict[int, Window] = {}
         self.head = 0  # the window being sent
         self.changed = asyncio.Event()  # lines, a window's end or an error: wakes the consumer
@@ -142,11 +142,11 @@ class Printers:
                 self.close()
 
     def _statement(self, window: Window) -> tuple[str, list[Any]]:
-        n = len(self.args)
-        condition = f"{self.condition} AND e.recorded_at >= ${n + 1}"
-        if window.hi is None:
-            return lines.statement(self.fmt, condition), [*self.args, window.lo]
-        return lines.statement(self.fmt, f"{condition} AND e.recorded_at < ${n + 2}"), [*self.args, window.lo, window.hi]
+        """The export's own filter narrowed to the window (which plan() kept inside its time range)."""
+        narrowed = replace(self.filter, recorded_from=window.lo,
+                           recorded_to=self.filter.recorded_to if window.hi is None else window.hi)
+        condition, args = where(narrowed, self.tenant)
+        return lines.statement(self.fmt, condition), args
 
     async def _wait(self) -> None:
         """Until the consumer takes lines or moves on, or close()."""
@@ -227,7 +227,7 @@ async def stream(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: E
                                        in_index_order=f.subject_id is None):
             yield data
         return
-    printers = Printers(windows, fmt, condition, args)
+    printers = Printers(windows, fmt, tenant, f)
     tasks: list[asyncio.Task[None]] = []
     transaction = helper.transaction(isolation="repeatable_read", readonly=True)
     try:

@@ -138,10 +138,11 @@ async def test_without_a_spare_connection_it_is_one_copy(app, client, auth, fill
 
 
 async def test_the_estimate_is_the_planners(app, filled, db):
-    await db.execute("ANALYZE consent_events")
-    condition, args = where(EventFilter(), filled)
+    """Without the tests' count: the planner's figure, near the truth once the statistics are fresh."""
+    await db.execute("ANALYZE consent_events; ANALYZE subjects")
+    everything = await db.fetchval(f"SELECT count(*) {lines.FROM}")
     async with app.state.audit_pool.acquire() as conn:
-        assert await slices.estimate(conn, condition, args) >= 1
+        assert everything / 2 <= await slices.estimate(conn, "e.seq > $1", [0]) <= everything * 2
         assert await slices.plan(conn, filled, EventFilter(subject_id="slice-01"), *where(EventFilter(), filled)) is None
 
 
