@@ -1,7 +1,11 @@
 """Tenant-wide verification at scale (issue 11 point 4): events verified per second by a run, beside
 a raw baseline in the same run. Not part of `make test`; prints figures, asserts nothing.
 
-    .venv/bin/python -m bench.verification --events 1000000 [--jobs 1,2] [--per-subject 6]
+    .venv/bin/python -m bench.verification --events 1000000 [--jobs 1,2] [--per-subject 6] [--keep DIR]
+
+--keep DIR seeds once into DIR (its own embedded PostgreSQL, left stopped) and measures the same
+database again on the next call with the same DIR (--events and --per-subject are then those of
+the first call): 5,000,000 events take some ten minutes to seed.
 
 On an embedded PostgreSQL of its own: the demo catalog, then subjects of --per-subject events each
 seeded with the project's own hashes, commitments and seals through the append trigger
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import pickle
 import resource
 import shutil
 import tempfile
@@ -36,6 +41,8 @@ from app.proof import keys
 from app.proof import log as proof_log
 from app.proof.context import Proof
 from bench import database, servers
+from bench.kept import _login as kept_login
+from bench.kept import _server as kept_server
 from bench.seed import seed_parallel
 
 TENANT = "bench-verify"
@@ -118,28 +125,41 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--per-subject", type=int, default=6)
+    parser.add_argument("--keep", metavar="DIR", help="seed once into DIR and measure it again on later calls")
     parser.add_argument("--jobs", default="1,2", help="worker process counts to time, comma-separated (1: none)")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="cl-bench-verify-"))
-    pg = EmbeddedPostgres(work / "pg", free_port(), fast_unsafe=True)
-    pg.start()
+    kept = Path(args.keep) if args.keep else None
+    if kept:
+        kept.mkdir(parents=True, exist_ok=True)
+    work = kept or Path(tempfile.mkdtemp(prefix="cl-bench-verify-"))
+    pg = kept_server(kept) if kept else EmbeddedPostgres(work / "pg", free_port(), fast_unsafe=True).start()
     try:
-        url = database.create(pg.url)
-        dsn, runtime = database.dsn(url), database.dsn(database.runtime_url(url))
         env = servers.proof_keys(work)
+        if kept and (kept / "state.pickle").exists():
+            url, runtime_url = kept_login(pg, pickle.loads((kept / "state.pickle").read_bytes())["database"])
+            dsn, runtime = database.dsn(url), database.dsn(runtime_url)
+            print(f"kept database in {kept}", flush=True)
+        else:
+            url = database.create(pg.url)
+            dsn, runtime = database.dsn(url), database.dsn(database.runtime_url(url))
         secret = keys.load_secret(Path(env["LEDGER_SECRET_FILE"]), None)
         settings = Settings(database_url=runtime, signing_key_file=Path(env["SIGNING_KEY_FILE"]),
                             ledger_secret_file=Path(env["LEDGER_SECRET_FILE"]))
         proof = Proof.from_settings(settings)
-        catalog = asyncio.run(database.load_catalog(url, TENANT))
-        subjects = args.events // args.per_subject
-        t = time.perf_counter()
-        seed_parallel(dsn, catalog, "v-", subjects, args.per_subject, os.cpu_count() or 2, secret, documents=True)
-        print(f"seeded {subjects:,} subjects x {args.per_subject} events in {time.perf_counter() - t:.0f} s", flush=True)
-        t = time.perf_counter()
-        size = asyncio.run(_checkpoint(runtime, proof))
-        asyncio.run(_vacuum(dsn))
-        print(f"checkpoint of {size:,} leaves signed, VACUUM ANALYZE: {time.perf_counter() - t:.0f} s", flush=True)
+        if not (kept and (kept / "state.pickle").exists()):
+            catalog = asyncio.run(database.load_catalog(url, TENANT))
+            subjects = args.events // args.per_subject
+            t = time.perf_counter()
+            seed_parallel(dsn, catalog, "v-", subjects, args.per_subject, os.cpu_count() or 2, secret,
+                          documents=True)
+            print(f"seeded {subjects:,} subjects x {args.per_subject} events in {time.perf_counter() - t:.0f} s",
+                  flush=True)
+            t = time.perf_counter()
+            size = asyncio.run(_checkpoint(runtime, proof))
+            asyncio.run(_vacuum(dsn))
+            print(f"checkpoint of {size:,} leaves signed, VACUUM ANALYZE: {time.perf_counter() - t:.0f} s", flush=True)
+            if kept:
+                (kept / "state.pickle").write_bytes(pickle.dumps({"database": url.rsplit("/", 1)[1]}))
         cpu, pg_cpu = _cpu_seconds(), _postgres_seconds(pg.pgdata)
         n, base = asyncio.run(_baseline(dsn))
         cpu, pg_cpu = _cpu_seconds() - cpu, _postgres_seconds(pg.pgdata) - pg_cpu
@@ -161,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{pg_cpu * per:.0f} us: on {os.cpu_count()} idle cores at most "
                   f"{(os.cpu_count() or 1) / ((cpu + pg_cpu) * per) * 1e6:,.0f} events/s", flush=True)
     finally:
-        pg.stop(mode="immediate")
-        shutil.rmtree(work, ignore_errors=True)
+        pg.stop(mode="fast" if kept else "immediate")
+        if not kept:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections import deque
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from app.audit.filters import EventFilter, where
 WINDOW_ROWS = 20_000
 WINDOW_BYTES = 16 << 20
 AHEAD = 2  # windows open at once: the one being sent and the one printed meanwhile
+log = logging.getLogger("consent_ledger.audit")
 _SNAPSHOT = re.compile(r"[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?")
 SPAN = ("SELECT min(recorded_at), max(recorded_at) FROM consent_events WHERE tenant_id = $1 "
         "AND recorded_at >= coalesce($2, '-infinity'::timestamptz) AND recorded_at < coalesce($3, 'infinity'::timestamptz)")
@@ -222,6 +224,23 @@ async def stream(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: E
     `conn` and one more connection of `pool` when it pays, else lines.stream's one COPY."""
     windows = await plan(conn, tenant, f, condition, args)
     helper = await streams.spare(pool) if windows is not None else None
+    if helper is not None:
+        transaction = helper.transaction(isolation="repeatable_read", readonly=True)
+        snapshot = None
+        try:
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            await transaction.start()
+            await _join(helper, snapshot)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await lines.end(helper, transaction)
+                await pool.release(helper)
+            if snapshot is None or not isinstance(exc, asyncpg.PostgresError):
+                raise
+            # The spare connection is on another server than the export's (an AUDIT_DATABASE_URL
+            # naming several replicas): the snapshot is not there, and one COPY prints it all.
+            log.warning("export: the spare connection cannot share the export's snapshot (%s); one COPY", exc)
+            helper = None
     if helper is None:
         async for data in lines.stream(conn, lines.statement(fmt, condition), args,
                                        in_index_order=f.subject_id is None):
@@ -229,11 +248,7 @@ async def stream(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: E
         return
     printers = Printers(windows, fmt, tenant, f)
     tasks: list[asyncio.Task[None]] = []
-    transaction = helper.transaction(isolation="repeatable_read", readonly=True)
     try:
-        snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
-        await transaction.start()
-        await _join(helper, snapshot)
         await lines.settle(helper, True)
         await lines.settle(conn, True)
         tasks = [asyncio.create_task(printers.print_on(c)) for c in (conn, helper)]

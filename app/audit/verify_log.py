@@ -11,6 +11,7 @@ subject is no longer in the ledger (a deleted subject is otherwise never visited
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -81,7 +82,7 @@ async def check_log(conn: asyncpg.Connection, tenant: str, proof: Proof, *, chec
 async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list[tuple[str, bytes]]],
                   breaks: list[dict[str, Any]], beat: Callable[[], Awaitable[None]] | None) -> int:
     """Stream the leaves; at each target size compare the recomputed root with the signed ones."""
-    edge = proof_log._Edge(0, lambda level, idx: b"")  # size 0: no node to read
+    edge = merkle.Frontier()
     sizes = sorted(targets)
     if 0 in targets:
         _compare(targets.pop(0), 0, merkle.EMPTY_ROOT, breaks)
@@ -94,23 +95,15 @@ async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list
             gap = next(edge.size + i for i, r in enumerate(rows) if r["idx"] != edge.size + i)
             breaks.append(_brk("log_gap", f"the log has no entry {gap}: entries were removed", leaf_index=gap))
             rows = rows[:gap - edge.size]
-        leaves = []
-        for r in rows:  # a log entry whose hash is not one (written behind the service's back) is a break
-            try:
-                leaves.append(merkle.leaf_hash(bytes.fromhex(r["event_hash"])))
-            except (TypeError, ValueError):
-                breaks.append(_brk("log_entry", f"log entry {r['idx']} holds no SHA-256 ({str(r['event_hash'])[:80]!r})",
-                                   leaf_index=r["idx"]))
-                leaves.append(merkle.leaf_hash(b""))  # keeps the places of the entries after it
-
+        leaves = _leaves(rows, breaks)
         at = 0
         while next_size is not None and next_size - edge.size <= len(leaves) - at:
             take = next_size - edge.size
-            edge.append(leaves[at:at + take])
+            edge.extend(leaves[at:at + take])
             at += take
             _compare(targets[next_size], next_size, edge.root(), breaks)
             next_size = next(pending, None)
-        edge.append(leaves[at:])
+        edge.extend(leaves[at:])
         if beat is not None:
             await beat()
         if len(rows) < PAGE or breaks and breaks[-1]["kind"] == "log_gap":
@@ -120,6 +113,28 @@ async def _replay(conn: asyncpg.Connection, tenant: str, targets: dict[int, list
             breaks.append(_brk("checkpoint_beyond_log", f"{where} signs {size} entries; the log has {edge.size}: "
                                "entries were removed", tree_size=size))
     return edge.size
+
+
+_HASH = operator.itemgetter("event_hash")
+
+
+def _leaves(rows: list[asyncpg.Record], breaks: list[dict[str, Any]]) -> list[bytes]:
+    """The leaf hashes of a page of log entries. An entry whose hash is not one (written behind
+    the service's back) is a break, and keeps its place with the hash of no bytes."""
+    fromhex = bytes.fromhex
+    try:
+        return list(map(merkle.leaf_hash, map(fromhex, map(_HASH, rows))))
+    except (TypeError, ValueError):
+        pass
+    leaves = []
+    for r in rows:
+        try:
+            leaves.append(merkle.leaf_hash(fromhex(r["event_hash"])))
+        except (TypeError, ValueError):
+            breaks.append(_brk("log_entry", f"log entry {r['idx']} holds no SHA-256 ({str(r['event_hash'])[:80]!r})",
+                               leaf_index=r["idx"]))
+            leaves.append(merkle.leaf_hash(b""))
+    return leaves
 
 
 def _compare(signed: list[tuple[str, bytes]], size: int, root: bytes, breaks: list[dict[str, Any]]) -> None:

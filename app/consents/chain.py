@@ -11,6 +11,7 @@ anyone can recompute it. Version 1 (before) hashed internal ids; `legacy_hash` k
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Mapping
 
@@ -37,17 +38,12 @@ def format_time(value: datetime | None) -> str | None:
     return text[1:-2].decode() + ".000000Z"
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def document(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> dict[str, Any]:
-    """The event as printed, from its stored columns. `tenant` and `subject_ref` (the member id)
-    come from the subject row, so the chain binds the member id: swap two ids and both break."""
+def _build(event: Mapping[str, Any], tenant: str, subject_ref: str, time: Callable[[datetime], Any]) -> dict[str, Any]:
     notice = None
     if event["notice_id"] is not None:
+        superseded_at = event["notice_superseded_at"]
         notice = {"id": str(event["notice_id"]), "key": event["notice_key"], "version": event["notice_version"],
-                  "sha256": event["notice_sha256"], "superseded_at": format_time(event["notice_superseded_at"])}
+                  "sha256": event["notice_sha256"], "superseded_at": None if superseded_at is None else time(superseded_at)}
     evidence = None
     if event["evidence_id"] is not None:
         evidence = {"id": str(event["evidence_id"]), "commitment": event["evidence_commitment"]}
@@ -59,9 +55,15 @@ def document(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> dict
         "collection_point": event["collection_point_key"], "notice": notice,
         "disclosure_hash": event["disclosure_hash"], "method": event["method"],
         "actor": {"type": event["actor_type"], "ref": event["actor_ref"]}, "evidence": evidence,
-        "occurred_at": format_time(event["occurred_at"]), "recorded_at": format_time(event["recorded_at"]),
+        "occurred_at": time(event["occurred_at"]), "recorded_at": time(event["recorded_at"]),
         "reason": event["reason"], "prev_hash": event["prev_hash"],
     }
+
+
+def document(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> dict[str, Any]:
+    """The event as printed, from its stored columns. `tenant` and `subject_ref` (the member id)
+    come from the subject row, so the chain binds the member id: swap two ids and both break."""
+    return _build(event, tenant, subject_ref, format_time)
 
 
 def document_hash(doc: Mapping[str, Any]) -> str:
@@ -119,7 +121,7 @@ _ROW_TYPES = {
     "actor_type": "text", "actor_ref": "text", "evidence_id": "uuid", "evidence_commitment": "text",
     "occurred_at": "timestamptz", "recorded_at": "timestamptz", "reason": "text", "prev_hash": "text",
 }
-_ROW_JSON = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+_ROW_JSON = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_UTC_Z
 
 
 def typed_rows(attributes: Any) -> bool:
@@ -130,16 +132,34 @@ def typed_rows(attributes: Any) -> bool:
     return all(types.get(name) == ("pg_catalog", kind) for name, kind in _ROW_TYPES.items())
 
 
+_last_printed: tuple[Any, str | None] = (None, None)  # (instant, its text): one entry, replaced whole
+
+
+def _instant(value: datetime) -> Any:
+    """An instant for `row_hash`'s orjson: the datetime itself where orjson prints format_time's
+    text (an aware UTC datetime with a fraction, years 1000 on), else that text. The last text is
+    kept: the decisions of one request share one instant (its occurred_at and recorded_at), and
+    equal instants print equal texts (format_time prints the instant, in UTC)."""
+    global _last_printed
+    if type(value) is datetime and value.tzinfo is UTC and value.microsecond and value.year >= 1000:
+        return value
+    last = _last_printed
+    if last[0] == value and last[0] is not None:
+        return last[1]
+    text = format_time(value)
+    _last_printed = (value, text)
+    return text
+
+
 def row_hash(event: Mapping[str, Any], *, tenant: str, subject_ref: str) -> str:
     """`stored_hash` of a row from a statement `typed_rows` accepted, `tenant` and `subject_ref`
     being str. Its document is then flat by construction (strings, nulls, integers, objects of
     strings and nulls, under ASCII keys), where orjson's sorted output is the RFC 8785 form
-    (app/core/hashing.py), so the per-value walk of `canonical_document` is skipped; an integer past
-    2^53 falls back to it."""
+    (app/core/hashing.py), so the per-value walk of `canonical_document` is skipped, and orjson
+    prints the instants itself; an integer past 2^53 falls back to it."""
     if event["chain_version"] == 1:
         return stored_hash(event, tenant=tenant, subject_ref=subject_ref)
-    doc = document(event, tenant=tenant, subject_ref=subject_ref)
     try:
-        return sha256_hex(orjson.dumps(doc, option=_ROW_JSON))
+        return sha256_hex(orjson.dumps(_build(event, tenant, subject_ref, _instant), option=_ROW_JSON))
     except orjson.JSONEncodeError:
-        return sha256_hex(canonical_document(doc))
+        return sha256_hex(canonical_document(document(event, tenant=tenant, subject_ref=subject_ref)))

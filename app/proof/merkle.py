@@ -13,7 +13,7 @@ all in one query and hand the computation a dict lookup as `get`. Level 0 means 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 Get = Callable[[int, int], bytes]
 Node = tuple[int, int]
@@ -51,6 +51,37 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
         if carry is not None:
             level.append(carry)
     return level[0]
+
+
+class Frontier:
+    """A tree's right edge, streamed: the hashes of its complete subtrees (one per set bit of its
+    size, largest first), grown leaf by leaf, for the root at any size on the way. What a
+    verification replaying millions of leaves needs, without the (level, idx) of every node that
+    `new_nodes` yields for storage."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._edge: list[bytes] = []
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
+        sha, prefix, edge, size = _sha256, b"\x01", self._edge, self.size
+        for cur in leaf_hashes:
+            carry = size
+            while carry & 1:  # binary-counter carry: one merge per trailing one bit of the size
+                cur = sha(prefix + edge.pop() + cur).digest()
+                carry >>= 1
+            edge.append(cur)
+            size += 1
+        self.size = size
+
+    def root(self) -> bytes:
+        """MTH of the leaves so far: the subtrees merged right to left (RFC 9162 2.1.1)."""
+        if not self._edge:
+            return EMPTY_ROOT
+        cur = self._edge[-1]
+        for left in reversed(self._edge[:-1]):
+            cur = node_hash(left, cur)
+        return cur
 
 
 def _split(n: int) -> int:

@@ -137,6 +137,28 @@ async def test_without_a_spare_connection_it_is_one_copy(app, client, auth, fill
     assert not tiny  # no windows
 
 
+async def test_a_spare_connection_on_another_server_gives_one_copy(app, client, auth, filled, tiny, monkeypatch,
+                                                                   caplog):
+    """AUDIT_DATABASE_URL naming several replicas: the spare connection may be on a server where the
+    export's snapshot does not exist. The export is then one COPY, whole, and the spare goes back."""
+    pool = app.state.audit_pool
+    held = len(pool._holders)  # noqa: SLF001
+
+    async def elsewhere(conn, snapshot):
+        await conn.execute("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'")  # no such snapshot here
+
+    monkeypatch.setattr(slices, "_join", elsewhere)
+    reply = await client.get("/v1/audit/export", headers=auth(filled, "audit:read"))
+    assert reply.status_code == 200
+    assert reply.content == await _one_copy(pool, filled, EventFilter(), "ndjson")
+    assert reply.content.count(b"\n") >= 10
+    assert not tiny  # planned, then printed by one COPY
+    assert "cannot share the export's snapshot" in caplog.text
+    holders = pool._holders  # noqa: SLF001
+    assert all(h._in_use is None for h in holders) and len(holders) == held
+    assert not [h for h in holders if h._con is not None and not h._con.is_closed() and h._con.is_in_transaction()]
+
+
 async def test_the_estimate_is_the_planners(app, filled, db):
     """Without the tests' count: the planner's figure, near the truth once the statistics are fresh."""
     await db.execute("ANALYZE consent_events; ANALYZE subjects")

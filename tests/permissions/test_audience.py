@@ -80,7 +80,9 @@ async def test_an_audience_streams_in_and_out_as_ndjson(client, auth, demo):
     headers = {**auth(demo), "Content-Type": "application/x-ndjson"}
     await _population(client, auth(demo))
     lines = b'"a-yes"\n{"subject_id": "a-refused"}\n\n"a-unknown"'
-    response = await client.post("/v1/permissions/sms/check", headers=headers, content=lines)
+    # at a daytime instant: after 21:00 KST an SMS ad also needs the night-time consent (Network Act Art. 50(3))
+    response = await client.post(f"/v1/permissions/sms/check?at={quote(DAY.isoformat())}", headers=headers,
+                                 content=lines)
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/x-ndjson")
     out = [orjson.loads(line) for line in response.content.splitlines()]
     assert [(o["subject_id"], o["allowed"]) for o in out[:-1]] == [
