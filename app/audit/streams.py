@@ -30,9 +30,12 @@ async def reader_took(event: asyncio.Event) -> None:
 
 
 async def spare(pool: asyncpg.Pool) -> asyncpg.Connection | None:
-    """One more connection of `pool` when one is at hand (idle, or room to open one), else None
-    at once rather than a wait: a helper that speeds a download up, never one it waits for."""
-    if pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
+    """One more connection of `pool` while more than half of the pool is free (idle, or room to
+    open one), else None at once rather than a wait: a helper that speeds a download up, never one
+    it waits for, and never one that takes the last half of a pool the writes share (without
+    AUDIT_DATABASE_URL the exports draw on the ledger's own pool)."""
+    free = pool.get_idle_size() + pool.get_max_size() - pool.get_size()
+    if free <= pool.get_max_size() // 2:
         return None
     try:
         return await pool.acquire(timeout=SPARE_WAIT_SECONDS)

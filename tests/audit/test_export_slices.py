@@ -180,6 +180,21 @@ async def test_spare_never_waits_for_a_full_pool(database_url):
         await pool.close()
 
 
+async def test_spare_leaves_half_of_the_pool_to_the_writes(database_url):
+    """Without AUDIT_DATABASE_URL the exports share the ledger's pool: a helper is taken only while
+    more than half of it is free, so large exports cannot crowd out the writes."""
+    pool = await asyncpg.create_pool(database_url.replace("+asyncpg", ""), min_size=1, max_size=4)
+    try:
+        first = await pool.acquire()
+        helper = await streams.spare(pool)  # 1 of 4 in use: 3 free
+        assert helper is not None
+        assert await streams.spare(pool) is None  # 2 of 4 in use: half free, no more helpers
+        await pool.release(helper)
+        await pool.release(first)
+    finally:
+        await pool.close()
+
+
 async def _export(pool, tenant, **kwargs):
     """search.export as the route runs it: the connection and the release of its own."""
     conn = await pool.acquire()
