@@ -212,6 +212,10 @@ class Printers:
                 await self.changed.wait()
 
 
+class _OtherServer(Exception):
+    """The helper imported a snapshot of that name, and it is not the export's."""
+
+
 async def _join(conn: asyncpg.Connection, snapshot: str) -> None:
     if not _SNAPSHOT.fullmatch(snapshot):
         raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
@@ -228,17 +232,20 @@ async def stream(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: E
         transaction = helper.transaction(isolation="repeatable_read", readonly=True)
         snapshot = None
         try:
-            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            snapshot, seen = await conn.fetchrow("SELECT pg_export_snapshot(), pg_current_snapshot()::text")
             await transaction.start()
             await _join(helper, snapshot)
+            if await helper.fetchval("SELECT pg_current_snapshot()::text") != seen:
+                raise _OtherServer(f"the helper's snapshot is not the export's ({seen})")
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await lines.end(helper, transaction)
                 await pool.release(helper)
-            if snapshot is None or not isinstance(exc, asyncpg.PostgresError):
+            if snapshot is None or not isinstance(exc, (asyncpg.PostgresError, _OtherServer)):
                 raise
             # The spare connection is on another server than the export's (an AUDIT_DATABASE_URL
-            # naming several replicas): the snapshot is not there, and one COPY prints it all.
+            # naming several replicas): the snapshot is not there (or one of the same name is
+            # another's), and one COPY prints it all.
             log.warning("export: the spare connection cannot share the export's snapshot (%s); one COPY", exc)
             helper = None
     if helper is None:

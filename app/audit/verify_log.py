@@ -4,7 +4,8 @@ Every checkpoint row is judged as the service judges them before use (app/proof/
 its JWS verifies with the service's keys and says what the row says); the root of every genuine
 signed tree head (valid rows, the genuine signature left in an edited row, the newest file in
 CHECKPOINT_DIR: app/proof/log.py `_anchors`) is then recomputed from the log's leaves, streamed in
-index order through the same right edge the checkpointer signs with. Equal roots at every size
+index order through a right edge of their own (merkle.Frontier: the same RFC 9162 roots the
+checkpointer signs, recomputed without reading a stored node). Equal roots at every size
 make the checkpoints consistent with the log and so with each other. Also: log entries whose
 subject is no longer in the ledger (a deleted subject is otherwise never visited).
 """

@@ -137,14 +137,16 @@ _last_printed: tuple[Any, str | None] = (None, None)  # (instant, its text): one
 
 def _instant(value: datetime) -> Any:
     """An instant for `row_hash`'s orjson: the datetime itself where orjson prints format_time's
-    text (an aware UTC datetime with a fraction, years 1000 on), else that text. The last text is
-    kept: the decisions of one request share one instant (its occurred_at and recorded_at), and
-    equal instants print equal texts (format_time prints the instant, in UTC)."""
+    text (an aware UTC datetime with a fraction, years 1000 on), else that text. The last UTC
+    text is kept: the decisions of one request share one instant (its occurred_at and recorded_at),
+    and two equal UTC datetimes are one instant, so one text."""
     global _last_printed
     if type(value) is datetime and value.tzinfo is UTC and value.microsecond and value.year >= 1000:
         return value
+    if type(value) is not datetime or value.tzinfo is not UTC:  # `==` ignores fold within one zone
+        return format_time(value)
     last = _last_printed
-    if last[0] == value and last[0] is not None:
+    if last[0] == value:
         return last[1]
     text = format_time(value)
     _last_printed = (value, text)

@@ -157,3 +157,18 @@ async def test_rows_of_alien_shapes_are_reported_not_a_crash(app, client, auth, 
     assert report["valid"] is False and report["breaks"], report
     assert {"altered_event", "unreadable_row"} & {b["kind"] for b in report["breaks"]}
     assert "alien-1" in {b["subject_id"] for b in batch.broken}
+
+
+def test_an_hour_repeated_by_a_clock_change_is_two_instants():
+    """`==` ignores fold within one zone: 01:30 twice on a night clocks go back are an hour apart,
+    and each prints its own instant (the last text row_hash keeps is a UTC instant's only)."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("America/New_York")
+    first, second = (datetime(2021, 11, 7, 1, 30, tzinfo=zone, fold=f) for f in (0, 1))
+    assert first == second and first.astimezone(UTC) != second.astimezone(UTC)
+    row = _row(random.Random(7))
+    for at in (first, second, first):
+        changed = row | {"recorded_at": at, "occurred_at": at}
+        assert chain.row_hash(changed, tenant="t", subject_ref="m") == \
+            chain.stored_hash(changed, tenant="t", subject_ref="m")

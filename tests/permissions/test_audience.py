@@ -10,7 +10,9 @@ import orjson
 
 from tests.helpers import decisions_for, form
 
-DAY = datetime(2027, 1, 20, 5, 0, tzinfo=UTC)  # 14:00 KST, after every event of these tests
+# 14:00 KST tomorrow: after every event of these tests, and in the day (after 21:00 KST an SMS ad also
+# needs the night-time consent, Network Act Art. 50(3)); relative, so that it stays after them
+DAY = (datetime.now(UTC) + timedelta(days=1)).replace(hour=5, minute=0, second=0, microsecond=0)
 
 
 async def _grant(client, headers, subject: str, granted: set[str], point: str = "signup") -> None:
@@ -80,7 +82,6 @@ async def test_an_audience_streams_in_and_out_as_ndjson(client, auth, demo):
     headers = {**auth(demo), "Content-Type": "application/x-ndjson"}
     await _population(client, auth(demo))
     lines = b'"a-yes"\n{"subject_id": "a-refused"}\n\n"a-unknown"'
-    # at a daytime instant: after 21:00 KST an SMS ad also needs the night-time consent (Network Act Art. 50(3))
     response = await client.post(f"/v1/permissions/sms/check?at={quote(DAY.isoformat())}", headers=headers,
                                  content=lines)
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/x-ndjson")
