@@ -32,14 +32,14 @@ from bench.run import audit as run_audit
 from bench.seed import seed_parallel
 
 
-def _server(directory: Path) -> EmbeddedPostgres:
+def server(directory: Path) -> EmbeddedPostgres:
     port_file = directory / "port"
     if not port_file.exists():
         port_file.write_text(str(free_port()))
     return EmbeddedPostgres(directory / "pg", int(port_file.read_text()), fast_unsafe=True).start()
 
 
-def _login(pg: EmbeddedPostgres, name: str) -> tuple[str, str]:
+def login(pg: EmbeddedPostgres, name: str) -> tuple[str, str]:
     """(superuser URL, runtime URL) on database `name`, with fresh role passwords."""
     passwords = {role: secrets.token_hex(16) for role in (roles.OWNER_ROLE, roles.RUNTIME_ROLE)}
     asyncio.run(roles.ensure(database.dsn(pg.url), name, passwords))
@@ -49,7 +49,7 @@ def _login(pg: EmbeddedPostgres, name: str) -> tuple[str, str]:
 
 def seed(directory: Path, events: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    pg = _server(directory)
+    pg = server(directory)
     url = database.create(pg.url)
     secret = keys.load_secret(Path(servers.proof_keys(directory)["LEDGER_SECRET_FILE"]), None)
     catalog = asyncio.run(database.load_catalog(url, PROJECT_TENANT))
@@ -66,8 +66,8 @@ def seed(directory: Path, events: int) -> None:
 
 def audit(directory: Path) -> None:
     state = pickle.loads((directory / "state.pickle").read_bytes())
-    pg = _server(directory)
-    url, runtime = _login(pg, state["database"])
+    pg = server(directory)
+    url, runtime = login(pg, state["database"])
     database.RUNTIME_URLS[url] = runtime
     settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), jwt_issuer="consent-ledger-bench",
                         jwt_audience="consent-ledger")
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     elif argv[0] == "audit":
         audit(directory)
     else:
-        _server(directory).stop("fast")
+        server(directory).stop("fast")
     return 0
 
 

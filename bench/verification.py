@@ -41,8 +41,7 @@ from app.proof import keys
 from app.proof import log as proof_log
 from app.proof.context import Proof
 from bench import database, servers
-from bench.kept import _login as kept_login
-from bench.kept import _server as kept_server
+from bench import kept as kept_db
 from bench.seed import seed_parallel
 
 TENANT = "bench-verify"
@@ -132,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     if kept:
         kept.mkdir(parents=True, exist_ok=True)
     work = kept or Path(tempfile.mkdtemp(prefix="cl-bench-verify-"))
-    pg = kept_server(kept) if kept else EmbeddedPostgres(work / "pg", free_port(), fast_unsafe=True).start()
+    pg = kept_db.server(kept) if kept else EmbeddedPostgres(work / "pg", free_port(), fast_unsafe=True).start()
+    seeded = kept is not None and (kept / "state.pickle").exists()
     try:
         env = servers.proof_keys(work)
-        if kept and (kept / "state.pickle").exists():
-            url, runtime_url = kept_login(pg, pickle.loads((kept / "state.pickle").read_bytes())["database"])
+        if seeded:
+            url, runtime_url = kept_db.login(pg, pickle.loads((kept / "state.pickle").read_bytes())["database"])
             dsn, runtime = database.dsn(url), database.dsn(runtime_url)
             print(f"kept database in {kept}", flush=True)
         else:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(database_url=runtime, signing_key_file=Path(env["SIGNING_KEY_FILE"]),
                             ledger_secret_file=Path(env["LEDGER_SECRET_FILE"]))
         proof = Proof.from_settings(settings)
-        if not (kept and (kept / "state.pickle").exists()):
+        if not seeded:
             catalog = asyncio.run(database.load_catalog(url, TENANT))
             subjects = args.events // args.per_subject
             t = time.perf_counter()

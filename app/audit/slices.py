@@ -222,37 +222,44 @@ async def _join(conn: asyncpg.Connection, snapshot: str) -> None:
     await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
 
 
+async def _second(conn: asyncpg.Connection, pool: asyncpg.Pool) -> tuple[asyncpg.Connection, Any] | None:
+    """A spare connection of `pool` and its read-only transaction, in `conn`'s snapshot; None when
+    none is spare, or when it is on another server than `conn` (an AUDIT_DATABASE_URL naming
+    several replicas: the snapshot is not there, or one of the same name is another's)."""
+    helper = await streams.spare(pool)
+    if helper is None:
+        return None
+    transaction = helper.transaction(isolation="repeatable_read", readonly=True)
+    snapshot = None
+    try:
+        snapshot, seen = await conn.fetchrow("SELECT pg_export_snapshot(), pg_current_snapshot()::text")
+        await transaction.start()
+        await _join(helper, snapshot)
+        if await helper.fetchval("SELECT pg_current_snapshot()::text") != seen:
+            raise _OtherServer(f"the helper's snapshot is not the export's ({seen})")
+        return helper, transaction
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await lines.end(helper, transaction)
+            await pool.release(helper)
+        if snapshot is None or not isinstance(exc, (asyncpg.PostgresError, _OtherServer)):
+            raise  # the export's own connection failed, or a cancellation: not a reason to go on
+        log.warning("export: the spare connection cannot share the export's snapshot (%s); one COPY", exc)
+        return None
+
+
 async def stream(conn: asyncpg.Connection, pool: asyncpg.Pool, tenant: str, f: EventFilter, fmt: str,
                  condition: str, args: list[Any]) -> AsyncIterator[bytes]:
     """The export's lines (`conn` inside its repeatable-read, read-only transaction): in windows on
     `conn` and one more connection of `pool` when it pays, else lines.stream's one COPY."""
     windows = await plan(conn, tenant, f, condition, args)
-    helper = await streams.spare(pool) if windows is not None else None
-    if helper is not None:
-        transaction = helper.transaction(isolation="repeatable_read", readonly=True)
-        snapshot = None
-        try:
-            snapshot, seen = await conn.fetchrow("SELECT pg_export_snapshot(), pg_current_snapshot()::text")
-            await transaction.start()
-            await _join(helper, snapshot)
-            if await helper.fetchval("SELECT pg_current_snapshot()::text") != seen:
-                raise _OtherServer(f"the helper's snapshot is not the export's ({seen})")
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await lines.end(helper, transaction)
-                await pool.release(helper)
-            if snapshot is None or not isinstance(exc, (asyncpg.PostgresError, _OtherServer)):
-                raise
-            # The spare connection is on another server than the export's (an AUDIT_DATABASE_URL
-            # naming several replicas): the snapshot is not there (or one of the same name is
-            # another's), and one COPY prints it all.
-            log.warning("export: the spare connection cannot share the export's snapshot (%s); one COPY", exc)
-            helper = None
-    if helper is None:
+    second = await _second(conn, pool) if windows is not None else None
+    if second is None:
         async for data in lines.stream(conn, lines.statement(fmt, condition), args,
                                        in_index_order=f.subject_id is None):
             yield data
         return
+    helper, transaction = second
     printers = Printers(windows, fmt, tenant, f)
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -141,10 +141,10 @@ def _instant(value: datetime) -> Any:
     text is kept: the decisions of one request share one instant (its occurred_at and recorded_at),
     and two equal UTC datetimes are one instant, so one text."""
     global _last_printed
-    if type(value) is datetime and value.tzinfo is UTC and value.microsecond and value.year >= 1000:
-        return value
-    if type(value) is not datetime or value.tzinfo is not UTC:  # `==` ignores fold within one zone
+    if type(value) is not datetime or value.tzinfo is not UTC:  # (`==` ignores fold within one zone)
         return format_time(value)
+    if value.microsecond and value.year >= 1000:
+        return value
     last = _last_printed
     if last[0] == value:
         return last[1]
